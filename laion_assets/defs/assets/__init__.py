@@ -1,0 +1,1 @@
+"""Assets of the LAION-Aesthetics graph, one module per family."""

@@ -1,0 +1,73 @@
+"""Per-shard assets: ``clip_embeddings`` (validate + index a stored part) and ``aesthetic_scores``."""
+
+import dagster as dg
+
+from laion_assets.defs.errors import as_failure
+from laion_assets.defs.partitions import shards
+from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.outputs import require
+from laion_assets.shards import index_part, score_part
+from laion_assets.tags import shard_hint
+
+
+@dg.asset(
+    partitions_def=shards,
+    group_name="shards",
+    kinds={"numpy", "parquet"},
+    code_version="1",
+    description="A stored clip-retrieval part, validated (width, dtype, rows, norms, finite values) and indexed "
+    "by LAION's hash of url + caption.",
+)
+def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Validate one stored part and write its metadata with the LAION hash."""
+    key = context.partition_key
+    with as_failure():
+        part = storage.part(key)
+        out = storage.layout.shard_metadata(key)
+        indexed = index_part(part, out, storage.embedding_dim)
+    context.log.info(f"shard {key}: {indexed.rows} rows, {indexed.duplicate_hashes} duplicate hashes")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": indexed.rows,
+            "dim": indexed.stats.dim,
+            "dtype": indexed.stats.dtype,
+            "norm_min": indexed.stats.norm_min,
+            "norm_max": indexed.stats.norm_max,
+            "duplicate_hashes": indexed.duplicate_hashes,
+            "languages": dg.MetadataValue.json(indexed.languages),
+            "embeddings": dg.MetadataValue.path(str(part.embeddings)),
+            "source_metadata": dg.MetadataValue.path(str(part.metadata)),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=[clip_embeddings],
+    group_name="shards",
+    kinds={"pytorch", "parquet"},
+    code_version="1",
+    description="V1 (`aesthetic`) and V2 (`AESTHETIC_SCORE`) scores of every row of a shard, float32, with the "
+    "identity (kind + sha256) of the predictor that made each column.",
+)
+def aesthetic_scores(
+    context: dg.AssetExecutionContext, storage: StorageResource, predictors: PredictorsResource
+) -> dg.MaterializeResult:
+    """Score one shard's stored embeddings with the active predictors."""
+    key = context.partition_key
+    layout = storage.layout
+    with as_failure():
+        indexed = require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
+        scored = score_part(
+            storage.part(key), indexed, predictors.load(storage.embedding_dim), layout.shard_scores(key)
+        )
+    metadata: dict[str, object] = {
+        "dagster/row_count": scored.rows,
+        "path": dg.MetadataValue.path(str(layout.shard_scores(key))),
+    }
+    for column, identity in scored.identities.items():
+        metadata[f"predictor/{column}"] = str(identity)
+        for stat, value in scored.summary[column].items():
+            metadata[f"{column}/{stat}"] = value
+    return dg.MaterializeResult(metadata=metadata)

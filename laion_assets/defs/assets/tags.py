@@ -1,0 +1,91 @@
+"""``aesthetic_tags``: every shard's metadata joined with its hash and scores, and its checks."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from laion_assets.defs.assets.shards import aesthetic_scores
+from laion_assets.defs.errors import as_failure
+from laion_assets.defs.partitions import shards
+from laion_assets.defs.resources import StorageResource
+from laion_assets.tags import build_tags, scan_tags
+
+
+@dg.asset(
+    deps=[aesthetic_scores],
+    group_name="tags",
+    kinds={"parquet"},
+    code_version="1",
+    description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
+    "every row of every registered shard, one parquet per shard.",
+)
+def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Fan in all shards' metadata and scores into the tags table."""
+    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
+    with as_failure():
+        summary = build_tags(keys, storage.layout)
+    stats = (
+        scan_tags(storage.layout)
+        .select(
+            pl.col("aesthetic").min().alias("aesthetic/min"),
+            pl.col("aesthetic").mean().alias("aesthetic/mean"),
+            pl.col("aesthetic").max().alias("aesthetic/max"),
+            pl.col("AESTHETIC_SCORE").min().alias("AESTHETIC_SCORE/min"),
+            pl.col("AESTHETIC_SCORE").mean().alias("AESTHETIC_SCORE/mean"),
+            pl.col("AESTHETIC_SCORE").max().alias("AESTHETIC_SCORE/max"),
+        )
+        .collect()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary.rows,
+            "shards": len(keys),
+            "per_shard": dg.MetadataValue.json(summary.per_shard),
+            **{f"predictor/{c}": i for c, i in summary.identities.items()},
+            **{name: float(stats[name].item()) for name in stats.columns},
+            "path": dg.MetadataValue.path(str(storage.layout.tags_dir)),
+        }
+    )
+
+
+@dg.asset_check(asset=aesthetic_tags, description="Every V1 and V2 score in the tags table is finite.")
+def scores_finite(storage: StorageResource) -> dg.AssetCheckResult:
+    """Count NaN, Inf and null scores in the tags table."""
+    bad = (
+        scan_tags(storage.layout)
+        .select(
+            (~pl.col("aesthetic").is_finite()).fill_null(True).sum().alias("aesthetic"),
+            (~pl.col("AESTHETIC_SCORE").is_finite()).fill_null(True).sum().alias("AESTHETIC_SCORE"),
+        )
+        .collect()
+    )
+    counts = {c: int(bad[c].item()) for c in bad.columns}
+    return dg.AssetCheckResult(
+        passed=not any(counts.values()), metadata={f"non_finite/{c}": n for c, n in counts.items()}
+    )
+
+
+@dg.asset_check(
+    asset=aesthetic_tags, description="Row counts are conserved from metadata to scores to tags, shard by shard."
+)
+def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+    """Compare each shard's row counts across the source metadata, the scores file and the tags part."""
+    layout = storage.layout
+    mismatched: dict[str, list[int]] = {}
+    total = np.zeros(3, dtype=np.int64)
+    for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
+        paths = (storage.part(key).metadata, layout.shard_scores(key), layout.tags_part(key))
+        counts = [pq.ParquetFile(p).metadata.num_rows if p.exists() else -1 for p in paths]
+        total += counts
+        if len(set(counts)) != 1:
+            mismatched[key] = counts
+    return dg.AssetCheckResult(
+        passed=not mismatched,
+        metadata={
+            "metadata_rows": int(total[0]),
+            "score_rows": int(total[1]),
+            "tag_rows": int(total[2]),
+            "mismatched_shards": dg.MetadataValue.json(mismatched),
+        },
+    )

@@ -1,0 +1,6 @@
+"""Resources of the laion_assets code location, one per file."""
+
+from laion_assets.defs.resources.predictors import PredictorsResource
+from laion_assets.defs.resources.storage import StorageResource
+
+__all__ = ["PredictorsResource", "StorageResource"]

@@ -1,0 +1,88 @@
+"""Checks on stored CLIP embeddings: width, dtype, row count, finite values and unit norms.
+
+Parts are read through a memory map in chunks, so a 1M x 768 part never sits in RAM as float32 at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from laion_assets.errors import BadInputError
+from laion_assets.thresholds import NORM_TOLERANCE
+
+CHUNK_ROWS = 65536
+ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """What validation learned about one embeddings file."""
+
+    rows: int
+    dim: int
+    dtype: str
+    norm_min: float
+    norm_max: float
+
+
+def open_embeddings(path: str | Path) -> np.ndarray:
+    """Memory-map a 2-D float16/float32 .npy file; the error names the file when it is not one."""
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: cannot read as .npy: {exc}") from exc
+    if array.ndim != 2:
+        raise BadInputError(f"{path}: embeddings must be 2-D (rows, dim), got shape {array.shape}")
+    if array.dtype not in ALLOWED_DTYPES:
+        raise BadInputError(f"{path}: embeddings dtype is {array.dtype}, expected float16 or float32")
+    return array
+
+
+def iter_chunks(array: np.ndarray, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start_row, float32 chunk)`` over a (memory-mapped) embeddings array."""
+    for start in range(0, array.shape[0], rows):
+        yield start, np.asarray(array[start : start + rows], dtype=np.float32)
+
+
+def validate_embeddings(
+    path: str | Path, expected_dim: int, expected_rows: int | None = None, rows_from: str | Path = "its metadata"
+) -> EmbeddingStats:
+    """Check an embeddings file and return its stats; any problem raises naming the file and row."""
+    path = Path(path)
+    array = open_embeddings(path)
+    rows, dim = array.shape
+    if dim != expected_dim:
+        raise BadInputError(f"{path}: embedding width is {dim}, expected {expected_dim}")
+    if expected_rows is not None and rows != expected_rows:
+        raise BadInputError(f"{path}: {rows} embedding rows but {rows_from} has {expected_rows} rows")
+    norm_min, norm_max = np.inf, -np.inf
+    for start, chunk in iter_chunks(array):
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise BadInputError(f"{path}: row {row} has NaN or Inf values")
+        norms = np.linalg.norm(chunk, axis=1)
+        if (norms == 0).any():
+            row = start + int(np.argmax(norms == 0))
+            raise BadInputError(f"{path}: row {row} is a zero vector (norm 0)")
+        off = np.abs(norms - 1.0) > NORM_TOLERANCE
+        if off.any():
+            row = start + int(np.argmax(off))
+            raise BadInputError(
+                f"{path}: row {row} has L2 norm {norms[row - start]:.4f}; stored embeddings must be "
+                f"L2-normalised (tolerance {NORM_TOLERANCE})"
+            )
+        if len(norms):
+            norm_min, norm_max = min(norm_min, float(norms.min())), max(norm_max, float(norms.max()))
+    return EmbeddingStats(rows, dim, str(array.dtype), float(norm_min), float(norm_max))
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows; a zero row stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1, norms)

@@ -1,0 +1,69 @@
+"""Where every asset writes under the data root (default ``data/out``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from laion_assets.errors import MissingUpstreamError
+
+BUILD_HINT = "run `make demo` to build the whole graph from the sample"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths of the per-shard and release-level outputs below one data root."""
+
+    root: Path
+
+    def shard_dir(self, key: str) -> Path:
+        """Folder of one shard's outputs."""
+        return self.root / "shards" / key
+
+    def shard_metadata(self, key: str) -> Path:
+        """clip_embeddings: the shard's validated metadata with its LAION hash."""
+        return self.shard_dir(key) / "metadata.parquet"
+
+    def shard_scores(self, key: str) -> Path:
+        """aesthetic_scores: hash plus the V1 and V2 score of every row."""
+        return self.shard_dir(key) / "scores.parquet"
+
+    @property
+    def tags_dir(self) -> Path:
+        """aesthetic_tags: one parquet per shard."""
+        return self.root / "tags"
+
+    def tags_part(self, key: str) -> Path:
+        """The aesthetic-tags file of one shard."""
+        return self.tags_dir / f"part-{key}.parquet"
+
+    @property
+    def subsets_dir(self) -> Path:
+        """Parent folder of every subset."""
+        return self.root / "subsets"
+
+    def subset_dir(self, name: str) -> Path:
+        """Folder of one subset's parquet files."""
+        return self.subsets_dir / name
+
+    @property
+    def buckets_dir(self) -> Path:
+        """bucket_embeddings: ``rating{k}.npy``."""
+        return self.root / "buckets"
+
+    @property
+    def stats_dir(self) -> Path:
+        """Histograms and other statistics."""
+        return self.root / "stats"
+
+    @property
+    def histogram_path(self) -> Path:
+        """score_histogram's JSON file."""
+        return self.stats_dir / "score_histogram.json"
+
+
+def require(path: Path, what: str, command: str = BUILD_HINT) -> Path:
+    """Return ``path`` if it exists, else raise one sentence naming what is missing and how to build it."""
+    if not path.exists():
+        raise MissingUpstreamError(f"{what} is not materialized yet ({path} is missing): {command}.")
+    return path
