@@ -1,5 +1,6 @@
 """Where the stored embeddings are read from and where every asset writes."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -11,10 +12,14 @@ from laion_assets.predictors import CLIP_L14_DIM
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The embeddings source (clip-retrieval layout) and the data root; relative paths start at the project."""
+    """The embeddings source (clip-retrieval layout) and the data root; relative paths start at the project.
 
-    source: str = "data/sample"
-    data_root: str = "data/out"
+    Their defaults can be moved with the environment variables ``LAION_ASSETS_SOURCE`` and
+    ``LAION_ASSETS_DATA_ROOT`` (read when the code location loads).
+    """
+
+    source: str = os.environ.get("LAION_ASSETS_SOURCE", "data/sample")
+    data_root: str = os.environ.get("LAION_ASSETS_DATA_ROOT", "data/out")
     embedding_dim: int = CLIP_L14_DIM
 
     @property

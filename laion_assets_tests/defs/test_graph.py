@@ -1,0 +1,203 @@
+"""The whole graph materialized on a small generated sample, checked against an independent computation."""
+
+import hashlib
+import json
+import re
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from laion_assets.definitions import ASSETS, CHECKS, defs
+from laion_assets.defs.partitions import register_shards
+from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.demo import run_graph
+from laion_assets.hashing import laion_hash
+from laion_assets.layout import discover_parts
+from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
+
+ALL_ASSETS = {
+    "clip_embeddings", "aesthetic_scores", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus", "subset_5plus",
+    "subset_6plus", "subset_6_25plus", "subset_6_5plus", "laion_aesthetic", "laion_art", "bucket_embeddings",
+    "score_histogram",
+}  # fmt: skip
+
+
+def independent_rows(source) -> list[dict]:
+    """Every sample row with LAION's hash and both scores, computed with plain torch modules and mmh3."""
+    v1 = torch.nn.Linear(768, 1)
+    v1.load_state_dict(torch.load(V1_WEIGHTS, map_location="cpu", weights_only=True))
+    state = torch.load(V2_WEIGHTS, map_location="cpu", weights_only=True)
+    layers = [torch.nn.Linear(a, b) for a, b in ((768, 1024), (1024, 128), (128, 64), (64, 16), (16, 1))]
+    v2 = torch.nn.Sequential(*layers)
+    v2.load_state_dict({f"{j}.{p}": state[f"layers.{i}.{p}"] for j, i in enumerate((0, 2, 4, 6, 7)) for p in
+                        ("weight", "bias")})  # fmt: skip
+    rows = []
+    for part in discover_parts(source):
+        emb = torch.from_numpy(np.load(part.embeddings).astype(np.float32))
+        with torch.no_grad():
+            s1, s2 = v1(emb)[:, 0].numpy(), v2(emb)[:, 0].numpy()
+        for i, row in enumerate(pl.read_parquet(part.metadata).iter_rows(named=True)):
+            rows.append({**row, "hash": laion_hash(row["URL"], row["TEXT"]), "aesthetic": s1[i],
+                         "AESTHETIC_SCORE": s2[i], "emb": emb[i].numpy()})  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_sample_session):
+    out = tmp_path_factory.mktemp("out")
+    instance = dg.DagsterInstance.ephemeral()
+    storage = StorageResource(source=str(small_sample_session), data_root=str(out))
+    counts = run_graph(instance, storage, PredictorsResource())
+    return instance, storage, counts, independent_rows(small_sample_session)
+
+
+def test_every_asset_is_materialized_and_loads_in_definitions(built):
+    instance, storage, counts, rows = built
+    assert set(counts) == ALL_ASSETS - {"clip_embeddings", "aesthetic_scores"}
+    assert counts["aesthetic_tags"] == len(rows)
+    for key in ALL_ASSETS:
+        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == ALL_ASSETS
+
+
+def test_scores_match_an_independent_torch_computation(built):
+    _, storage, _, rows = built
+    tags = pl.read_parquet(sorted(storage.layout.tags_dir.glob("part-*.parquet")))
+    assert tags["hash"].to_list() == [r["hash"] for r in rows]
+    np.testing.assert_allclose(tags["aesthetic"].to_numpy(), [r["aesthetic"] for r in rows], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tags["AESTHETIC_SCORE"].to_numpy(), [r["AESTHETIC_SCORE"] for r in rows], atol=1e-5)
+
+
+def test_subsets_follow_laion_rules(built):
+    _, storage, counts, rows = built
+    # Scores near a threshold could flip with 1e-5 float noise; the sample draws continuous scores so none sit there.
+    for name, t in (("subset_4_5plus", 4.5), ("subset_4_75plus", 4.75), ("subset_5plus", 5.0), ("subset_6plus", 6.0),
+                    ("subset_6_25plus", 6.25), ("subset_6_5plus", 6.5)):  # fmt: skip
+        got = pl.read_parquet(storage.layout.subset_dir(name) / "part-00000.parquet")
+        expected = [r["hash"] for r in rows if r["LANGUAGE"] == "en" and r["AESTHETIC_SCORE"] >= t]
+        assert got["hash"].to_list() == expected, name
+        assert counts[name] == len(expected) > 0
+    seen, safe = set(), []
+    for r in rows:
+        if r["punsafe"] < 0.5 and r["pwatermark"] < 0.8 and r["hash"] not in seen:
+            seen.add(r["hash"])
+            safe.append(r)
+    for name, t in (("laion_aesthetic", 7.0), ("laion_art", 8.0)):
+        got = pl.read_parquet(storage.layout.subset_dir(name) / "part-00000.parquet")
+        assert got["hash"].to_list() == [r["hash"] for r in safe if r["aesthetic"] > t], name
+        assert got.height > 0
+
+
+def test_buckets_and_histogram_follow_laion_rules(built):
+    _, storage, _, rows = built
+    emb = np.stack([r["emb"] for r in rows]).astype(np.float64)
+    s1 = np.array([r["aesthetic"] for r in rows])
+    for k in range(10):
+        total = emb[(s1 >= k) & (s1 <= k + 1)].sum(axis=0)
+        got = np.load(storage.layout.buckets_dir / f"rating{k}.npy")
+        assert got.shape == (1, 768) and got.dtype == np.float32
+        np.testing.assert_allclose(got[0], total / np.linalg.norm(total), atol=1e-5)
+    hist = json.loads(storage.layout.histogram_path.read_text())
+    expected = np.bincount(np.clip(np.floor(s1), 0, 9).astype(int), minlength=10)
+    assert list(hist["counts"]["aesthetic"].values()) == expected.tolist()
+    assert hist["laion"]["aesthetic"].startswith("{'0-1': '")
+
+
+def test_checks_pass_and_record_predictor_identity(built):
+    instance, _, _, _ = built
+    for check in CHECKS:
+        for key in check.check_keys:
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+            assert record is not None and record.event.dagster_event.asset_check_evaluation_data.passed, key
+    scores = instance.get_latest_materialization_event(dg.AssetKey("aesthetic_scores"))
+    identity = scores.asset_materialization.metadata["predictor/AESTHETIC_SCORE"].value
+    assert identity == "v2-mlp-linear@sha256:21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def materialize(selection, storage, instance, key=None, predictors=None):
+    return dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=selection,
+        partition_key=key,
+        instance=instance,
+        resources={"storage": storage, "predictors": predictors or PredictorsResource()},
+        raise_on_error=False,
+    )
+
+
+def failure_text(result) -> str:
+    return "\n".join(str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure)
+
+
+@pytest.fixture
+def good_run(small_sample, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "out"))
+    run_graph(instance, storage, PredictorsResource())
+    return instance, storage, small_sample
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("nan", r"img_emb_1\.npy: row 5 has NaN or Inf values"),
+        ("zero", r"img_emb_1\.npy: row 5 is a zero vector"),
+        ("width", r"img_emb_1\.npy: embedding width is 512, expected 768"),
+        ("rows", r"img_emb_1\.npy: 399 embedding rows but .*metadata_1\.parquet has 400 rows"),
+        ("column", r"metadata_1\.parquet: missing column\(s\) \['similarity'\]"),
+    ],
+)
+def test_bad_part_fails_with_its_name_and_damages_nothing(good_run, damage, message):
+    instance, storage, source = good_run
+    part = discover_parts(source)[1]
+    emb = np.load(part.embeddings)
+    if damage == "nan":
+        emb[5, 0] = np.nan
+    elif damage == "zero":
+        emb[5] = 0
+    elif damage == "width":
+        emb = emb[:, :512]
+    elif damage == "rows":
+        emb = emb[:-1]
+    np.save(part.embeddings, emb)
+    if damage == "column":
+        pl.read_parquet(part.metadata).drop("similarity").write_parquet(part.metadata)
+    before = {p: sha(p) for p in storage.layout.root.rglob("*") if p.is_file()}
+    result = materialize(["clip_embeddings", "aesthetic_scores"], storage, instance, key=part.key)
+    assert not result.success
+    text = failure_text(result)
+    assert re.search(message, text), text
+    assert {p: sha(p) for p in storage.layout.root.rglob("*") if p.is_file()} == before
+
+
+def test_wrong_weights_fail_by_name_and_keep_scores(good_run, tmp_path):
+    instance, storage, _ = good_run
+    bad = tmp_path / "b32_linear.pth"
+    torch.save({"weight": torch.zeros(1, 512), "bias": torch.zeros(1)}, bad)
+    scores = storage.layout.shard_scores("00000")
+    before = sha(scores)
+    result = materialize(["aesthetic_scores"], storage, instance, key="00000",
+                         predictors=PredictorsResource(v1_weights=str(bad)))  # fmt: skip
+    assert not result.success
+    assert "b32_linear.pth: weight has shape (1, 512), expected (1, 768)" in failure_text(result)
+    assert sha(scores) == before
+
+
+def test_missing_upstream_says_what_to_run(small_sample, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "empty"))
+    result = materialize(["subset_6_5plus"], storage, instance)
+    assert not result.success
+    assert "aesthetic_tags is not materialized yet" in failure_text(result)
+    assert "make demo" in failure_text(result)
+    register_shards(instance, small_sample)
+    result = materialize(["aesthetic_tags"], storage, instance)
+    assert "clip_embeddings for shard 00000 is not materialized yet" in failure_text(result)
+    assert "--partition 00000" in failure_text(result)

@@ -1,0 +1,95 @@
+import polars as pl
+import pytest
+
+from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS, schema_mismatches
+from laion_assets.subsets import rule_violations, safe_unique, v1_subset, v2_subset, write_subset
+from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
+
+BASE = {"URL": "u", "TEXT": "t", "WIDTH": 1.0, "HEIGHT": 2.0, "similarity": 0.3, "punsafe": 0.1, "pwatermark": 0.1,
+        "LANGUAGE": "en", "aesthetic": 5.0, "AESTHETIC_SCORE": 5.0}  # fmt: skip
+
+
+def tags(*rows: dict) -> pl.LazyFrame:
+    full = [{**BASE, "hash": i, **row} for i, row in enumerate(rows)]
+    return (
+        pl.DataFrame(full)
+        .with_columns(pl.col("punsafe", "pwatermark", "aesthetic", "AESTHETIC_SCORE").cast(pl.Float32))
+        .lazy()
+    )
+
+
+def test_v2_threshold_is_inclusive_and_english_only():
+    rule = V2Subset("subset_6_5plus", 6.5, "improved_aesthetics_6.5plus")
+    frame = tags(
+        {"AESTHETIC_SCORE": 6.5},  # kept: >= is inclusive
+        {"AESTHETIC_SCORE": 6.4999},  # dropped
+        {"AESTHETIC_SCORE": 9.0, "LANGUAGE": "de"},  # dropped: not English
+        {"AESTHETIC_SCORE": 9.0, "LANGUAGE": None},  # dropped: no language is not English
+        {"AESTHETIC_SCORE": 7.0, "punsafe": 0.99},  # kept: the V2 subsets do not filter on safety
+    )
+    out = v2_subset(frame, rule).collect()
+    assert out["hash"].to_list() == [0, 4]
+    assert not schema_mismatches(out.schema, V2_SUBSET_COLUMNS)
+
+
+def test_v2_without_language_column_takes_every_row():
+    rule = V2_SUBSETS[0]
+    out = v2_subset(tags({"AESTHETIC_SCORE": 4.5}, {"AESTHETIC_SCORE": 1.0}).drop("LANGUAGE"), rule).collect()
+    assert out["hash"].to_list() == [0]
+
+
+def test_v1_safety_filters_are_strict_and_threshold_exclusive():
+    rule = V1Subset("laion_art", 8.0)
+    frame = tags(
+        {"aesthetic": 8.0001},  # kept
+        {"aesthetic": 8.0},  # dropped: > is exclusive
+        {"aesthetic": 9.0, "punsafe": 0.5},  # dropped: punsafe < 0.5 is strict
+        {"aesthetic": 9.0, "pwatermark": 0.8},  # dropped: pwatermark < 0.8 is strict
+        {"aesthetic": 9.0, "punsafe": 0.4999, "pwatermark": 0.7999, "LANGUAGE": "ja"},  # kept: V1 takes all languages
+    )
+    out = v1_subset(frame, rule).collect()
+    assert out["hash"].to_list() == [0, 4]
+    assert out.columns == ["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "LANGUAGE", "hash", "pwatermark",
+                           "punsafe", "aesthetic"]  # fmt: skip
+    assert not schema_mismatches(out.schema, V1_SUBSET_COLUMNS)
+
+
+def test_dedup_keeps_first_safe_row_per_hash():
+    frame = tags({"aesthetic": 9.0, "punsafe": 0.9}, {"aesthetic": 9.5}, {"aesthetic": 8.5}).with_columns(
+        pl.lit(42, dtype=pl.Int64).alias("hash"), pl.Series("URL", ["a", "b", "c"])
+    )
+    # The unsafe first row is filtered out before de-duplication, so the first *safe* row wins.
+    assert safe_unique(frame).collect()["URL"].to_list() == ["b"]
+    assert v1_subset(frame, V1_SUBSETS[1]).collect()["URL"].to_list() == ["b"]
+
+
+def test_written_subset_meets_rule_and_violations_are_counted(tmp_path):
+    rule = V2_SUBSETS[2]
+    frame = tags(*({"AESTHETIC_SCORE": s} for s in (4.0, 5.0, 5.5, 6.0)))
+    path = write_subset(v2_subset(frame, rule), tmp_path / rule.asset_name)
+    assert pl.read_parquet(path)["AESTHETIC_SCORE"].to_list() == [5.0, 5.5, 6.0]
+    assert rule_violations(path, rule) == 0
+    bad = tmp_path / "bad.parquet"
+    pl.read_parquet(path).with_columns(pl.lit(1.0, dtype=pl.Float32).alias("AESTHETIC_SCORE")).write_parquet(bad)
+    assert rule_violations(bad, rule) == 3
+
+
+def test_v1_violation_counter_sees_duplicates(tmp_path):
+    path = tmp_path / "dups.parquet"
+    frame = v1_subset(tags({"aesthetic": 9.0}, {"aesthetic": 9.5}), V1_SUBSETS[1]).collect()
+    pl.concat([frame, frame]).write_parquet(path)
+    assert rule_violations(path, V1_SUBSETS[1]) == 2
+
+
+@pytest.mark.parametrize("rules", [V2_SUBSETS, V1_SUBSETS])
+def test_thresholds_increase(rules):
+    values = [r.threshold for r in rules]
+    assert values == sorted(values) and len(set(values)) == len(values)
+
+
+def test_laion_thresholds():
+    assert [(r.asset_name, r.threshold) for r in V2_SUBSETS] == [
+        ("subset_4_5plus", 4.5), ("subset_4_75plus", 4.75), ("subset_5plus", 5.0),
+        ("subset_6plus", 6.0), ("subset_6_25plus", 6.25), ("subset_6_5plus", 6.5),
+    ]  # fmt: skip
+    assert [(r.asset_name, r.threshold) for r in V1_SUBSETS] == [("laion_aesthetic", 7.0), ("laion_art", 8.0)]
