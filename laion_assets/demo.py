@@ -37,7 +37,7 @@ def run_graph(instance: dg.DagsterInstance, storage: StorageResource, predictors
             run_config=QUIET,
         )
     print("release-level assets: tags, subsets, buckets, histogram", flush=True)
-    release = dg.AssetSelection.assets("aesthetic_tags").downstream()
+    release = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
     result = dg.materialize(
         [*ASSETS, *CHECKS], selection=release, instance=instance, resources=resources, run_config=QUIET
     )

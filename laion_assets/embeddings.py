@@ -1,6 +1,7 @@
 """Checks on stored CLIP embeddings: width, dtype, row count, finite values and unit norms.
 
-Parts are read through a memory map in chunks, so a 1M x 768 part never sits in RAM as float32 at once.
+Local parts are read through a memory map in chunks, so a 1M x 768 part never sits in RAM as float32 at once;
+parts behind an fsspec URL are streamed chunk by chunk with range reads (never copied whole first).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from laion_assets.errors import BadInputError
+from laion_assets.locations import Location, is_local, open_binary
 from laion_assets.thresholds import NORM_TOLERANCE
 
 CHUNK_ROWS = 65536
@@ -29,11 +31,46 @@ class EmbeddingStats:
     norm_max: float
 
 
-def open_embeddings(path: str | Path) -> np.ndarray:
-    """Memory-map a 2-D float16/float32 .npy file; the error names the file when it is not one."""
-    path = Path(path)
+class StreamedNpy:
+    """A read-only, row-sliceable view of a remote .npy file: each slice is one range read."""
+
+    def __init__(self, path: Location) -> None:
+        self.path = path
+        with open_binary(path) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            self.offset = f.tell()
+        if fortran and len(shape) > 1:
+            raise BadInputError(f"{path}: Fortran-ordered .npy is not supported; save it C-ordered")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("StreamedNpy supports contiguous row slices only")
+        start, stop, _ = rows.indices(self.shape[0])
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        count = max(stop - start, 0)
+        with open_binary(self.path) as f:
+            f.seek(self.offset + start * row_bytes)
+            data = f.read(count * row_bytes)
+        if len(data) != count * row_bytes:
+            raise BadInputError(f"{self.path}: file is truncated (rows {start}..{stop} not all present)")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+
+def open_embeddings(path: str | Location) -> np.ndarray | StreamedNpy:
+    """Open a 2-D float16/float32 .npy file (memory-mapped, or streamed for URLs); errors name the file."""
+    path = Path(path) if isinstance(path, str) else path
     try:
-        array = np.load(path, mmap_mode="r")
+        array = np.load(path, mmap_mode="r") if is_local(path) else StreamedNpy(path)
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path}: cannot read as .npy: {exc}") from exc
     if array.ndim != 2:
@@ -43,17 +80,19 @@ def open_embeddings(path: str | Path) -> np.ndarray:
     return array
 
 
-def iter_chunks(array: np.ndarray, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+def iter_chunks(array: np.ndarray | StreamedNpy, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_row, float32 chunk)`` over a (memory-mapped) embeddings array."""
     for start in range(0, array.shape[0], rows):
         yield start, np.asarray(array[start : start + rows], dtype=np.float32)
 
 
 def validate_embeddings(
-    path: str | Path, expected_dim: int, expected_rows: int | None = None, rows_from: str | Path = "its metadata"
+    path: str | Location,
+    expected_dim: int,
+    expected_rows: int | None = None,
+    rows_from: str | Location = "its metadata",
 ) -> EmbeddingStats:
     """Check an embeddings file and return its stats; any problem raises naming the file and row."""
-    path = Path(path)
     array = open_embeddings(path)
     rows, dim = array.shape
     if dim != expected_dim:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from laion_assets.errors import BadInputError, MissingUpstreamError
+from laion_assets.locations import Location, location
 
 _EMB = re.compile(r"^img_emb_(\d+)\.npy$")
 _META = re.compile(r"^metadata_(\d+)\.parquet$")
@@ -27,9 +27,9 @@ class Part:
     """One stored part: its number, partition key and the files that make it up."""
 
     number: int
-    embeddings: Path
-    metadata: Path
-    text_embeddings: Path | None = None
+    embeddings: Location
+    metadata: Location
+    text_embeddings: Location | None = None
 
     @property
     def key(self) -> str:
@@ -37,11 +37,11 @@ class Part:
         return part_key(self.number)
 
 
-def _numbered(folder: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
-    found: dict[int, Path] = {}
+def _numbered(folder: Location, pattern: re.Pattern[str]) -> dict[int, Location]:
+    found: dict[int, Location] = {}
     if not folder.is_dir():
         return found
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
         match = pattern.match(path.name)
         if match is None:
             continue
@@ -52,9 +52,9 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
     return found
 
 
-def discover_parts(root: str | Path) -> list[Part]:
-    """List the parts of a clip-retrieval folder, paired by number, in numeric order."""
-    root = Path(root)
+def discover_parts(root: str | Location) -> list[Part]:
+    """List the parts of a clip-retrieval folder (local path or fsspec URL), paired by number, in numeric order."""
+    root = location(root) if isinstance(root, str) else root
     if not root.is_dir():
         raise MissingUpstreamError(
             f"{root}: embeddings folder not found; build the demo sample with `make demo` "
@@ -72,7 +72,7 @@ def discover_parts(root: str | Path) -> list[Part]:
     return [Part(n, embs[n], metas[n], texts.get(n)) for n in sorted(embs)]
 
 
-def find_part(root: str | Path, key: str) -> Part:
+def find_part(root: str | Location, key: str) -> Part:
     """Return the part whose partition key is ``key``; the error names the folder when it is absent."""
     for part in discover_parts(root):
         if part.key == key:

@@ -1,33 +1,79 @@
-"""Reading a part's metadata parquet into LAION's column types, with the sample key added."""
+"""Reading a part's metadata into LAION's release columns, with the sample key added.
+
+One declared mapping, :data:`COLUMN_SOURCES`, takes LAION's own columns as released (``URL``, ``TEXT``, …) or
+clip-retrieval / img2dataset's lowercase ones (``url``, ``caption``, ``original_width``, …). For each LAION
+column the first source column present wins. ``hash`` is always recomputed from url + caption as LAION did.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import polars as pl
 
 from laion_assets.errors import BadInputError
 from laion_assets.hashing import laion_hashes
+from laion_assets.locations import Location, location, parquet_columns, read_parquet
 from laion_assets.schemas import METADATA_COLUMNS, OPTIONAL_METADATA_COLUMNS
 
+# LAION column <- candidate source columns, in priority order. img2dataset's `width`/`height` are the sizes
+# after its resize; LAION's WIDTH/HEIGHT are the original image's, hence `original_*` first.
+COLUMN_SOURCES: dict[str, tuple[str, ...]] = {
+    "URL": ("URL", "url"),
+    "TEXT": ("TEXT", "caption", "text"),
+    "WIDTH": ("WIDTH", "original_width", "width"),
+    "HEIGHT": ("HEIGHT", "original_height", "height"),
+    "similarity": ("similarity",),
+    "punsafe": ("punsafe",),
+    "pwatermark": ("pwatermark",),
+    "LANGUAGE": ("LANGUAGE", "language"),
+}
+# Columns a part must provide; the safety columns may instead come from a separate safety table.
+REQUIRED = ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity")
+SAFETY = ("punsafe", "pwatermark")
 
-def read_metadata(path: str | Path) -> pl.DataFrame:
-    """Read a metadata parquet, check and cast LAION's columns, and add the int64 ``hash`` column."""
-    path = Path(path)
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as exc:  # polars raises several types for unreadable files
-        raise BadInputError(f"{path}: cannot read parquet: {exc}") from exc
-    missing = [c for c in METADATA_COLUMNS if c not in frame.columns]
+
+def column_mapping(columns: list[str], path: Location | str) -> dict[str, str]:
+    """Map LAION columns to the source columns that provide them; raises naming the file when one is unmappable."""
+    mapping = {}
+    for target, candidates in COLUMN_SOURCES.items():
+        found = next((c for c in candidates if c in columns), None)
+        if found is not None:
+            mapping[target] = found
+    missing = [c for c in REQUIRED if c not in mapping]
     if missing:
-        raise BadInputError(f"{path}: missing column(s) {missing}; a metadata part needs {list(METADATA_COLUMNS)}")
-    columns = dict(METADATA_COLUMNS)
-    columns.update({c: t for c, t in OPTIONAL_METADATA_COLUMNS.items() if c in frame.columns})
+        wanted = "; ".join(f"{c} <- one of {list(COLUMN_SOURCES[c])}" for c in missing)
+        raise BadInputError(f"{path}: missing column(s) {missing}: cannot map {wanted} (columns present: {columns})")
+    return mapping
+
+
+def has_safety_columns(path: Location | str) -> bool:
+    """True when a metadata file carries both punsafe and pwatermark itself (no safety join needed)."""
+    path = location(path) if isinstance(path, str) else path
+    return all(c in parquet_columns(path) for c in SAFETY)
+
+
+def read_metadata(path: Location | str, swap_width_height: bool = False) -> pl.DataFrame:
+    """Read a metadata parquet into LAION's columns and types and add the int64 ``hash`` column.
+
+    Absent safety or language columns become nulls. ``swap_width_height`` undoes raw LAION-5B metadata's
+    swapped WIDTH/HEIGHT (LAION swapped them back when joining).
+    """
+    path = location(path) if isinstance(path, str) else path
     try:
-        frame = frame.select([pl.col(c).cast(t) for c, t in columns.items()])
+        frame = read_parquet(path)
+    except Exception as exc:  # polars/pyarrow raise several types for unreadable files
+        raise BadInputError(f"{path}: cannot read parquet: {exc}") from exc
+    mapping = column_mapping(frame.columns, path)
+    types = {**METADATA_COLUMNS, **OPTIONAL_METADATA_COLUMNS}
+    try:
+        frame = frame.select(
+            [
+                pl.col(mapping[name]).cast(dtype).alias(name) if name in mapping else pl.lit(None, dtype).alias(name)
+                for name, dtype in types.items()
+            ]
+        )
     except pl.exceptions.PolarsError as exc:
         raise BadInputError(f"{path}: a column has the wrong type: {exc}") from exc
-    if "LANGUAGE" not in frame.columns:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("LANGUAGE"))
+    if swap_width_height:
+        frame = frame.with_columns(pl.col("HEIGHT").alias("WIDTH"), pl.col("WIDTH").alias("HEIGHT"))
     hashes = laion_hashes(frame["URL"].to_list(), frame["TEXT"].to_list())
     return frame.with_columns(pl.Series("hash", hashes, dtype=pl.Int64))

@@ -38,6 +38,11 @@ class OutputLayout:
         return self.tags_dir / f"part-{key}.parquet"
 
     @property
+    def safety_dir(self) -> Path:
+        """safety_tags: LAION's separate safety table, de-duplicated and sorted by hash."""
+        return self.root / "safety"
+
+    @property
     def subsets_dir(self) -> Path:
         """Parent folder of every subset."""
         return self.root / "subsets"

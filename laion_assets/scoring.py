@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from laion_assets.embeddings import iter_chunks, open_embeddings
+from laion_assets.embeddings import StreamedNpy, iter_chunks, open_embeddings
 from laion_assets.errors import BadInputError
+from laion_assets.locations import Location
 from laion_assets.predictors import LinearPredictor, Predictor
 
 
-def score_array(array: np.ndarray, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
+def score_array(array: np.ndarray | StreamedNpy, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
     """Score every row of a (n, d) array with each predictor; returns float32 columns by name.
 
     Linear heads (V1, and V2 which collapses to one affine map) share a single (d, k) matmul per chunk,
@@ -36,7 +36,7 @@ def score_array(array: np.ndarray, predictors: Mapping[str, Predictor]) -> dict[
     return out
 
 
-def score_file(path: str | Path, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
+def score_file(path: str | Location, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
     """Score a stored embeddings .npy file; the error names the file on a width mismatch."""
     array = open_embeddings(path)
     for name, predictor in predictors.items():

@@ -35,9 +35,9 @@ class IndexedPart:
     languages: dict[str, int] = field(default_factory=dict)
 
 
-def index_part(part: Part, out: Path, dim: int) -> IndexedPart:
+def index_part(part: Part, out: Path, dim: int, swap_width_height: bool = False) -> IndexedPart:
     """Validate a part (width, dtype, rows, norms, finite values) and write its metadata with LAION hashes."""
-    meta = read_metadata(part.metadata)
+    meta = read_metadata(part.metadata, swap_width_height=swap_width_height)
     stats = validate_embeddings(part.embeddings, dim, meta.height, rows_from=part.metadata)
     source = {"embeddings": str(part.embeddings), "metadata": str(part.metadata)}
     write_parquet(meta.to_arrow(), out, {SOURCE_KEY: json.dumps(source, sort_keys=True)})

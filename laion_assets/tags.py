@@ -11,6 +11,7 @@ import polars as pl
 from laion_assets.atomic import atomic_dir, write_parquet
 from laion_assets.errors import BadInputError
 from laion_assets.outputs import OutputLayout, require
+from laion_assets.safety import SafetyIndex
 from laion_assets.schemas import TAGS_COLUMNS
 from laion_assets.shards import IDENTITY_KEY, read_identities
 
@@ -27,20 +28,27 @@ class TagsSummary:
     rows: int
     per_shard: dict[str, dict[str, int]]
     identities: dict[str, str]
+    without_safety_tags: int = 0
 
 
-def build_tags(keys: Sequence[str], layout: OutputLayout) -> TagsSummary:
-    """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``."""
+def build_tags(keys: Sequence[str], layout: OutputLayout, safety: SafetyIndex | None = None) -> TagsSummary:
+    """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``.
+
+    With a ``safety`` index, punsafe/pwatermark come from LAION's separate safety table (joined on hash);
+    without one they are the metadata's own. Rows left without safety tags are counted.
+    """
     if not keys:
         raise BadInputError("no shards are registered: register the source's parts first (`make demo` does)")
     per_shard: dict[str, dict[str, int]] = {}
     identities: dict[str, str] = {}
-    total = 0
+    total = missing_safety = 0
     with atomic_dir(layout.tags_dir) as tmp:
         for key in keys:
             meta_path = require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
             scores_path = require(layout.shard_scores(key), f"aesthetic_scores for shard {key}", shard_hint(key))
             meta = pl.read_parquet(meta_path)
+            if safety is not None:
+                meta = meta.with_columns(*safety.lookup(meta["hash"].to_numpy()))
             scores = pl.read_parquet(scores_path)
             if meta.height != scores.height:
                 raise BadInputError(
@@ -61,9 +69,16 @@ def build_tags(keys: Sequence[str], layout: OutputLayout) -> TagsSummary:
             )
             recorded = json.dumps(shard_ids, sort_keys=True)
             write_parquet(table.to_arrow(), tmp / f"part-{key}.parquet", {IDENTITY_KEY: recorded})
-            per_shard[key] = {"metadata": meta.height, "scores": scores.height, "tags": table.height}
+            unsafe_unknown = int(table["punsafe"].null_count())
+            per_shard[key] = {
+                "metadata": meta.height,
+                "scores": scores.height,
+                "tags": table.height,
+                "without_safety_tags": unsafe_unknown,
+            }
             total += table.height
-    return TagsSummary(total, per_shard, identities)
+            missing_safety += unsafe_unknown
+    return TagsSummary(total, per_shard, identities, missing_safety)
 
 
 def scan_tags(layout: OutputLayout) -> pl.LazyFrame:

@@ -22,9 +22,35 @@ def test_columns_are_cast_and_hashed(tmp_path):
 
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "metadata_4.parquet"
-    pl.DataFrame([{k: v for k, v in ROW.items() if k != "pwatermark"}]).write_parquet(path)
-    with pytest.raises(BadInputError, match=r"metadata_4\.parquet: missing column\(s\) \['pwatermark'\]"):
+    pl.DataFrame([{k: v for k, v in ROW.items() if k != "similarity"}]).write_parquet(path)
+    with pytest.raises(BadInputError, match=r"metadata_4\.parquet: missing column\(s\) \['similarity'\]"):
         read_metadata(path)
+
+
+def test_unmappable_lowercase_columns_are_named(tmp_path):
+    path = tmp_path / "metadata_0007.parquet"
+    pl.DataFrame([{"image_path": "0.jpg", "caption": "c", "width": 1, "height": 2, "similarity": 0.3}]).write_parquet(
+        path
+    )
+    with pytest.raises(BadInputError, match=r"metadata_0007\.parquet: missing column\(s\) \['URL'\]: cannot map URL"):
+        read_metadata(path)
+
+
+def test_clip_retrieval_columns_map_to_laion_columns(tmp_path):
+    path = tmp_path / "metadata_0000.parquet"
+    row = {"image_path": "00000.jpg", "caption": "a cat", "url": "http://a/1.jpg", "key": "000000000",
+           "status": "success", "error_message": None, "width": 256, "height": 256, "original_width": 640,
+           "original_height": 480, "exif": "{}", "similarity": 0.31, "NSFW": "UNLIKELY", "LICENSE": "?",
+           "md5": "x"}  # fmt: skip
+    pl.DataFrame([row]).write_parquet(path)
+    frame = read_metadata(path)
+    assert frame.row(0, named=True) | {"hash": 0} == {
+        "URL": "http://a/1.jpg", "TEXT": "a cat", "WIDTH": 640.0, "HEIGHT": 480.0, "similarity": 0.31,
+        "punsafe": None, "pwatermark": None, "LANGUAGE": None, "hash": 0,
+    }  # fmt: skip
+    assert frame["hash"][0] == laion_hash("http://a/1.jpg", "a cat")
+    swapped = read_metadata(path, swap_width_height=True)
+    assert (swapped["WIDTH"][0], swapped["HEIGHT"][0]) == (480.0, 640.0)
 
 
 def test_uncastable_column_is_named(tmp_path):

@@ -7,6 +7,6 @@ SHARD_ASSETS = dg.AssetSelection.assets("clip_embeddings", "aesthetic_scores")
 shard_job = dg.define_asset_job("shard_job", selection=SHARD_ASSETS, description="Index and score one shard.")
 release_job = dg.define_asset_job(
     "release_job",
-    selection=dg.AssetSelection.assets("aesthetic_tags").downstream(),
+    selection=dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream(),
     description="Rebuild the tags table and everything computed from it (subsets, buckets, histogram).",
 )

@@ -19,9 +19,9 @@ from laion_assets.layout import discover_parts
 from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
 
 ALL_ASSETS = {
-    "clip_embeddings", "aesthetic_scores", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus", "subset_5plus",
-    "subset_6plus", "subset_6_25plus", "subset_6_5plus", "laion_aesthetic", "laion_art", "bucket_embeddings",
-    "score_histogram",
+    "clip_embeddings", "aesthetic_scores", "safety_tags", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus",
+    "subset_5plus", "subset_6plus", "subset_6_25plus", "subset_6_5plus", "laion_aesthetic", "laion_art",
+    "bucket_embeddings", "score_histogram",
 }  # fmt: skip
 
 

@@ -24,7 +24,8 @@ def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource)
     with as_failure():
         part = storage.part(key)
         out = storage.layout.shard_metadata(key)
-        indexed = index_part(part, out, storage.embedding_dim)
+        indexed = index_part(part, out, storage.embedding_dim, storage.swap_width_height)
+        storage.push(out)
     context.log.info(f"shard {key}: {indexed.rows} rows, {indexed.duplicate_hashes} duplicate hashes")
     return dg.MaterializeResult(
         metadata={
@@ -58,10 +59,12 @@ def aesthetic_scores(
     key = context.partition_key
     layout = storage.layout
     with as_failure():
+        storage.pull(layout.shard_metadata(key))
         indexed = require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
         scored = score_part(
             storage.part(key), indexed, predictors.load(storage.embedding_dim), layout.shard_scores(key)
         )
+    storage.push(layout.shard_scores(key))
     metadata: dict[str, object] = {
         "dagster/row_count": scored.rows,
         "path": dg.MetadataValue.path(str(layout.shard_scores(key))),

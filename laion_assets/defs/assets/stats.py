@@ -33,6 +33,7 @@ def bucket_embeddings(context: dg.AssetExecutionContext, storage: StorageResourc
     layout = storage.layout
     acc = BucketAccumulator(storage.embedding_dim)
     with as_failure():
+        storage.pull(layout.tags_dir)
         for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
             tags_part = require(layout.tags_part(key), f"aesthetic_tags for shard {key}")
             scores = pl.read_parquet(tags_part, columns=["aesthetic"])["aesthetic"].to_numpy()
@@ -45,6 +46,7 @@ def bucket_embeddings(context: dg.AssetExecutionContext, storage: StorageResourc
             accumulate_part(acc, embeddings, scores)
         with atomic_dir(layout.buckets_dir) as tmp:
             save_buckets(acc.vectors(), tmp)
+        storage.push(layout.buckets_dir)
     counts = {f"rating{k}": int(acc.counts[k]) for k in range(N_BUCKETS)}
     empty = [k for k in range(N_BUCKETS) if acc.counts[k] == 0]
     if empty:
@@ -71,12 +73,14 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
     """Count the tags table's V1 and V2 scores per integer bucket."""
     layout = storage.layout
     with as_failure():
+        storage.pull(layout.tags_dir)
         tags = scan_tags(layout)
         counts = {column: lazy_counts(tags, column) for column in SCORE_COLUMNS}
     text = {column: laion_text(c) for column, c in counts.items()}
     document = {"counts": counts, "laion": text}
     with atomic_path(layout.histogram_path) as tmp:
         tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    storage.push(layout.histogram_path)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(

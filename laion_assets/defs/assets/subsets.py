@@ -38,9 +38,11 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
     def _subset(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         layout = storage.layout
         with as_failure():
+            storage.pull(layout.tags_dir)
             tags = scan_tags(layout)
             query = v2_subset(tags, rule) if isinstance(rule, V2Subset) else v1_subset(tags, rule)
             path = write_subset(query, layout.subset_dir(rule.asset_name))
+            storage.push(layout.subset_dir(rule.asset_name))
         rows = subset_rows(path)
         stats = (
             pl.scan_parquet(path)
@@ -80,12 +82,14 @@ def _checks(rule: V1Subset | V2Subset, asset: dg.AssetsDefinition) -> list[dg.As
 
     @dg.asset_check(asset=asset, name="meets_rule", description=f"Every row meets the rule: {_rule_text(rule)}.")
     def _meets_rule(storage: StorageResource) -> dg.AssetCheckResult:
+        storage.pull(storage.layout.subset_dir(rule.asset_name))
         path = storage.layout.subset_dir(rule.asset_name) / SUBSET_FILE
         bad = rule_violations(path, rule)
         return dg.AssetCheckResult(passed=bad == 0, metadata={"violating_rows": bad})
 
     @dg.asset_check(asset=asset, name="schema_matches", description="Columns, order and types are LAION's.")
     def _schema(storage: StorageResource) -> dg.AssetCheckResult:
+        storage.pull(storage.layout.subset_dir(rule.asset_name))
         path = storage.layout.subset_dir(rule.asset_name) / SUBSET_FILE
         problems = schema_mismatches(pl.scan_parquet(path).collect_schema(), expected)
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
@@ -105,6 +109,7 @@ def nesting_problems(storage: StorageResource, names: Sequence[str]) -> dict[str
     """For each consecutive pair (looser, stricter), count hashes of the stricter subset missing from the looser."""
     layout = storage.layout
     missing: dict[str, int] = {}
+    storage.pull(*(layout.subset_dir(name) for name in names))
     for looser, stricter in zip(names, names[1:], strict=False):
         outer = pl.scan_parquet(require(layout.subset_dir(looser) / SUBSET_FILE, looser)).select("hash")
         inner = pl.scan_parquet(require(layout.subset_dir(stricter) / SUBSET_FILE, stricter)).select("hash")

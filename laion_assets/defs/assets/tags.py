@@ -9,11 +9,43 @@ from laion_assets.defs.assets.shards import aesthetic_scores
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
+from laion_assets.locations import Location, is_local, open_binary
+from laion_assets.safety import SafetyIndex, build_safety_index
 from laion_assets.tags import build_tags, scan_tags
 
 
 @dg.asset(
-    deps=[aesthetic_scores],
+    group_name="tags",
+    kinds={"numpy"},
+    code_version="1",
+    description="LAION's separate safety tags (punsafe, pwatermark by hash), de-duplicated by hash, missing "
+    "pwatermark filled with 0.5, sorted for binary search. Empty when the embeddings' metadata carries them.",
+)
+def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Index the optional safety table named by the `safety` setting."""
+    source = storage.safety_path
+    if source is None:
+        context.log.info("no separate safety table configured: punsafe/pwatermark come from the metadata")
+        return dg.MaterializeResult(metadata={"source": "embeddings metadata (no separate safety table)"})
+    folder = storage.layout.safety_dir
+    with as_failure():
+        summary = build_safety_index(source, folder)
+    storage.push(folder)
+    return dg.MaterializeResult(
+        metadata={
+            "source": str(source),
+            "files": summary.files,
+            "rows_read": summary.rows_read,
+            "dagster/row_count": summary.unique_hashes,
+            "duplicate_rows_dropped": summary.rows_read - summary.unique_hashes,
+            "pwatermark_filled_with_0.5": summary.pwatermark_filled,
+            "path": dg.MetadataValue.path(str(folder)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[aesthetic_scores, safety_tags],
     group_name="tags",
     kinds={"parquet"},
     code_version="1",
@@ -23,8 +55,15 @@ from laion_assets.tags import build_tags, scan_tags
 def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Fan in all shards' metadata and scores into the tags table."""
     keys = sorted(context.instance.get_dynamic_partitions(shards.name))
+    layout = storage.layout
     with as_failure():
-        summary = build_tags(keys, storage.layout)
+        storage.pull(*(p for key in keys for p in (layout.shard_metadata(key), layout.shard_scores(key))))
+        safety = None
+        if storage.safety_path is not None:
+            storage.pull(layout.safety_dir)
+            safety = SafetyIndex.open(layout.safety_dir)
+        summary = build_tags(keys, layout, safety)
+    storage.push(layout.tags_dir)
     stats = (
         scan_tags(storage.layout)
         .select(
@@ -41,6 +80,8 @@ def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) 
         metadata={
             "dagster/row_count": summary.rows,
             "shards": len(keys),
+            "rows_without_safety_tags": summary.without_safety_tags,
+            "safety_source": str(storage.safety_path or "embeddings metadata"),
             "per_shard": dg.MetadataValue.json(summary.per_shard),
             **{f"predictor/{c}": i for c, i in summary.identities.items()},
             **{name: float(stats[name].item()) for name in stats.columns},
@@ -52,6 +93,7 @@ def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) 
 @dg.asset_check(asset=aesthetic_tags, description="Every V1 and V2 score in the tags table is finite.")
 def scores_finite(storage: StorageResource) -> dg.AssetCheckResult:
     """Count NaN, Inf and null scores in the tags table."""
+    storage.pull(storage.layout.tags_dir)
     bad = (
         scan_tags(storage.layout)
         .select(
@@ -74,9 +116,11 @@ def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: Storag
     layout = storage.layout
     mismatched: dict[str, list[int]] = {}
     total = np.zeros(3, dtype=np.int64)
+    storage.pull(layout.tags_dir)
     for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
+        storage.pull(layout.shard_scores(key))
         paths = (storage.part(key).metadata, layout.shard_scores(key), layout.tags_part(key))
-        counts = [pq.ParquetFile(p).metadata.num_rows if p.exists() else -1 for p in paths]
+        counts = [_rows(p) for p in paths]
         total += counts
         if len(set(counts)) != 1:
             mismatched[key] = counts
@@ -89,3 +133,13 @@ def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: Storag
             "mismatched_shards": dg.MetadataValue.json(mismatched),
         },
     )
+
+
+def _rows(path: Location) -> int:
+    """Row count from a parquet footer, -1 when the file is absent."""
+    if not path.exists():
+        return -1
+    if is_local(path):
+        return pq.ParquetFile(path).metadata.num_rows
+    with open_binary(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows

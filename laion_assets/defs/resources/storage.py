@@ -1,36 +1,77 @@
-"""Where the stored embeddings are read from and where every asset writes."""
+"""Where the stored embeddings (and optional safety tags) are read from and where every asset writes."""
 
+import hashlib
 import os
 from pathlib import Path
 
 import dagster as dg
 
 from laion_assets.layout import Part, find_part
+from laion_assets.locations import Location, is_local, location
+from laion_assets.mirror import Mirror
 from laion_assets.outputs import OutputLayout
-from laion_assets.paths import resolve
 from laion_assets.predictors import CLIP_L14_DIM
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The embeddings source (clip-retrieval layout) and the data root; relative paths start at the project.
+    """Sources and data root: local paths (relative ones start at the project folder) or fsspec URLs.
 
-    Their defaults can be moved with the environment variables ``LAION_ASSETS_SOURCE`` and
-    ``LAION_ASSETS_DATA_ROOT`` (read when the code location loads).
+    ``source`` is a clip-retrieval folder (``img_emb/``, ``metadata/``); ``safety`` optionally names LAION's
+    separate safety-tags table (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is
+    mirrored through the local ``staging`` folder. Defaults can be moved with ``LAION_ASSETS_SOURCE``,
+    ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code location loads). Credentials for
+    URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never from this config.
     """
 
     source: str = os.environ.get("LAION_ASSETS_SOURCE", "data/sample")
     data_root: str = os.environ.get("LAION_ASSETS_DATA_ROOT", "data/out")
+    safety: str = os.environ.get("LAION_ASSETS_SAFETY", "")
+    staging: str = ""
+    swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
 
     @property
-    def source_path(self) -> Path:
-        """The source folder as an absolute path."""
-        return resolve(self.source)
+    def source_path(self) -> Location:
+        """The source folder (a local path or a UPath)."""
+        return location(self.source)
+
+    @property
+    def safety_path(self) -> Location | None:
+        """The safety-tags table, or None when the metadata carries punsafe/pwatermark itself."""
+        return location(self.safety) if self.safety else None
+
+    @property
+    def _local_root(self) -> Path:
+        root = location(self.data_root)
+        if is_local(root):
+            return root
+        if self.staging:
+            return location(self.staging)
+        digest = hashlib.sha256(self.data_root.encode()).hexdigest()[:16]
+        return Path.home() / ".cache" / "laion-assets" / "staging" / digest
 
     @property
     def layout(self) -> OutputLayout:
-        """Paths of every output below the data root."""
-        return OutputLayout(resolve(self.data_root))
+        """Paths of every output below the (local working copy of the) data root."""
+        return OutputLayout(self._local_root)
+
+    @property
+    def mirror(self) -> Mirror | None:
+        """The remote mirror of the data root, or None when it is local."""
+        root = location(self.data_root)
+        return None if is_local(root) else Mirror(self._local_root, root)
+
+    def pull(self, *paths: Path) -> None:
+        """Bring inputs under the data root down from a remote data root (no-op when local)."""
+        if self.mirror is not None:
+            for path in paths:
+                self.mirror.pull(path)
+
+    def push(self, *paths: Path) -> None:
+        """Send outputs under the data root up to a remote data root (no-op when local)."""
+        if self.mirror is not None:
+            for path in paths:
+                self.mirror.push(path)
 
     def part(self, key: str) -> Part:
         """The stored part behind a shard partition key."""

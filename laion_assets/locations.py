@@ -1,0 +1,59 @@
+"""Local paths and fsspec URLs (``s3://``, ``hf://``, ``memory://``, …) behind one path-like type.
+
+Local paths stay plain :class:`pathlib.Path` subclasses (fast paths such as memory-mapping keep working);
+anything with a ``scheme://`` becomes a :class:`upath.UPath` backed by fsspec, whose credentials come from the
+usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+import polars as pl
+from upath import UPath
+
+from laion_assets.paths import resolve
+
+Location = Path | UPath
+
+
+def location(path_or_url: str | Path) -> Location:
+    """Return a local path (relative ones taken from the project folder) or a UPath for a URL."""
+    text = str(path_or_url)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return resolve(text.removeprefix("file://"))
+
+
+def is_local(path: Location) -> bool:
+    """True for paths on the local filesystem (which can be memory-mapped and renamed atomically)."""
+    return isinstance(path, Path)
+
+
+def open_binary(path: Location) -> BinaryIO:
+    """Open a local path or URL for reading bytes."""
+    return path.open("rb")
+
+
+def read_parquet(path: Location, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a parquet file from a local path or any fsspec URL."""
+    if is_local(path):
+        return pl.read_parquet(path, columns=columns)
+    with open_binary(path) as f:
+        return pl.read_parquet(f, columns=columns)
+
+
+def parquet_columns(path: Location) -> list[str]:
+    """Column names of a parquet file, read from its footer only."""
+    import pyarrow.parquet as pq
+
+    if is_local(path):
+        return pq.read_schema(path).names
+    with open_binary(path) as f:
+        return pq.read_schema(f).names
+
+
+def list_files(folder: Location, suffix: str) -> list[Location]:
+    """Files below ``folder`` (recursively) whose name ends with ``suffix``, sorted by path."""
+    return sorted((p for p in folder.rglob(f"*{suffix}") if p.is_file()), key=str)
