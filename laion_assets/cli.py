@@ -14,9 +14,9 @@ def _register(args: argparse.Namespace) -> None:
     import dagster as dg
 
     from laion_assets.defs.partitions import register_shards
-    from laion_assets.paths import resolve
+    from laion_assets.locations import location
 
-    new = register_shards(dg.DagsterInstance.get(), resolve(args.source))
+    new = register_shards(dg.DagsterInstance.get(), location(args.source))
     print(f"registered {len(new)} new shard(s): {', '.join(new) or '-'}")
 
 

@@ -14,7 +14,8 @@ import dagster as dg
 from laion_assets.definitions import ASSETS, CHECKS, defs
 from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.paths import DEFAULT_SOURCE, resolve
+from laion_assets.locations import is_local, location
+from laion_assets.paths import DEFAULT_SOURCE
 from laion_assets.sample import SampleSpec, write_sample
 
 SHARD_SELECTION = ["clip_embeddings", "aesthetic_scores"]
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default="data/out")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    source = resolve(args.source)
-    if not source.exists():
+    source = location(args.source)
+    if is_local(source) and not source.exists():
         print(f"building the sample in {source}", flush=True)
         write_sample(source, SampleSpec())
     storage = StorageResource(source=str(source), data_root=args.data_root)

@@ -1,21 +1,20 @@
 """Shard partitions: one dynamic partition per stored part (about 1M rows, clip-retrieval's part size)."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from laion_assets.layout import discover_parts
+from laion_assets.locations import Location
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 
 
-def new_shard_keys(instance: dg.DagsterInstance, source: str | Path) -> list[str]:
+def new_shard_keys(instance: dg.DagsterInstance, source: str | Location) -> list[str]:
     """Partition keys of the source's parts that the instance has not registered yet."""
     known = set(instance.get_dynamic_partitions(shards.name))
     return [part.key for part in discover_parts(source) if part.key not in known]
 
 
-def register_shards(instance: dg.DagsterInstance, source: str | Path) -> list[str]:
+def register_shards(instance: dg.DagsterInstance, source: str | Location) -> list[str]:
     """Register every part of ``source`` as a shard partition; returns the keys that were new."""
     new = new_shard_keys(instance, source)
     if new:
