@@ -15,7 +15,6 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[images,hub,dev]'
 	bash scripts/patch-activate.sh $(VENV)/bin/activate
 	touch $@
