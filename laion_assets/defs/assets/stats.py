@@ -1,11 +1,9 @@
 """Release-level statistics: LAION's bucket embeddings and the score histogram."""
 
-import json
-
 import dagster as dg
 import polars as pl
 
-from laion_assets.atomic import atomic_dir, atomic_path
+from laion_assets.atomic import atomic_dir
 from laion_assets.buckets import N_BUCKETS, BucketAccumulator, accumulate_part, save_buckets
 from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
@@ -13,7 +11,7 @@ from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
 from laion_assets.embeddings import open_embeddings
 from laion_assets.errors import BadInputError
-from laion_assets.histogram import laion_text, lazy_counts
+from laion_assets.histogram import histogram_document, write_histogram
 from laion_assets.outputs import require
 from laion_assets.tags import scan_tags
 
@@ -72,11 +70,9 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
     layout = storage.layout
     with as_failure():
         tags = scan_tags(layout)
-        counts = {column: lazy_counts(tags, column) for column in SCORE_COLUMNS}
-    text = {column: laion_text(c) for column, c in counts.items()}
-    document = {"counts": counts, "laion": text}
-    with atomic_path(layout.histogram_path) as tmp:
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        document = histogram_document(tags, SCORE_COLUMNS)
+    counts, text = document["counts"], document["laion"]
+    write_histogram(document, layout.histogram_path)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(
