@@ -74,8 +74,21 @@ def test_new_version_replaces_files_in_one_commit(online: None, releases: tuple[
         assert set(repo.tags) == {"v0.1.0", "v0.2.0"} and repo.tags["v0.2.0"] == repo.commits[1]["oid"]
         # Only changed files travel: unchanged ones are byte-equal across the two releases, added ones differ.
         old, new = _release_files(first), _release_files(second)
-        assert result.plan.unchanged and all(old[rel] == new[rel] for rel in result.plan.unchanged)
+        assert all(old[rel] == new[rel] for rel in result.plan.unchanged)
         assert all(old.get(rel) != new[rel] for rel in result.plan.add)
+
+
+def test_only_changed_files_travel(online: None, releases: tuple[Path, Path], tmp_path: Path) -> None:
+    """v0.1.1 from the same inputs as v0.1.0: only the card and manifest (version, changelog) change."""
+    first, _ = releases
+    patch = build(tmp_path / "partial", tmp_path / "out2", "v0.1.1")[1].path
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        result = push_release(patch, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        repo = hub.repos["laion/aesthetics"]
+        assert sorted(result.plan.add) == ["README.md", "manifest.json"] and not result.plan.delete
+        assert len(result.plan.unchanged) == 21 and len(repo.commits) == 2
+        assert repo.files == _release_files(patch) and set(repo.tags) == {"v0.1.0", "v0.1.1"}
 
 
 def test_failed_push_keeps_previous_release(online: None, releases: tuple[Path, Path]) -> None:
