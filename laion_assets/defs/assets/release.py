@@ -15,6 +15,7 @@ from laion_assets.errors import BadInputError
 from laion_assets.gallery import write_galleries
 from laion_assets.kv import KV_FILES, OnDiskKV
 from laion_assets.manifest import CARD, MANIFEST, check_files, load_manifest, sha256_file
+from laion_assets.outputs import require
 from laion_assets.paths import resolve
 from laion_assets.pipeline import build_kvs
 from laion_assets.publishing import push_release
@@ -165,6 +166,9 @@ def hf_release(
     with as_failure():
         if not hf.repo_id:
             raise BadInputError("hf.repo_id is not set: configure the HfResource with the dataset repo to push to")
+        require(
+            folder / MANIFEST, f"release {release_config.version}", "materialize `release` first (`make demo` does)"
+        )
         result = push_release(folder, hf.repo_id, hf.token, hf.endpoint, hf.private, hf.dry_run)
     plan = result.plan
     context.log.info(plan.text())
