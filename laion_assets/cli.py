@@ -1,4 +1,4 @@
-"""The ``laion-assets`` command: build the sample, register shards, run the demo."""
+"""The ``laion-assets`` command: build the sample, register shards, run the demo, look up KV, verify and push."""
 
 import argparse
 import sys
@@ -26,6 +26,55 @@ def _demo(args: argparse.Namespace) -> None:
     demo_main(["--source", args.source, "--data-root", args.data_root])
 
 
+def _kv_lookup(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from laion_assets.errors import BadInputError
+    from laion_assets.kv import KV_FILES, MissingKeyError, OnDiskKV
+    from laion_assets.paths import resolve
+
+    path = resolve(args.kv or f"{args.data_root}/kv/{'safety.kv' if args.safety else 'aesthetic.kv'}")
+    fmt, columns = KV_FILES.get(path.name, KV_FILES["safety.kv" if args.safety else "aesthetic.kv"])
+    try:
+        keys = np.array([int(h) for h in args.hashes], dtype=np.int64)
+    except (ValueError, OverflowError) as exc:
+        raise BadInputError(f"not a signed int64 hash: {exc}") from exc
+    kv = OnDiskKV(path, fmt, columns)
+    pos = kv.positions(keys)
+    for key, p in zip(keys, pos, strict=True):
+        if p >= 0:
+            values = kv.get_many([key])[0]
+            print("\t".join([str(int(key)), *(f"{float(v):g}" for v in values)]))
+    missing = [str(int(k)) for k, p in zip(keys, pos, strict=True) if p < 0]
+    if missing:
+        raise MissingKeyError(f"{path}: hash(es) not found: {', '.join(missing)}")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from laion_assets.verify import verify_release
+
+    weights = dict(w.split("=", 1) for w in args.weights)
+    report = verify_release(args.release_dir, args.source, {k: Path(v) for k, v in weights.items()}, safety=args.safety)
+    print(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _push(args: argparse.Namespace) -> None:
+    import os
+
+    from laion_assets.publishing import push_release
+
+    result = push_release(
+        args.release_dir, args.repo_id, os.environ.get("HF_TOKEN"), args.endpoint, not args.public, args.dry_run
+    )
+    print(result.plan.text())
+    if not result.dry_run:
+        print(f"committed: {result.committed} ({result.commit_oid or '-'}); tagged: {result.tagged}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one subcommand."""
     parser = argparse.ArgumentParser(prog="laion-assets", description="LAION-Aesthetics as a Dagster asset graph.")
@@ -42,6 +91,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", default="data/sample")
     p.add_argument("--data-root", default="data/out")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("kv", help="LAION's on-disk KV files")
+    kv_sub = p.add_subparsers(dest="kv_command", required=True)
+    p = kv_sub.add_parser("lookup", help="print the score(s) of each hash; exits non-zero naming missing hashes")
+    p.add_argument("hashes", nargs="+", help="signed int64 LAION hashes")
+    p.add_argument("--kv", help="KV file (default DATA_ROOT/kv/aesthetic.kv, or safety.kv with --safety)")
+    p.add_argument("--safety", action="store_true", help="look up punsafe and pwatermark in safety.kv")
+    p.add_argument("--data-root", default="data/out")
+    p.set_defaults(func=_kv_lookup)
+    p = sub.add_parser("verify", help="rebuild a release from its manifest's inputs and name every differing file")
+    p.add_argument("release_dir")
+    p.add_argument("--source", help="clip-retrieval folder (default: the one recorded in the manifest)")
+    p.add_argument("--weights", action="append", default=[], metavar="COLUMN=PATH", help="weights of a score column")
+    p.add_argument("--safety", help="safety-tags table (default: the one recorded in the manifest, if any)")
+    p.set_defaults(func=_verify)
+    p = sub.add_parser("push", help="push a release folder to a Hugging Face dataset repo (token from HF_TOKEN)")
+    p.add_argument("release_dir")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--endpoint", default=None)
+    p.add_argument("--public", action="store_true", help="create the repo public (default private)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be committed")
+    p.set_defaults(func=_push)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -2,12 +2,13 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.release import RELEASE_ASSETS, RELEASE_CHECKS
 from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
-from laion_assets.defs.jobs import release_job, shard_job
-from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.defs.jobs import publish_job, release_job, shard_job
+from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [
@@ -19,18 +20,25 @@ ASSETS = [
     bucket_embeddings,
     score_histogram,
 ]
+ASSETS += RELEASE_ASSETS
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
+CHECKS += RELEASE_CHECKS
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources with their defaults: the shipped sample, ``data/out`` and LAION's released predictors."""
-    return {"storage": StorageResource(), "predictors": PredictorsResource()}
+    return {
+        "storage": StorageResource(),
+        "predictors": PredictorsResource(),
+        "release_config": ReleaseResource(),
+        "hf": HfResource(token=dg.EnvVar("HF_TOKEN")),
+    }
 
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[shard_job, release_job],
+    jobs=[shard_job, release_job, publish_job],
     sensors=[new_shards_sensor],
     resources=default_resources(),
 )

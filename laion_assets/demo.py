@@ -12,8 +12,9 @@ import time
 import dagster as dg
 
 from laion_assets.definitions import ASSETS, CHECKS, defs
+from laion_assets.defs.assets.release import hf_release
 from laion_assets.defs.partitions import register_shards
-from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.locations import is_local, location
 from laion_assets.paths import DEFAULT_SOURCE
 from laion_assets.sample import SampleSpec, write_sample
@@ -26,7 +27,7 @@ def run_graph(instance: dg.DagsterInstance, storage: StorageResource, predictors
     """Register the source's shards, materialize every shard, then every release-level asset and check."""
     register_shards(instance, storage.source_path)
     keys = sorted(instance.get_dynamic_partitions("shards"))
-    resources = {"storage": storage, "predictors": predictors}
+    resources = {"storage": storage, "predictors": predictors, "release_config": ReleaseResource(), "hf": HfResource()}
     for i, key in enumerate(keys, 1):
         print(f"[{i}/{len(keys)}] shard {key}: clip_embeddings, aesthetic_scores", flush=True)
         dg.materialize(
@@ -37,10 +38,12 @@ def run_graph(instance: dg.DagsterInstance, storage: StorageResource, predictors
             resources=resources,
             run_config=QUIET,
         )
-    print("release-level assets: tags, subsets, buckets, histogram", flush=True)
+    print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, release", flush=True)
+    # Pushing to the Hub (hf_release) needs a repo and a token: it is never part of the demo.
+    local_assets = [a for a in ASSETS if a is not hf_release]
     release = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
     result = dg.materialize(
-        [*ASSETS, *CHECKS], selection=release, instance=instance, resources=resources, run_config=QUIET
+        [*local_assets, *CHECKS], selection=release, instance=instance, resources=resources, run_config=QUIET
     )
     counts = {}
     for event in result.get_asset_materialization_events():

@@ -6,6 +6,9 @@ A score s falls in bucket ``floor(s)`` clipped to 0..9, so scores below 0 count 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
@@ -51,3 +54,18 @@ def lazy_counts(frame: pl.LazyFrame, column: str) -> dict[str, int]:
     counted = frame.select(bucket).group_by("bucket").len().collect(engine="streaming")
     found = dict(zip(counted["bucket"].to_list(), counted["len"].to_list(), strict=True))
     return {label: int(found.get(k, 0)) for k, label in enumerate(LABELS)}
+
+
+def histogram_document(frame: pl.LazyFrame, columns: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    """Counts and LAION's text of each score column: ``{"counts": {col: {...}}, "laion": {col: "..."}}``."""
+    counts = {column: lazy_counts(frame, column) for column in columns}
+    return {"counts": counts, "laion": {column: laion_text(c) for column, c in counts.items()}}
+
+
+def write_histogram(document: dict, path: Path) -> Path:
+    """Write a histogram document as stable JSON (sorted keys, fixed indent) atomically."""
+    from laion_assets.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return path

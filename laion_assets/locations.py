@@ -7,6 +7,7 @@ usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +53,25 @@ def parquet_columns(path: Location) -> list[str]:
         return pq.read_schema(path).names
     with open_binary(path) as f:
         return pq.read_schema(f).names
+
+
+def parquet_rows(path: Location) -> int:
+    """Row count of a parquet file from its footer."""
+    import pyarrow.parquet as pq
+
+    if is_local(path):
+        return pq.ParquetFile(path).metadata.num_rows
+    with open_binary(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def file_sha256(path: str | Location) -> str:
+    """Hex sha256 of a local or remote file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") if isinstance(path, str) else path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def list_files(folder: Location, suffix: str) -> list[Location]:

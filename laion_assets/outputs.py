@@ -66,6 +66,25 @@ class OutputLayout:
         """score_histogram's JSON file."""
         return self.stats_dir / "score_histogram.json"
 
+    @property
+    def kv_dir(self) -> Path:
+        """aesthetic_kv: LAION's on-disk KV files."""
+        return self.root / "kv"
+
+    @property
+    def viz_dir(self) -> Path:
+        """aesthetic_viz: static HTML galleries and PNG histograms."""
+        return self.root / "viz"
+
+    @property
+    def releases_dir(self) -> Path:
+        """Parent folder of every versioned release."""
+        return self.root / "releases"
+
+    def release_dir(self, version: str) -> Path:
+        """Folder of one release."""
+        return self.releases_dir / version
+
 
 def require(path: Path, what: str, command: str = BUILD_HINT) -> Path:
     """Return ``path`` if it exists, else raise one sentence naming what is missing and how to build it."""

@@ -7,7 +7,6 @@ files were saved from CUDA).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from laion_assets.errors import BadInputError
+from laion_assets.locations import file_sha256
 
 CLIP_L14_DIM = 768
 V1_LINEAR = "v1-linear"
@@ -48,15 +48,6 @@ class PredictorIdentity:
         if not kind or len(digest) != 64:
             raise ValueError(f"not a predictor identity: {text!r}")
         return cls(kind, digest)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Return the hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

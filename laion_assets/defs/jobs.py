@@ -3,10 +3,16 @@
 import dagster as dg
 
 SHARD_ASSETS = dg.AssetSelection.assets("clip_embeddings", "aesthetic_scores")
+PUBLISH_ASSETS = dg.AssetSelection.assets("hf_release")
 
 shard_job = dg.define_asset_job("shard_job", selection=SHARD_ASSETS, description="Index and score one shard.")
 release_job = dg.define_asset_job(
     "release_job",
-    selection=dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream(),
-    description="Rebuild the tags table and everything computed from it (subsets, buckets, histogram).",
+    selection=(dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream())
+    - PUBLISH_ASSETS,
+    description="Rebuild the tags table and everything computed from it (subsets, buckets, histogram, KV, "
+    "galleries, the release folder); pushing to the Hub is the separate publish_job.",
+)
+publish_job = dg.define_asset_job(
+    "publish_job", selection=PUBLISH_ASSETS, description="Push the release folder to its Hugging Face dataset repo."
 )

@@ -11,12 +11,14 @@ import polars as pl
 import pytest
 from upath import UPath
 
-from laion_assets.definitions import ASSETS, CHECKS
-from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.definitions import ASSETS, CHECKS, default_resources
+from laion_assets.defs.resources import PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.demo import run_graph
 from laion_assets.hashing import laion_hashes
 from laion_assets.layout import discover_parts
+from laion_assets.manifest import load_manifest
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
+from laion_assets.verify import verify_release
 
 SUBSETS = [r.asset_name for r in V2_SUBSETS + V1_SUBSETS]
 NUMBERS = (0, 1, 3)  # a gap: part 2 is missing
@@ -110,6 +112,11 @@ def test_laion_layout_with_separate_safety_gives_the_same_subsets(laion_layout, 
     # Rows without safety tags are never in the V1 subsets.
     no_tags = set(tags.filter(pl.col("punsafe").is_null())["hash"].to_list())
     assert not no_tags & set(got["laion_aesthetic"]["hash"].to_list())
+    # The release records the safety table, and verify rebuilds it byte for byte from both inputs.
+    release_dir = storage.layout.release_dir(ReleaseResource().version)
+    assert len(load_manifest(release_dir)["inputs"]["safety"]["files"]) == 3
+    report = verify_release(release_dir, source=laion, safety=safety, workdir=tmp_path)
+    assert report.ok, report.text()
 
 
 def test_safety_table_without_hash_fails_naming_the_file(laion_layout, tmp_path):
@@ -117,8 +124,8 @@ def test_safety_table_without_hash_fails_naming_the_file(laion_layout, tmp_path)
     bad = safety / "part-00001-joined.parquet"
     pl.read_parquet(bad).drop("hash").write_parquet(bad)
     storage = StorageResource(source=str(laion), safety=str(safety), data_root=str(tmp_path / "out"))
-    result = dg.materialize([*ASSETS, *CHECKS], selection=["safety_tags"], resources={
-        "storage": storage, "predictors": PredictorsResource()}, raise_on_error=False)  # fmt: skip
+    resources = {**default_resources(), "storage": storage}
+    result = dg.materialize([*ASSETS, *CHECKS], selection=["safety_tags"], resources=resources, raise_on_error=False)
     text = "\n".join(str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure)
     assert re.search(r"part-00001-joined\.parquet: safety table has no 'hash' column", text), text
 
@@ -145,6 +152,6 @@ def test_source_and_data_root_through_fsspec_urls(small_sample_session, tmp_path
     # A fresh working copy (another machine) pulls what it needs and rebuilds a subset from the remote root alone.
     elsewhere = StorageResource(source=str(bucket / "src"), data_root=str(bucket / "out"), staging=str(tmp_path / "b"))
     result = dg.materialize([*ASSETS, *CHECKS], selection=["subset_6_5plus"], resources={
-        "storage": elsewhere, "predictors": PredictorsResource()})  # fmt: skip
+        **default_resources(), "storage": elsewhere, "predictors": PredictorsResource()})  # fmt: skip
     assert result.success
     bucket.fs.rm(bucket.path, recursive=True)

@@ -1,20 +1,14 @@
 """Release-level statistics: LAION's bucket embeddings and the score histogram."""
 
-import json
-
 import dagster as dg
-import polars as pl
 
-from laion_assets.atomic import atomic_dir, atomic_path
-from laion_assets.buckets import N_BUCKETS, BucketAccumulator, accumulate_part, save_buckets
+from laion_assets.buckets import N_BUCKETS
 from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
-from laion_assets.embeddings import open_embeddings
-from laion_assets.errors import BadInputError
-from laion_assets.histogram import laion_text, lazy_counts
-from laion_assets.outputs import require
+from laion_assets.histogram import histogram_document, write_histogram
+from laion_assets.pipeline import build_buckets
 from laion_assets.tags import scan_tags
 
 SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
@@ -31,24 +25,13 @@ SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
 def bucket_embeddings(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Sum embeddings per V1 score bucket over every shard and save the normalised means."""
     layout = storage.layout
-    acc = BucketAccumulator(storage.embedding_dim)
+    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
     with as_failure():
         storage.pull(layout.tags_dir)
-        for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
-            tags_part = require(layout.tags_part(key), f"aesthetic_tags for shard {key}")
-            scores = pl.read_parquet(tags_part, columns=["aesthetic"])["aesthetic"].to_numpy()
-            embeddings = open_embeddings(storage.part(key).embeddings)
-            if embeddings.shape[0] != scores.shape[0]:
-                raise BadInputError(
-                    f"{storage.part(key).embeddings}: {embeddings.shape[0]} rows but {tags_part} has "
-                    f"{scores.shape[0]}; re-materialize the shard"
-                )
-            accumulate_part(acc, embeddings, scores)
-        with atomic_dir(layout.buckets_dir) as tmp:
-            save_buckets(acc.vectors(), tmp)
-        storage.push(layout.buckets_dir)
-    counts = {f"rating{k}": int(acc.counts[k]) for k in range(N_BUCKETS)}
-    empty = [k for k in range(N_BUCKETS) if acc.counts[k] == 0]
+        per_bucket = build_buckets([storage.part(key) for key in keys], layout, storage.embedding_dim)
+    storage.push(layout.buckets_dir)
+    counts = {f"rating{k}": int(per_bucket[k]) for k in range(N_BUCKETS)}
+    empty = [k for k in range(N_BUCKETS) if per_bucket[k] == 0]
     if empty:
         context.log.warning(f"empty buckets {empty}: their rating{{k}}.npy is a zero vector")
     return dg.MaterializeResult(
@@ -75,11 +58,9 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
     with as_failure():
         storage.pull(layout.tags_dir)
         tags = scan_tags(layout)
-        counts = {column: lazy_counts(tags, column) for column in SCORE_COLUMNS}
-    text = {column: laion_text(c) for column, c in counts.items()}
-    document = {"counts": counts, "laion": text}
-    with atomic_path(layout.histogram_path) as tmp:
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        document = histogram_document(tags, SCORE_COLUMNS)
+    counts, text = document["counts"], document["laion"]
+    write_histogram(document, layout.histogram_path)
     storage.push(layout.histogram_path)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")

@@ -3,13 +3,12 @@
 import dagster as dg
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from laion_assets.defs.assets.shards import aesthetic_scores
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
-from laion_assets.locations import Location, is_local, open_binary
+from laion_assets.locations import parquet_rows
 from laion_assets.safety import SafetyIndex, build_safety_index
 from laion_assets.tags import build_tags, scan_tags
 
@@ -120,7 +119,7 @@ def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: Storag
     for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
         storage.pull(layout.shard_scores(key))
         paths = (storage.part(key).metadata, layout.shard_scores(key), layout.tags_part(key))
-        counts = [_rows(p) for p in paths]
+        counts = [parquet_rows(p) if p.exists() else -1 for p in paths]
         total += counts
         if len(set(counts)) != 1:
             mismatched[key] = counts
@@ -133,13 +132,3 @@ def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: Storag
             "mismatched_shards": dg.MetadataValue.json(mismatched),
         },
     )
-
-
-def _rows(path: Location) -> int:
-    """Row count from a parquet footer, -1 when the file is absent."""
-    if not path.exists():
-        return -1
-    if is_local(path):
-        return pq.ParquetFile(path).metadata.num_rows
-    with open_binary(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows

@@ -1,6 +1,8 @@
 """Resources of the laion_assets code location, one per file."""
 
+from laion_assets.defs.resources.hub import HfResource
 from laion_assets.defs.resources.predictors import PredictorsResource
+from laion_assets.defs.resources.release import ReleaseResource
 from laion_assets.defs.resources.storage import StorageResource
 
-__all__ = ["PredictorsResource", "StorageResource"]
+__all__ = ["HfResource", "PredictorsResource", "ReleaseResource", "StorageResource"]

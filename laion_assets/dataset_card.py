@@ -1,0 +1,166 @@
+"""The release's dataset card (``README.md``): YAML front matter the Hub reads, then counts, rules and history.
+
+One ``configs`` entry per subset lets ``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet
+folder. The card is a pure function of the manifest and the histogram, so rebuilding it gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from laion_assets.histogram import LABELS
+
+DATA_LICENSE = "cc-by-4.0"  # LAION's metadata (URLs, captions, scores) is released under CC-BY 4.0
+
+# Weights we know by sha256: where they come from and their licence (data/models/SOURCES.md).
+KNOWN_PREDICTORS: dict[str, tuple[str, str, str]] = {
+    "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba": (
+        "sa_0_4_vit_l_14_linear.pth",
+        "LAION-AI/aesthetic-predictor",
+        "MIT",
+    ),
+    "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0": (
+        "sac+logos+ava1-l14-linearMSE.pth",
+        "christophschuhmann/improved-aesthetic-predictor",
+        "Apache-2.0",
+    ),
+    "0af3254c651d55b7ea851429c20f26ec880bb0169805a4df85b814bd7966f3e4": (
+        "ava+logos-l14-reluMSE.pth",
+        "christophschuhmann/improved-aesthetic-predictor",
+        "Apache-2.0",
+    ),
+}
+
+
+def subset_path(name: str) -> str:
+    """Folder of one subset inside a release."""
+    return f"data/{name}"
+
+
+def front_matter(manifest: dict) -> dict:
+    """The card's YAML header: licence, tags and one ``configs`` entry per subset (the first is the default)."""
+    configs = []
+    for i, subset in enumerate(manifest["subsets"]):
+        name = subset["name"]
+        entry: dict = {
+            "config_name": name,
+            "data_files": [{"split": "train", "path": f"{subset_path(name)}/*.parquet"}],
+        }
+        if i == 0:
+            entry["default"] = True
+        configs.append(entry)
+    return {
+        "pretty_name": manifest["name"],
+        "license": DATA_LICENSE,
+        "tags": ["laion", "aesthetics", "clip", "image-text"],
+        "configs": configs,
+    }
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _licence(identity: str) -> tuple[str, str]:
+    digest = identity.partition("@sha256:")[2]
+    known = KNOWN_PREDICTORS.get(digest)
+    if known is None:
+        return "unknown origin", "unknown: check the weights file's licence before publishing"
+    return f"{known[1]} (`{known[0]}`)", known[2]
+
+
+def render_card(manifest: dict, histogram: dict) -> str:
+    """Render ``README.md`` (front matter + body) from a manifest (without its README entry) and the histogram."""
+    header = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    files = manifest["files"]
+    lines = ["---", header.rstrip("\n"), "---", "", f"# {manifest['name']} {manifest['version']}", ""]
+    lines += [
+        "LAION-Aesthetics subsets rebuilt with laion-assets from stored CLIP ViT-L/14 "
+        "embeddings. Every file's sha256 is in `manifest.json`; `laion-assets verify RELEASE_DIR` rebuilds the "
+        "release from the inputs recorded there and names any file that differs.",
+        "",
+        "## Subsets",
+        "",
+    ]
+    rows = []
+    for subset in manifest["subsets"]:
+        name = subset["name"]
+        entry = files[f"{subset_path(name)}/part-00000.parquet"]
+        rows.append([f"`{name}`", subset["rule"], f"{entry['rows']:,}", f"`{entry['sha256'][:16]}…`"])
+    lines += _table(["config", "filter rule", "rows", "sha256"], rows)
+    lines += [
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("REPO_ID", "{manifest["subsets"][0]["name"]}", split="train")',
+        "```",
+        "",
+        "## Score histograms",
+        "",
+        "Rows of the aesthetic-tags table per integer score bucket (a score s counts in `clip(floor(s), 0, 9)`).",
+        "",
+    ]
+    counts = histogram["counts"]
+    columns = sorted(counts)
+    lines += _table(["bucket", *[f"`{c}`" for c in columns]], [[b, *[counts[c][b] for c in columns]] for b in LABELS])
+    lines.append("")
+    for column in columns:
+        total = sum(counts[column].values())
+        lines.append(f"- `{column}` ({total:,} rows), as LAION printed it: `{histogram['laion'][column]}`")
+    lines += ["", "## Filter rules", ""]
+    thresholds = manifest["thresholds"]
+    lines += [
+        f"- V2 subsets (`AESTHETIC_SCORE`, improved aesthetic predictor): English rows (`LANGUAGE == "
+        f'"{thresholds["language"]}"`, or all rows without a LANGUAGE column) with `AESTHETIC_SCORE >= t`.',
+        f"- V1 subsets (`aesthetic`, LAION aesthetic predictor V1): `punsafe < {thresholds['punsafe_max']}` and "
+        f"`pwatermark < {thresholds['pwatermark_max']}`, one row per `hash` (the first), then `aesthetic > t`.",
+        "- KV files: `kv/aesthetic.kv` (`<qe`: hash, V1 score) and `kv/safety.kv` (`<qee`: hash, punsafe, "
+        "pwatermark), records sorted by signed int64 hash, no header, nulls dropped, first row per hash.",
+        "",
+        "## Predictors and licences",
+        "",
+    ]
+    rows = []
+    for column, info in sorted(manifest["predictors"].items()):
+        origin, licence = _licence(info["identity"])
+        rows.append([f"`{column}`", f"`{info['identity'][:40]}…`", origin, licence])
+    lines += _table(["score column", "identity (kind@sha256)", "origin", "licence"], rows)
+    lines += [
+        "",
+        f"Data licence: {DATA_LICENSE} (LAION's metadata). Images stay with their owners: only URLs are listed.",
+        "",
+        "## Changelog",
+        "",
+    ]
+    changelog = manifest["changelog"]
+    if changelog["previous"] is None:
+        lines.append("First release: no previous release to compare with.")
+    else:
+        lines.append(f"Compared with {changelog['previous']} (rows matched by `hash`):")
+        lines.append("")
+        rows = [
+            [f"`{name}`", c["rows_before"], c["rows_after"], f"+{c['added']}", f"-{c['removed']}"]
+            for name, c in sorted(changelog["subsets"].items())
+        ]
+        lines += _table(["config", "rows before", "rows after", "added", "removed"], rows)
+    inputs = manifest["inputs"]
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- Source: `{inputs['source'] or '(outside the project folder)'}`, {len(inputs['parts'])} part(s), "
+        f"{sum(p['rows'] for p in inputs['parts']):,} rows; part hashes in `manifest.json`.",
+        f"- Code: laion-assets {manifest['code']['package']}, commit `{manifest['code']['git_commit']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_front_matter(text: str) -> dict:
+    """Parse the YAML header of a card (between the first two ``---`` lines)."""
+    if not text.startswith("---\n"):
+        raise ValueError("the card does not start with a '---' YAML block")
+    end = text.index("\n---\n", 4)
+    return yaml.safe_load(text[4:end])

@@ -1,0 +1,209 @@
+"""Publishing assets: ``aesthetic_kv``, ``aesthetic_viz``, the versioned ``release`` and ``hf_release``."""
+
+import json
+
+import dagster as dg
+
+from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
+from laion_assets.defs.assets.subsets import SUBSET_ASSETS
+from laion_assets.defs.assets.tags import aesthetic_tags
+from laion_assets.defs.errors import as_failure
+from laion_assets.defs.partitions import shards
+from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources.predictors import V1_COLUMN, V2_COLUMN
+from laion_assets.errors import BadInputError
+from laion_assets.gallery import write_galleries
+from laion_assets.kv import KV_FILES, OnDiskKV
+from laion_assets.locations import file_sha256
+from laion_assets.manifest import CARD, MANIFEST, check_files, load_manifest
+from laion_assets.outputs import require
+from laion_assets.paths import resolve
+from laion_assets.pipeline import build_kvs
+from laion_assets.publishing import push_release
+from laion_assets.release import release_from_layout
+from laion_assets.tags import scan_tags
+
+
+@dg.asset(
+    deps=[aesthetic_tags],
+    group_name="release",
+    kinds={"binary"},
+    code_version="1",
+    description="LAION's on-disk KV files: aesthetic.kv (<qe: hash, V1 score) and safety.kv (<qee: hash, punsafe, "
+    "pwatermark), sorted by signed int64 hash, no header, nulls dropped, first row per hash.",
+)
+def aesthetic_kv(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Write the KV files from the tags table with an external sort (memory bounded)."""
+    layout = storage.layout
+    with as_failure():
+        storage.pull(layout.tags_dir)
+        written = build_kvs(layout)
+    storage.push(layout.kv_dir)
+    metadata: dict[str, object] = {"path": dg.MetadataValue.path(str(layout.kv_dir))}
+    for name, summary in written.items():
+        metadata[f"{name}/records"] = summary.records
+        metadata[f"{name}/dropped_rows"] = summary.dropped
+        metadata[f"{name}/format"] = summary.fmt
+        context.log.info(f"{name}: {summary.records} records ({summary.dropped} null or repeated rows dropped)")
+    metadata["dagster/row_count"] = written["aesthetic.kv"].records
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=aesthetic_kv, description="Each KV file is sorted by hash with no repeated hash.")
+def kv_sorted_unique(storage: StorageResource) -> dg.AssetCheckResult:
+    """Scan every KV file chunk by chunk and count out-of-order or repeated hashes."""
+    bad: dict[str, int] = {}
+    storage.pull(storage.layout.kv_dir)
+    for name, (fmt, columns) in KV_FILES.items():
+        kv = OnDiskKV(storage.layout.kv_dir / name, fmt, columns)
+        count, last = 0, None
+        for chunk in kv.iter_records():
+            keys = chunk["hash"]
+            count += int((keys[1:] <= keys[:-1]).sum())
+            if last is not None and keys.size and keys[0] <= last:
+                count += 1
+            if keys.size:
+                last = int(keys[-1])
+        bad[name] = count
+    return dg.AssetCheckResult(
+        passed=not any(bad.values()), metadata={"unsorted_or_repeated": dg.MetadataValue.json(bad)}
+    )
+
+
+@dg.asset(
+    deps=[aesthetic_tags],
+    group_name="release",
+    kinds={"html"},
+    code_version="1",
+    description="Static LAION-style galleries: 10 integer and 40 quarter-point score buckets ('In bucket a - b there "
+    "is P.PP% (N.NNM) samples:'), top/bottom pages for aesthetic, punsafe, pwatermark and similarity, and a PNG "
+    "histogram per predictor.",
+)
+def aesthetic_viz(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Write the gallery pages and histograms under ``viz/``."""
+    layout = storage.layout
+    with as_failure():
+        storage.pull(layout.tags_dir)
+        pages = write_galleries(scan_tags(layout), layout.viz_dir)
+    storage.push(layout.viz_dir)
+    index = layout.viz_dir / "index.html"
+    context.log.info(f"galleries: {index.as_uri()}")
+    return dg.MaterializeResult(
+        metadata={
+            "index": dg.MetadataValue.url(index.as_uri()),
+            "path": dg.MetadataValue.path(str(layout.viz_dir)),
+            "pages": dg.MetadataValue.json(pages),
+            "histogram_aesthetic": dg.MetadataValue.path(str(layout.viz_dir / "histogram_aesthetic.png")),
+        }
+    )
+
+
+@dg.asset(
+    deps=[*SUBSET_ASSETS, score_histogram, bucket_embeddings, aesthetic_kv],
+    group_name="release",
+    kinds={"parquet", "json"},
+    code_version="1",
+    description="A versioned, byte-reproducible release folder releases/<version>/: the subsets (one config each), "
+    "KV files, histogram, bucket embeddings, a dataset card (README.md) and manifest.json with every file's sha256.",
+)
+def release(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    predictors: PredictorsResource,
+    release_config: ReleaseResource,
+) -> dg.MaterializeResult:
+    """Assemble the release folder, its card and manifest (the changelog compares with the previous release)."""
+    layout = storage.layout
+    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
+    with as_failure():
+        if not keys:
+            raise BadInputError("no shards are registered: register the source's parts first (`make demo` does)")
+        parts = [storage.part(key) for key in keys]
+        storage.pull(
+            layout.tags_dir, layout.subsets_dir, layout.buckets_dir, layout.histogram_path, layout.kv_dir,
+            layout.releases_dir,
+        )  # fmt: skip
+        files = {V1_COLUMN: resolve(predictors.v1_weights), V2_COLUMN: resolve(predictors.v2_weights)}
+        built = release_from_layout(
+            layout,
+            release_config.version,
+            storage.source_path,
+            parts,
+            files,
+            storage.embedding_dim,
+            release_config.name,
+            safety=storage.safety_path,
+            swap_width_height=storage.swap_width_height,
+        )
+    storage.push(built.path)
+    manifest = built.manifest
+    card = (built.path / CARD).read_text()
+    return dg.MaterializeResult(
+        metadata={
+            "version": built.version,
+            "path": dg.MetadataValue.path(str(built.path)),
+            "files": len(manifest["files"]) + 1,
+            "manifest_sha256": file_sha256(built.path / MANIFEST),
+            "rows": dg.MetadataValue.json(
+                {rel: e["rows"] for rel, e in manifest["files"].items() if rel.startswith("data/")}
+            ),
+            "changelog": dg.MetadataValue.json(manifest["changelog"]),
+            "galleries": dg.MetadataValue.path(str(layout.viz_dir / "index.html")),
+            "card": dg.MetadataValue.md(card.split("\n---\n", 1)[-1][:4000]),
+        }
+    )
+
+
+@dg.asset_check(asset=release, description="Every file in the release folder has the sha256 its manifest records.")
+def release_matches_manifest(storage: StorageResource, release_config: ReleaseResource) -> dg.AssetCheckResult:
+    """Hash the release folder's files and compare them with manifest.json."""
+    folder = storage.layout.release_dir(release_config.version)
+    storage.pull(folder)
+    with as_failure():
+        problems = check_files(folder, load_manifest(folder))
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+
+
+@dg.asset(
+    deps=[release],
+    group_name="release",
+    kinds={"huggingface"},
+    code_version="1",
+    description="Pushes the release to a Hugging Face dataset repo: creates it if needed, one commit holding every "
+    "changed file, tag = release version; an unchanged release makes no commit. Token from HF_TOKEN.",
+)
+def hf_release(
+    context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource, hf: HfResource
+) -> dg.MaterializeResult:
+    """Push ``releases/<version>`` to ``hf.repo_id`` (or list what would be pushed when ``hf.dry_run``)."""
+    folder = storage.layout.release_dir(release_config.version)
+    storage.pull(folder)
+    with as_failure():
+        if not hf.repo_id:
+            raise BadInputError("hf.repo_id is not set: configure the HfResource with the dataset repo to push to")
+        require(
+            folder / MANIFEST, f"release {release_config.version}", "materialize `release` first (`make demo` does)"
+        )
+        result = push_release(folder, hf.repo_id, hf.token, hf.endpoint, hf.private, hf.dry_run)
+    plan = result.plan
+    context.log.info(plan.text())
+    endpoint = (hf.endpoint or "https://huggingface.co").rstrip("/")
+    return dg.MaterializeResult(
+        metadata={
+            "repo": dg.MetadataValue.url(f"{endpoint}/datasets/{hf.repo_id}"),
+            "version": plan.version,
+            "dry_run": result.dry_run,
+            "committed": result.committed,
+            "commit": result.commit_oid or "",
+            "tagged": result.tagged,
+            "files_added_or_updated": len(plan.add),
+            "files_deleted": len(plan.delete),
+            "files_unchanged": len(plan.unchanged),
+            "plan": dg.MetadataValue.md(f"```\n{plan.text()}\n```"),
+            "manifest": dg.MetadataValue.json(json.loads((folder / MANIFEST).read_text())["files"]),
+        }
+    )
+
+
+RELEASE_ASSETS = [aesthetic_kv, aesthetic_viz, release, hf_release]
+RELEASE_CHECKS = [kv_sorted_unique, release_matches_manifest]

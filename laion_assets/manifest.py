@@ -1,0 +1,165 @@
+"""A release's ``manifest.json``: every file's sha256 and row count plus everything needed to rebuild it.
+
+The manifest holds no timestamps, run ids or absolute paths, so two builds from the same inputs write the same
+bytes. Inputs are located by paths relative to the project folder (when they live inside it) and checked by hash.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from laion_assets.errors import BadInputError
+from laion_assets.layout import Part
+from laion_assets.locations import Location, file_sha256, is_local, list_files, parquet_rows
+from laion_assets.paths import PROJECT_DIR
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+FORMAT_VERSION = 1
+PACKAGES = ("laion-assets", "numpy", "polars", "pyarrow", "torch", "mmh3", "dagster", "huggingface_hub")
+
+
+def file_entry(path: Path, record_size: int | None = None) -> dict[str, int | str]:
+    """sha256, size and, for parquet and KV files, the row count of one file."""
+    entry: dict[str, int | str] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    if path.suffix == ".parquet":
+        entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+    elif record_size:
+        entry["rows"] = path.stat().st_size // record_size
+    return entry
+
+
+def project_relative(path: Location) -> str | None:
+    """``path`` relative to the project folder, its URL when remote, or None elsewhere (never an absolute path)."""
+    if not is_local(path):
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(PROJECT_DIR.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def source_entry(source: Location, parts: list[Part]) -> dict[str, object]:
+    """The source folder (project-relative, URL or None) and each part's files, hashes and rows."""
+    entries = []
+    for part in parts:
+        entries.append(
+            {
+                "key": part.key,
+                "embeddings": part.embeddings.relative_to(source).as_posix(),
+                "embeddings_sha256": file_sha256(part.embeddings),
+                "metadata": part.metadata.relative_to(source).as_posix(),
+                "metadata_sha256": file_sha256(part.metadata),
+                "rows": parquet_rows(part.metadata),
+            }
+        )
+    return {"source": project_relative(source), "parts": entries}
+
+
+def safety_entry(safety: Location | None) -> dict[str, object] | None:
+    """The separate safety-tags table a release joined (project-relative folder or URL, each file's sha256)."""
+    if safety is None:
+        return None
+    files = list_files(safety, ".parquet") if safety.is_dir() else [safety]
+    return {
+        "source": project_relative(safety),
+        "files": [
+            {"path": f.relative_to(safety).as_posix() if f != safety else f.name, "sha256": file_sha256(f)}
+            for f in files
+        ],
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the output bytes."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def code_version() -> dict[str, object]:
+    """The package version and the git commit of the project folder (None outside a git checkout)."""
+    commit: str | None = None
+    dirty: bool | None = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "laion_assets"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": package_versions()["laion-assets"], "git_commit": commit, "git_dirty": dirty}
+
+
+def dumps(manifest: dict) -> str:
+    """Serialise a manifest stably (sorted keys, two-space indent, trailing newline)."""
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def load_manifest(release_dir: Path) -> dict:
+    """Read ``release_dir/manifest.json``; the error names the file and what is wrong."""
+    path = Path(release_dir) / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{path}: no manifest.json; is {release_dir} a release folder?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
+    for key in ("version", "files", "inputs", "predictors"):
+        if key not in manifest:
+            raise BadInputError(f"{path}: missing the {key!r} field")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BadInputError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def check_files(release_dir: Path, manifest: dict) -> dict[str, str]:
+    """Compare the files in ``release_dir`` with the manifest: ``{relative path: problem}``, empty when all match."""
+    release_dir = Path(release_dir)
+    problems: dict[str, str] = {}
+    for rel, entry in sorted(manifest["files"].items()):
+        path = release_dir / rel
+        if not path.is_file():
+            problems[rel] = "missing"
+        elif file_sha256(path) != entry["sha256"]:
+            problems[rel] = f"sha256 {file_sha256(path)} != manifest {entry['sha256']}"
+    listed = set(manifest["files"]) | {MANIFEST}
+    for path in sorted(p for p in release_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(release_dir).as_posix()
+        if rel not in listed:
+            problems[rel] = "not listed in the manifest"
+    return problems
+
+
+def predictor_entries(identities: dict[str, str], files: dict[str, Path]) -> dict[str, dict[str, str | None]]:
+    """``{column: {identity, file}}``; raises when a weights file is not the one that made the scores."""
+    entries: dict[str, dict[str, str | None]] = {}
+    for column, identity in sorted(identities.items()):
+        path = files.get(column)
+        if path is None:
+            raise BadInputError(f"no weights file configured for score column {column!r} (scored by {identity})")
+        digest = file_sha256(path)
+        if not identity.endswith(f"@sha256:{digest}"):
+            raise BadInputError(
+                f"{path}: sha256 {digest} is not the predictor that scored {column!r} ({identity}); "
+                "re-score the shards or point the predictors config at the original weights"
+            )
+        entries[column] = {"identity": identity, "file": project_relative(path) or Path(path).name}
+    return entries

@@ -1,0 +1,194 @@
+"""Push a release folder to a Hugging Face dataset repo: one commit holding every file, tagged with the version.
+
+Unchanged files are detected by comparing the remote tree's git blob ids (and LFS sha256) with the local files,
+so re-pushing an unchanged release makes no commit. A Hub commit is all-or-nothing: if any step fails the repo
+keeps its previous release and the error says which step failed and what to run again. The token is passed to
+huggingface_hub only and scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from laion_assets.errors import BadInputError, LaionAssetsError
+from laion_assets.locations import file_sha256
+from laion_assets.manifest import MANIFEST, check_files, load_manifest
+
+REPO_TYPE = "dataset"
+# Files the Hub creates or owns; never deleted by a release push.
+KEEP_REMOTE = frozenset({".gitattributes"})
+
+
+class PublishError(LaionAssetsError, RuntimeError):
+    """Pushing a release failed; the message names the step, the state of the repo and what to retry."""
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file (``sha1(b"blob <size>\\0" + content)``), which the Hub reports as ``oid``."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def release_paths(release_dir: Path) -> list[str]:
+    """Every file of a release (its manifest's files plus ``manifest.json``), checked against the manifest."""
+    manifest = load_manifest(release_dir)
+    problems = check_files(release_dir, manifest)
+    if problems:
+        shown = "; ".join(f"{rel}: {why}" for rel, why in list(problems.items())[:5])
+        raise BadInputError(f"{release_dir}: files do not match manifest.json ({shown}); rebuild the release first")
+    return sorted([*manifest["files"], MANIFEST])
+
+
+@dataclass
+class PushPlan:
+    """What a push would do: files to add or replace, remote files to delete, files already up to date."""
+
+    repo_id: str
+    version: str
+    add: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    repo_exists: bool = False
+    tag_exists: bool = False
+
+    @property
+    def needs_commit(self) -> bool:
+        """True when the remote files differ from the release."""
+        return bool(self.add or self.delete)
+
+    def text(self) -> str:
+        """A readable list of what would be committed."""
+        lines = [f"release {self.version} -> {REPO_TYPE} repo {self.repo_id}"]
+        lines += [f"  add/update {p}" for p in self.add]
+        lines += [f"  delete     {p}" for p in self.delete]
+        lines.append(f"  {len(self.unchanged)} file(s) unchanged")
+        tag = "exists" if self.tag_exists else "would be created"
+        lines.append(f"  tag {self.version}: {tag}; commit: {'yes' if self.needs_commit else 'none (unchanged)'}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The outcome of a push (or dry run)."""
+
+    plan: PushPlan
+    committed: bool
+    tagged: bool
+    commit_oid: str | None
+    dry_run: bool
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _api(endpoint: str | None, token: str | None):  # noqa: ANN202 - HfApi, imported lazily
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint, token=token or False)
+
+
+def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoint: str | None = None) -> PushPlan:
+    """Compare a release folder with the repo's main branch and tags."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    release_dir = Path(release_dir)
+    version = load_manifest(release_dir)["version"]
+    paths = release_paths(release_dir)
+    plan = PushPlan(repo_id, version)
+    api = _api(endpoint, token)
+    remote: dict[str, RepoFile] = {}
+    try:
+        for item in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True):
+            if isinstance(item, RepoFile):
+                remote[item.path] = item
+        plan.repo_exists = True
+        plan.tag_exists = any(t.name == version for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags)
+    except RepositoryNotFoundError:
+        plan.repo_exists = False
+    except Exception as exc:
+        raise PublishError(
+            f"listing {REPO_TYPE} repo {repo_id} failed ({_scrub(str(exc), token)}); nothing was pushed: "
+            "check the endpoint and token, then run the push again"
+        ) from exc
+    for rel in paths:
+        local = release_dir / rel
+        theirs = remote.get(rel)
+        if theirs is None:
+            plan.add.append(rel)
+        elif theirs.lfs is not None:
+            (plan.unchanged if theirs.lfs.sha256 == file_sha256(local) else plan.add).append(rel)
+        else:
+            (plan.unchanged if theirs.blob_id == git_blob_sha1(local) else plan.add).append(rel)
+    plan.delete = sorted(set(remote) - set(paths) - KEEP_REMOTE)
+    return plan
+
+
+def push_release(
+    release_dir: str | Path,
+    repo_id: str,
+    token: str | None,
+    endpoint: str | None = None,
+    private: bool = True,
+    dry_run: bool = False,
+) -> PushResult:
+    """Create the repo if needed, commit every changed file in one commit, and tag it with the release version."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    release_dir = Path(release_dir)
+    plan = plan_push(release_dir, repo_id, token, endpoint)
+    if dry_run:
+        return PushResult(plan, committed=False, tagged=False, commit_oid=None, dry_run=True)
+    if plan.tag_exists and plan.needs_commit:
+        raise PublishError(
+            f"{repo_id} already has a tag {plan.version} but its files differ from {release_dir}; "
+            "a published version is never rewritten: build the release under a new version and push that"
+        )
+    if not token:
+        raise PublishError(f"no Hugging Face token: set HF_TOKEN to push release {plan.version} to {repo_id}")
+    api = _api(endpoint, token)
+    retry = f"nothing was lost: run the push of {release_dir} again (hf_release / `laion-assets push`)"
+    step = "creating the repo"
+    commit_oid: str | None = None
+    try:
+        if not plan.repo_exists:
+            api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        if plan.needs_commit:
+            step = "committing the release files"
+            operations = [
+                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(release_dir / rel)) for rel in plan.add
+            ]
+            operations += [CommitOperationDelete(path_in_repo=rel) for rel in plan.delete]
+            info = api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=f"Release {plan.version}",
+                commit_description=f"{len(plan.add)} file(s) added or updated, {len(plan.delete)} deleted.",
+                repo_type=REPO_TYPE,
+            )
+            commit_oid = info.oid
+        if not plan.tag_exists:
+            step = f"tagging the commit {plan.version}"
+            api.create_tag(
+                repo_id, tag=plan.version, revision=commit_oid or "main", repo_type=REPO_TYPE, exist_ok=False
+            )
+    except Exception as exc:
+        state = (
+            f"the commit {commit_oid} holds release {plan.version} but is not tagged yet"
+            if commit_oid
+            else "the repo still holds its previous release (a Hub commit is all-or-nothing)"
+        )
+        raise PublishError(
+            f"pushing release {plan.version} to {repo_id} failed while {step}: {_scrub(str(exc), token)}; "
+            f"{state}; {retry}"
+        ) from exc
+    return PushResult(
+        plan, committed=commit_oid is not None, tagged=not plan.tag_exists, commit_oid=commit_oid, dry_run=False
+    )

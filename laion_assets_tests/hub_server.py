@@ -1,0 +1,190 @@
+"""A tiny Hub-compatible HTTP endpoint on 127.0.0.1 for publishing tests (stdlib only).
+
+It implements the calls huggingface_hub 2.4.0 makes for a release push: repo create, tree listing, refs,
+preupload, commit (NDJSON with base64 file contents, deletions) and tag, keeping repos in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+_REPO_CALL = re.compile(r"^/api/datasets/([^/]+/[^/]+)/(tree|refs|preupload|commit|tag)(?:/(.*))?$")
+
+
+def blob_sha1(data: bytes) -> str:
+    """Git blob id of ``data``."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class Repo:
+    """One dataset repo: current files, commit history (oid, message, files after it) and tags."""
+
+    private: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def head(self) -> str:
+        """Oid of the last commit (a fixed root oid before any)."""
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+class FakeHub:
+    """Serve a Hub subset on 127.0.0.1 in a thread; ``fail_commits`` makes commits answer 500."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.tokens: list[str | None] = []
+        self.fail_commits = False
+        self.validated: list[dict] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def do_GET(self) -> None:
+                hub._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                hub._handle(self, "POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    # -- HTTP plumbing -------------------------------------------------------------------------------------
+    def _send(
+        self, h: BaseHTTPRequestHandler, status: int, body: object, headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _body(self, h: BaseHTTPRequestHandler) -> bytes:
+        data = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        return gzip.decompress(data) if h.headers.get("Content-Encoding") == "gzip" else data
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        path = unquote(url.path)
+        self.requests.append((method, path))
+        auth = h.headers.get("Authorization")
+        self.tokens.append(auth.removeprefix("Bearer ") if auth else None)
+        body = self._body(h) if method == "POST" else b""
+        if method == "POST" and path == "/api/repos/create":
+            return self._create(h, json.loads(body))
+        if method == "POST" and path == "/api/validate-yaml":
+            return self._validate_yaml(h, json.loads(body))
+        match = _REPO_CALL.match(path)
+        if match is None:
+            return self._send(h, 404, {"error": f"no route {method} {path}"})
+        repo_id, call, rest = match.groups()
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return self._send(h, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        if call == "tree" and method == "GET":
+            files = [
+                {"type": "file", "oid": blob_sha1(d), "size": len(d), "path": p} for p, d in sorted(repo.files.items())
+            ]
+            return self._send(h, 200, files)
+        if call == "refs" and method == "GET":
+            branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}
+            tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in sorted(repo.tags.items())]
+            return self._send(h, 200, {"branches": [branch], "converts": [], "tags": tags})
+        if call == "preupload" and method == "POST":
+            files = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": blob_sha1(repo.files[f["path"]]) if f["path"] in repo.files else None,
+                }
+                for f in json.loads(body)["files"]
+            ]
+            return self._send(h, 200, {"files": files, "commitOid": repo.head})
+        if call == "commit" and method == "POST":
+            return self._commit(h, repo_id, repo, body)
+        if call == "tag" and method == "POST":
+            tag = json.loads(body)["tag"]
+            if tag in repo.tags:
+                return self._send(h, 409, {"error": f"tag {tag} already exists"})
+            revision = rest or "main"
+            repo.tags[tag] = repo.head if revision == "main" else revision
+            return self._send(h, 200, {})
+        return self._send(h, 405, {"error": f"{method} not allowed on {call}"})
+
+    def _create(self, h: BaseHTTPRequestHandler, payload: dict) -> None:
+        repo_id = f"{payload.get('organization')}/{payload['name']}"
+        if payload.get("type") != "dataset":
+            return self._send(h, 400, {"error": "only dataset repos here"})
+        url = {"url": f"{self.endpoint}/datasets/{repo_id}", "name": repo_id}
+        if repo_id in self.repos:
+            return self._send(h, 409, {"error": "You already created this dataset repo", **url})
+        self.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
+        return self._send(h, 200, url)
+
+    def _validate_yaml(self, h: BaseHTTPRequestHandler, payload: dict) -> None:
+        content = payload["content"]
+        try:
+            if not content.startswith("---\n"):
+                raise ValueError("no YAML front matter")
+            meta = yaml.safe_load(content[4 : content.index("\n---\n", 4)])
+            if not isinstance(meta, dict):
+                raise ValueError("front matter is not a mapping")
+        except (ValueError, yaml.YAMLError) as exc:
+            return self._send(h, 400, {"errors": [{"message": str(exc)}]})
+        self.validated.append(meta)
+        return self._send(h, 200, {"warnings": []})
+
+    def _commit(self, h: BaseHTTPRequestHandler, repo_id: str, repo: Repo, body: bytes) -> None:
+        if self.fail_commits:
+            return self._send(h, 500, {"error": "internal error while committing"})
+        files = dict(repo.files)
+        message = ""
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            value = item["value"]
+            if item["key"] == "header":
+                message = value["summary"]
+            elif item["key"] == "file":
+                assert value["encoding"] == "base64"
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "deletedFile":
+                files.pop(value["path"], None)
+            else:
+                return self._send(h, 400, {"error": f"unsupported commit item {item['key']}"})
+        oid = hashlib.sha1(f"{repo.head}{message}{sorted(files)}{len(repo.commits)}".encode()).hexdigest()
+        repo.files = files
+        repo.commits.append({"oid": oid, "message": message, "files": dict(files)})
+        commit_url = f"{self.endpoint}/datasets/{repo_id}/commit/{oid}"
+        return self._send(h, 200, {"commitUrl": commit_url, "commitOid": oid, "pullRequestUrl": None})

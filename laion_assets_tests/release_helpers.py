@@ -1,0 +1,41 @@
+"""Helpers for release tests: build the spine and a release from a generated sample without Dagster."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from laion_assets.layout import discover_parts
+from laion_assets.outputs import OutputLayout
+from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
+from laion_assets.pipeline import rebuild
+from laion_assets.release import ReleaseSummary, release_from_layout
+
+WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}
+
+
+def build(source: Path, data_root: Path, version: str = "v0.1.0") -> tuple[OutputLayout, ReleaseSummary]:
+    """Run the spine from ``source`` into ``data_root`` and assemble release ``version``."""
+    layout = rebuild(source, data_root, WEIGHTS)
+    summary = release_from_layout(layout, version, source, discover_parts(source), WEIGHTS, 768)
+    return layout, summary
+
+
+def copy_sample(sample: Path, dest: Path, keep_parts: int | None = None) -> Path:
+    """Copy a sample folder, optionally keeping only its first ``keep_parts`` parts."""
+    shutil.copytree(sample, dest)
+    if keep_parts is not None:
+        for part in discover_parts(dest)[keep_parts:]:
+            part.embeddings.unlink()
+            part.metadata.unlink()
+    return dest
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file below ``root``, keyed by relative path."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -1,0 +1,154 @@
+import base64
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from laion_assets.errors import BadInputError
+from laion_assets.manifest import load_manifest
+from laion_assets.publishing import PublishError, git_blob_sha1, push_release
+from laion_assets_tests.hub_server import FakeHub, blob_sha1
+from laion_assets_tests.release_helpers import build, copy_sample
+
+TOKEN = "hf_test_secret_token_123"
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let huggingface_hub talk to the local endpoint (the suite sets HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def releases(small_sample_session: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """v0.1.0 from two parts and v0.2.0 from all three, in one data root."""
+    partial = copy_sample(small_sample_session, tmp_path / "partial", keep_parts=2)
+    first = build(partial, tmp_path / "out", "v0.1.0")[1].path
+    second = build(small_sample_session, tmp_path / "out", "v0.2.0")[1].path
+    return first, second
+
+
+def _release_files(folder: Path) -> dict[str, bytes]:
+    manifest = load_manifest(folder)
+    return {rel: (folder / rel).read_bytes() for rel in [*manifest["files"], "manifest.json"]}
+
+
+def test_push_commits_every_file_once_and_tags(
+    online: None, releases: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = releases
+    caplog.set_level(logging.DEBUG)
+    with FakeHub() as hub:
+        result = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        repo = hub.repos["laion/aesthetics"]
+        assert result.committed and result.tagged and repo.private
+        assert len(repo.commits) == 1 and repo.commits[0]["message"] == "Release v0.1.0"
+        # The commit carries every file of the manifest (and the manifest) with its content.
+        assert repo.files == _release_files(first)
+        assert repo.tags == {"v0.1.0": result.commit_oid}
+        assert hub.validated and [c["config_name"] for c in hub.validated[0]["configs"]][0] == "subset_4_5plus"
+        assert set(hub.tokens) == {TOKEN}
+        # A second push of the same release commits nothing and creates no tag.
+        seen = len(hub.requests)
+        again = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        assert not again.committed and not again.tagged and not again.plan.add and not again.plan.delete
+        assert len(repo.commits) == 1
+        assert [method for method, _ in hub.requests[seen:]] == ["GET", "GET"]  # tree and refs only
+    assert TOKEN not in caplog.text
+
+
+def test_new_version_replaces_files_in_one_commit(online: None, releases: tuple[Path, Path]) -> None:
+    first, second = releases
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        repo = hub.repos["laion/aesthetics"]
+        repo.files["stale.txt"] = b"left over"
+        result = push_release(second, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        assert len(repo.commits) == 2 and result.committed
+        assert repo.files == _release_files(second)  # stale.txt deleted in the same commit
+        assert "stale.txt" in result.plan.delete and "manifest.json" in result.plan.add
+        assert set(repo.tags) == {"v0.1.0", "v0.2.0"} and repo.tags["v0.2.0"] == repo.commits[1]["oid"]
+        # Only changed files travel: unchanged ones are byte-equal across the two releases, added ones differ.
+        old, new = _release_files(first), _release_files(second)
+        assert all(old[rel] == new[rel] for rel in result.plan.unchanged)
+        assert all(old.get(rel) != new[rel] for rel in result.plan.add)
+
+
+def test_only_changed_files_travel(online: None, releases: tuple[Path, Path], tmp_path: Path) -> None:
+    """v0.1.1 from the same inputs as v0.1.0: only the card and manifest (version, changelog) change."""
+    first, _ = releases
+    patch = build(tmp_path / "partial", tmp_path / "out2", "v0.1.1")[1].path
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        result = push_release(patch, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        repo = hub.repos["laion/aesthetics"]
+        assert sorted(result.plan.add) == ["README.md", "manifest.json"] and not result.plan.delete
+        assert len(result.plan.unchanged) == 21 and len(repo.commits) == 2
+        assert repo.files == _release_files(patch) and set(repo.tags) == {"v0.1.0", "v0.1.1"}
+
+
+def test_failed_push_keeps_previous_release(online: None, releases: tuple[Path, Path]) -> None:
+    first, second = releases
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        before = dict(hub.repos["laion/aesthetics"].files)
+        hub.fail_commits = True
+        with pytest.raises(PublishError) as exc:
+            push_release(second, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        message = str(exc.value)
+        assert "failed while committing the release files" in message
+        assert "still holds its previous release" in message and "run the push of" in message
+        assert TOKEN not in message
+        repo = hub.repos["laion/aesthetics"]
+        assert repo.files == before and set(repo.tags) == {"v0.1.0"}
+        hub.fail_commits = False
+        assert push_release(second, "laion/aesthetics", TOKEN, endpoint=hub.endpoint).committed
+        assert repo.files == _release_files(second)
+
+
+def test_dry_run_lists_and_sends_nothing(online: None, releases: tuple[Path, Path]) -> None:
+    first, _ = releases
+    with FakeHub() as hub:
+        result = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint, dry_run=True)
+        assert result.dry_run and not result.committed
+        assert sorted(result.plan.add) == sorted(_release_files(first))
+        assert "add/update data/laion_art/part-00000.parquet" in result.plan.text()
+        assert "laion/aesthetics" not in hub.repos
+        assert all(method == "GET" for method, _ in hub.requests)
+
+
+def test_refuses_to_rewrite_a_published_version(online: None, releases: tuple[Path, Path], tmp_path: Path) -> None:
+    first, _ = releases
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        hub.repos["laion/aesthetics"].files["README.md"] = b"edited on the Hub"
+        with pytest.raises(PublishError, match="already has a tag v0.1.0 but its files differ"):
+            push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+
+
+def test_refuses_a_release_that_does_not_match_its_manifest(releases: tuple[Path, Path]) -> None:
+    first, _ = releases
+    (first / "kv/aesthetic.kv").write_bytes(b"")
+    with pytest.raises(BadInputError, match="kv/aesthetic.kv: sha256"):
+        push_release(first, "laion/aesthetics", TOKEN, endpoint="http://127.0.0.1:9", dry_run=True)
+
+
+def test_git_blob_sha1_matches_git(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"hello\n")
+    assert git_blob_sha1(path) == "ce013625030ba8dba906f756967f9e9ca394464a" == blob_sha1(b"hello\n")
+
+
+def test_commit_payload_is_base64(online: None, releases: tuple[Path, Path]) -> None:
+    """The fake Hub decodes what huggingface_hub sends: check the bytes survive the round trip exactly."""
+    first, _ = releases
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        stored = hub.repos["laion/aesthetics"].files["kv/aesthetic.kv"]
+    original = (first / "kv/aesthetic.kv").read_bytes()
+    assert base64.b64encode(stored) == base64.b64encode(original)
+    assert json.loads(hub.repos["laion/aesthetics"].files["manifest.json"])["version"] == "v0.1.0"
