@@ -32,13 +32,7 @@ TAGS_COLUMNS: dict[str, pl.DataType] = {
 
 # improved_aesthetics_{t}plus as released on the Hub (V2 predictor).
 V2_SUBSET_COLUMNS: dict[str, pl.DataType] = {
-    "URL": pl.String(),
-    "TEXT": pl.String(),
-    "WIDTH": pl.Float64(),
-    "HEIGHT": pl.Float64(),
-    "similarity": pl.Float64(),
-    "punsafe": pl.Float32(),
-    "pwatermark": pl.Float32(),
+    **METADATA_COLUMNS,  # URL, TEXT, WIDTH, HEIGHT, similarity, punsafe, pwatermark: the release's own order
     "AESTHETIC_SCORE": pl.Float32(),
     "hash": pl.Int64(),
 }
