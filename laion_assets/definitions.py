@@ -2,25 +2,33 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.images import image_embeddings, images
 from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, scores_finite
 from laion_assets.defs.jobs import release_job, shard_job
-from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [clip_embeddings, aesthetic_scores, aesthetic_tags, *SUBSET_ASSETS, bucket_embeddings, score_histogram]
+# The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
+URL_ASSETS = [images, image_embeddings]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources with their defaults: the shipped sample, ``data/out`` and LAION's released predictors."""
-    return {"storage": StorageResource(), "predictors": PredictorsResource()}
+    return {
+        "storage": StorageResource(),
+        "predictors": PredictorsResource(),
+        "downloader": DownloaderResource(),
+        "clip": ClipResource(),
+    }
 
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[*URL_ASSETS, *ASSETS],
     asset_checks=CHECKS,
     jobs=[shard_job, release_job],
     sensors=[new_shards_sensor],

@@ -4,10 +4,13 @@ import dagster as dg
 
 from laion_assets.defs.partitions import shards
 
-SHARD_ASSETS = dg.AssetSelection.assets("clip_embeddings", "aesthetic_scores")
+SHARD_ASSETS = dg.AssetSelection.assets("images", "image_embeddings", "clip_embeddings", "aesthetic_scores")
 
 shard_job = dg.define_asset_job(
-    "shard_job", selection=SHARD_ASSETS, partitions_def=shards, description="Index and score one shard."
+    "shard_job",
+    selection=SHARD_ASSETS,
+    partitions_def=shards,
+    description="Download and embed (URL sources), index and score one shard.",
 )
 release_job = dg.define_asset_job(
     "release_job",

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.images import image_embeddings
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
@@ -12,6 +13,7 @@ from laion_assets.tags import shard_hint
 
 @dg.asset(
     partitions_def=shards,
+    deps=[image_embeddings],
     group_name="shards",
     kinds={"numpy", "parquet"},
     code_version="1",
