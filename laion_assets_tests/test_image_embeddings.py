@@ -68,9 +68,6 @@ def test_embeds_in_url_shard_order_and_skips_undecodable(tiny, tmp_path: Path) -
     # Row alignment: each stored row is the embedding of that row's own image.
     for i, row in enumerate(meta[ROW_COLUMN]):
         fmt = "PNG" if row == 3 else "JPEG"
-        import io
-
-        from PIL import Image
 
         image = tiny.preprocess(Image.open(io.BytesIO(image_bytes(row, fmt))).convert("RGB"))
         own = tiny.encode_images(image[None])[0].numpy()
