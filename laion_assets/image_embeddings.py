@@ -104,8 +104,9 @@ def embed_shard(
     number: int,
     batch_size: int = 256,
     num_workers: int = 2,
+    embed_text: bool = True,
 ) -> EmbeddedShard:
-    """Embed a shard's downloaded images and captions and write part ``number`` below ``out_root``."""
+    """Embed a shard's downloaded images (and captions, unless ``embed_text`` is off) into part ``number``."""
     start = time.perf_counter()
     metas, img_emb, skipped, embedder = embed_images(tars, clip, batch_size, num_workers)
     if not metas:
@@ -117,7 +118,9 @@ def embed_shard(
     order = np.argsort(metadata[ROW_COLUMN].to_numpy(), kind="stable")
     metadata = metadata[order]
     img_emb = img_emb[order]
-    text_emb = embed_texts([t or "" for t in metadata["TEXT"].to_list()], clip, embedder.batch_size)
+    text_emb = None
+    if embed_text:
+        text_emb = embed_texts([t or "" for t in metadata["TEXT"].to_list()], clip, embedder.batch_size)
     part = write_part(out_root, number, img_emb, text_emb, metadata)
     reasons = Counter(reason.split(":")[0] for _, reason in skipped)
     return EmbeddedShard(

@@ -128,7 +128,14 @@ def image_embeddings(
                 f"{storage.embedding_dim} (LAION's aesthetic heads read ViT-L/14's 768)"
             )
         result = embed_shard(
-            downloads.tars, frame, loaded, storage.layout.embedded_dir, int(key), clip.batch_size, clip.num_workers
+            downloads.tars,
+            frame,
+            loaded,
+            storage.layout.embedded_dir,
+            int(key),
+            clip.batch_size,
+            clip.num_workers,
+            clip.embed_text,
         )
     context.log.info(
         f"shard {key}: {result.rows} images embedded, {result.skipped} skipped, "

@@ -26,6 +26,7 @@ class ClipResource(dg.ConfigurableResource):
     precision: str = Field(default="auto", description="auto (fp16 on cuda, fp32 on cpu), fp32, fp16 or bf16")
     batch_size: int = Field(default=256, description="images per forward pass; halved on CUDA out-of-memory")
     num_workers: int = Field(default=2, description="DataLoader processes decoding images")
+    embed_text: bool = Field(default=True, description="also write text_emb (caption embeddings), as clip-retrieval")
 
     def spec(self) -> ClipSpec:
         """The model spec, with relative file paths taken from the project folder."""
