@@ -11,6 +11,7 @@ preprocessed beforehand. Their ratio is the overhead of everything around the mo
 import argparse
 import io
 import json
+import resource
 import tarfile
 import tempfile
 import time
@@ -45,17 +46,30 @@ def write_tars(folder: Path, names: list[str], per_tar: int) -> list[Path]:
     return tars
 
 
-def bare_forward(clip, folder: Path, names: list[str], batch_size: int) -> float:
-    """Images/s of encode_image alone on batches preprocessed before timing."""
-    images = [clip.preprocess(Image.open(folder / "images" / n).convert("RGB")) for n in names]
-    batches = [torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    clip.encode_images(batches[0])  # warm-up, as the step's first batch also pays it
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the DataLoader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def bare_forward(clip, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """(wall, CPU) images/s of encode_image alone on batches preprocessed before timing."""
+    count = sum(len(b) for b in batches)
     sync()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     for batch in batches:
         clip.encode_images(batch)
     sync()
-    return len(images) / (time.perf_counter() - start)
+    return count / (time.perf_counter() - wall), count / (cpu_seconds() - cpu)
+
+
+def step(clip, tars: list[Path], source: pl.DataFrame, out: Path, args: argparse.Namespace, text: bool):
+    """(wall, CPU) images/s of the image_embeddings step (embed_shard) on the tars."""
+    cpu = cpu_seconds()
+    result = embed_shard(tars, source, clip, out, 0, args.batch_size, args.workers, text)
+    cpu = cpu_seconds() - cpu
+    assert result.rows == args.images and np.load(result.part.embeddings).shape[0] == args.images
+    return result.images_per_second, result.rows / cpu
 
 
 def sync() -> None:
@@ -69,46 +83,45 @@ def main() -> None:
     parser.add_argument("--pretrained", default="none", help="tag, weights file or none (speed does not depend on it)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (0: decode in the main process)")
     parser.add_argument("--per-tar", type=int, default=10000)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate bare/step runs; medians are reported")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate bare/step runs; medians are reported")
     parser.add_argument("--with-text", action="store_true", help="also time the step with text_emb (clip default)")
     args = parser.parse_args()
     clip = load_clip(ClipSpec(args.model, args.pretrained, args.device, args.precision))
-    bare, step, text = [], [], []
+    bare, steps, text = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         names = write_images(folder / "images", args.images, seed=0)
         tars = write_tars(folder, names, args.per_tar)
         source = url_frame([f"http://127.0.0.1/{n}" for n in names]).with_row_index(ROW_COLUMN)
         source = source.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
-        # Alternating the two measurements spreads any drift in machine load over both.
+        images = [clip.preprocess(Image.open(folder / "images" / n).convert("RGB")) for n in names]
+        batches = [torch.stack(images[i : i + args.batch_size]) for i in range(0, len(images), args.batch_size)]
+        clip.encode_images(batches[0])  # warm-up (kernel selection) before either is timed
+        # Alternating the two measurements spreads drift in machine load over both.
         for _ in range(args.repeats):
-            bare.append(bare_forward(clip, folder, names, args.batch_size))
-            result = embed_shard(tars, source, clip, folder / "out", 0, args.batch_size, args.workers, False)
-            assert result.rows == args.images and np.load(result.part.embeddings).shape[0] == args.images
-            step.append(result.images_per_second)
+            bare.append(bare_forward(clip, batches))
+            steps.append(step(clip, tars, source, folder / "out", args, False))
         if args.with_text:
-            text.append(
-                embed_shard(tars, source, clip, folder / "out", 0, args.batch_size, args.workers).images_per_second
-            )
-    bare_ips, step_ips = float(np.median(bare)), float(np.median(step))
+            text = step(clip, tars, source, folder / "out", args, True)
     dtype = str(clip.dtype).removeprefix("torch.")
     print(
         f"model {args.model} on {clip.device} ({dtype}), {args.images} images, batch {args.batch_size}, "
         f"{args.workers} loader worker(s), torch threads {torch.get_num_threads()}, {args.repeats} repeats"
     )
-    print(
-        f"bare forward (preprocessed batches): {bare_ips:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})"
-    )
-    print(
-        f"image_embeddings step (images only):  {step_ips:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in step)})"
-    )
-    if text:
-        print(f"image_embeddings step (+ text_emb):   {text[0]:8.1f} images/s")
-    print(f"ratio step / bare: {step_ips / bare_ips:.3f}")
+    for label, index in (("wall", 0), ("cpu", 1)):
+        b = float(np.median([r[index] for r in bare]))
+        s = float(np.median([r[index] for r in steps]))
+        unit = "images/s" if label == "wall" else "images per CPU-second"
+        bare_runs, step_runs = [round(r[index], 2) for r in bare], [round(r[index], 2) for r in steps]
+        print(f"[{label}] bare forward (preprocessed batches): {b:8.2f} {unit}  runs {bare_runs}")
+        print(f"[{label}] image_embeddings step (images only):  {s:8.2f} {unit}  runs {step_runs}")
+        print(f"[{label}] ratio step / bare: {s / b:.3f}")
+    if text is not None:
+        print(f"[wall] image_embeddings step with text_emb: {text[0]:.2f} images/s")
 
 
 if __name__ == "__main__":
