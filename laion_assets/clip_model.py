@@ -131,9 +131,12 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
             )
         pretrained = str(path)  # open_clip reads it with torch.load(map_location="cpu", weights_only=True)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, precision=precision
-        )
+        # Random weights are seeded, so a demo without pretrained weights gives the same embeddings every run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, precision=precision
+            )
     except RuntimeError as exc:
         if pretrained and "download" in str(exc).lower():
             raise MissingUpstreamError(_weights_help(spec, exc)) from exc
