@@ -5,7 +5,7 @@ normalises and writes a clip-retrieval part; the bare figure times only ``encode
 preprocessed beforehand. Their ratio is the overhead of everything around the model (goal: >= 0.9).
 
     python bench/embed.py                                  # CPU here: ViT-B-32, random weights
-    python bench/embed.py --model ViT-L-14 --pretrained openai --device cuda --images 4096 --batch-size 256
+    python bench/embed.py --model ViT-L-14 --pretrained openai --device cuda --images 8192 --batch-size 256 --workers 16
 """
 
 import argparse
