@@ -7,6 +7,7 @@ skipped sample with its reason, counted by the caller, and never stops the run.
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -72,8 +73,6 @@ def decode_sample(key: str, files: dict[str, bytes], preprocess: Callable) -> Sa
     if ext is None:
         return Sample(key, meta, error="no image in the sample")
     try:
-        import io
-
         with Image.open(io.BytesIO(files[ext])) as img:
             img.load()
             image = preprocess(img.convert("RGB"))

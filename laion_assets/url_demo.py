@@ -8,7 +8,6 @@ Every request path is recorded, so a caller can tell exactly which URLs were fet
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -123,15 +122,3 @@ def url_frame(urls: list[str], seed: int = 0) -> pl.DataFrame:
             "LANGUAGE": ["en"] * n,
         }
     )
-
-
-def image_bytes(name: str, folder: str | Path) -> bytes:
-    """The bytes of one generated image (read back, e.g. to build a tar by hand)."""
-    return (Path(folder) / name).read_bytes()
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(array, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
