@@ -9,7 +9,7 @@ export DAGSTER_MODULE_NAME := laion_assets.definitions
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo test lint clean-out instance
+.PHONY: venv demo demo-urls test lint clean-out instance
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ instance:
 demo: venv instance
 	$(BIN)/python -m laion_assets.demo
 
+# The from-URLs chain on images served from 127.0.0.1 with a tiny CLIP; its own instance keeps its shards apart.
+demo-urls: venv
+	mkdir -p $(CURDIR)/.dagster-urls
+	ln -sf ../dagster.yaml $(CURDIR)/.dagster-urls/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster-urls $(BIN)/python -m laion_assets.demo_urls
+
 test: venv
 	$(BIN)/python -m pytest -q
 
@@ -34,4 +40,4 @@ lint: venv
 	$(BIN)/ruff format --check laion_assets laion_assets_tests bench
 
 clean-out:
-	rm -rf data/out $(DAGSTER_HOME)
+	rm -rf data/out $(DAGSTER_HOME) data/demo-urls .dagster-urls

@@ -2,13 +2,21 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.images import image_embeddings, images
 from laion_assets.defs.assets.release import RELEASE_ASSETS, RELEASE_CHECKS
 from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
 from laion_assets.defs.jobs import publish_job, release_job, shard_job
-from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources import (
+    ClipResource,
+    DownloaderResource,
+    HfResource,
+    PredictorsResource,
+    ReleaseResource,
+    StorageResource,
+)
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [
@@ -21,6 +29,8 @@ ASSETS = [
     score_histogram,
 ]
 ASSETS += RELEASE_ASSETS
+# The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
+URL_ASSETS = [images, image_embeddings]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
 CHECKS += RELEASE_CHECKS
 
@@ -32,11 +42,13 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "predictors": PredictorsResource(),
         "release_config": ReleaseResource(),
         "hf": HfResource(token=dg.EnvVar("HF_TOKEN")),
+        "downloader": DownloaderResource(),
+        "clip": ClipResource(),
     }
 
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[*URL_ASSETS, *ASSETS],
     asset_checks=CHECKS,
     jobs=[shard_job, release_job, publish_job],
     sensors=[new_shards_sensor],

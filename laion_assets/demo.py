@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 
-from laion_assets.definitions import ASSETS, CHECKS, defs
+from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, defs
 from laion_assets.defs.assets.release import hf_release
 from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
@@ -23,16 +23,29 @@ SHARD_SELECTION = ["clip_embeddings", "aesthetic_scores"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_graph(instance: dg.DagsterInstance, storage: StorageResource, predictors: PredictorsResource) -> dict:
-    """Register the source's shards, materialize every shard, then every release-level asset and check."""
-    register_shards(instance, storage.source_path)
+def run_graph(
+    instance: dg.DagsterInstance,
+    storage: StorageResource,
+    predictors: PredictorsResource,
+    url_resources: dict[str, dg.ConfigurableResource] | None = None,
+) -> dict:
+    """Register the source's shards, materialize every shard, then every release-level asset and check.
+
+    With ``storage.urls`` set, each shard is first downloaded and embedded (``images``, ``image_embeddings``)
+    with ``url_resources`` (``downloader`` and ``clip``).
+    """
+    register_shards(instance, storage.shard_source)
     keys = sorted(instance.get_dynamic_partitions("shards"))
     resources = {"storage": storage, "predictors": predictors, "release_config": ReleaseResource(), "hf": HfResource()}
+    assets, selection = [*ASSETS, *CHECKS], SHARD_SELECTION
+    if storage.url_mode:
+        assets, selection = [*URL_ASSETS, *assets], ["images", "image_embeddings", *SHARD_SELECTION]
+        resources.update(url_resources or {})
     for i, key in enumerate(keys, 1):
-        print(f"[{i}/{len(keys)}] shard {key}: clip_embeddings, aesthetic_scores", flush=True)
+        print(f"[{i}/{len(keys)}] shard {key}: {', '.join(selection)}", flush=True)
         dg.materialize(
-            [*ASSETS, *CHECKS],
-            selection=SHARD_SELECTION,
+            assets,
+            selection=selection,
             partition_key=key,
             instance=instance,
             resources=resources,

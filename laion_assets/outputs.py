@@ -28,6 +28,15 @@ class OutputLayout:
         """aesthetic_scores: hash plus the V1 and V2 score of every row."""
         return self.shard_dir(key) / "scores.parquet"
 
+    def images_dir(self, key: str) -> Path:
+        """images: img2dataset's attempts for one URL shard (tars, parquet, stats)."""
+        return self.root / "images" / key
+
+    @property
+    def embedded_dir(self) -> Path:
+        """image_embeddings: the URL shards' embeddings in clip-retrieval layout."""
+        return self.root / "embedded"
+
     @property
     def tags_dir(self) -> Path:
         """aesthetic_tags: one parquet per shard."""

@@ -7,7 +7,7 @@ import sys
 import laion_assets
 from laion_assets.paths import PROJECT_DIR
 
-WIRING = {"laion_assets.definitions", "laion_assets.demo", "laion_assets.cli"}
+WIRING = {"laion_assets.definitions", "laion_assets.demo", "laion_assets.demo_urls", "laion_assets.cli"}
 
 
 def pure_modules() -> list[str]:

@@ -2,10 +2,14 @@
 
 import dagster as dg
 
-SHARD_ASSETS = dg.AssetSelection.assets("clip_embeddings", "aesthetic_scores")
+SHARD_ASSETS = dg.AssetSelection.assets("images", "image_embeddings", "clip_embeddings", "aesthetic_scores")
 PUBLISH_ASSETS = dg.AssetSelection.assets("hf_release")
 
-shard_job = dg.define_asset_job("shard_job", selection=SHARD_ASSETS, description="Index and score one shard.")
+shard_job = dg.define_asset_job(
+    "shard_job",
+    selection=SHARD_ASSETS,
+    description="Download and embed (URL sources), index and score one shard.",
+)
 release_job = dg.define_asset_job(
     "release_job",
     selection=(dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream())

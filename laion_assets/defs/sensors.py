@@ -12,11 +12,11 @@ from laion_assets.errors import LaionAssetsError
 def new_shards_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
     """Register parts that appeared in the source folder and index + score each of them."""
     try:
-        new = new_shard_keys(context.instance, storage.source_path)
+        new = new_shard_keys(context.instance, storage.shard_source)
     except LaionAssetsError as exc:
         return dg.SensorResult(skip_reason=str(exc))
     if not new:
-        return dg.SensorResult(skip_reason=f"no new parts in {storage.source_path}")
+        return dg.SensorResult(skip_reason=f"no new parts in {storage.shard_source}")
     return dg.SensorResult(
         dynamic_partitions_requests=[shards.build_add_request(new)],
         run_requests=[dg.RunRequest(partition_key=key, run_key=f"shard-{key}") for key in new],

@@ -21,9 +21,11 @@ from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
 ALL_ASSETS = {
     "clip_embeddings", "aesthetic_scores", "safety_tags", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus",
     "subset_5plus", "subset_6plus", "subset_6_25plus", "subset_6_5plus", "laion_aesthetic", "laion_art",
-    "bucket_embeddings", "score_histogram", "aesthetic_kv", "aesthetic_viz", "release", "hf_release",
+    "bucket_embeddings", "score_histogram", "aesthetic_kv", "aesthetic_viz", "release", "hf_release", "images",
+    "image_embeddings",
 }  # fmt: skip
-NOT_IN_DEMO = {"hf_release"}  # pushing to the Hub needs a repo and a token
+# Pushing to the Hub needs a repo and a token; the URL front only runs when a URL source is configured.
+NOT_IN_DEMO = {"hf_release", "images", "image_embeddings"}
 
 
 def independent_rows(source) -> list[dict]:

@@ -127,13 +127,13 @@ def release(
         built = release_from_layout(
             layout,
             release_config.version,
-            storage.source_path,
+            storage.parts_source,
             parts,
             files,
             storage.embedding_dim,
             release_config.name,
             safety=storage.safety_path,
-            swap_width_height=storage.swap_width_height,
+            swap_width_height=storage.swap_stored_metadata,
         )
     storage.push(built.path)
     manifest = built.manifest

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.images import image_embeddings
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
@@ -12,6 +13,7 @@ from laion_assets.tags import shard_hint
 
 @dg.asset(
     partitions_def=shards,
+    deps=[image_embeddings],
     group_name="shards",
     kinds={"numpy", "parquet"},
     code_version="1",
@@ -24,7 +26,7 @@ def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource)
     with as_failure():
         part = storage.part(key)
         out = storage.layout.shard_metadata(key)
-        indexed = index_part(part, out, storage.embedding_dim, storage.swap_width_height)
+        indexed = index_part(part, out, storage.embedding_dim, storage.swap_stored_metadata)
         storage.push(out)
     context.log.info(f"shard {key}: {indexed.rows} rows, {indexed.duplicate_hashes} duplicate hashes")
     return dg.MaterializeResult(

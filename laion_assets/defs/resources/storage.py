@@ -16,7 +16,9 @@ from laion_assets.predictors import CLIP_L14_DIM
 class StorageResource(dg.ConfigurableResource):
     """Sources and data root: local paths (relative ones start at the project folder) or fsspec URLs.
 
-    ``source`` is a clip-retrieval folder (``img_emb/``, ``metadata/``); ``safety`` optionally names LAION's
+    ``source`` is a clip-retrieval folder (``img_emb/``, ``metadata/``). Setting ``urls`` (a folder of numbered
+    parquet/CSV URL shards) switches the shards to the URL chain instead: images are downloaded and embedded under
+    the data root, and ``source`` is not read. ``safety`` optionally names LAION's
     separate safety-tags table (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is
     mirrored through the local ``staging`` folder. Defaults can be moved with ``LAION_ASSETS_SOURCE``,
     ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code location loads). Credentials for
@@ -29,6 +31,32 @@ class StorageResource(dg.ConfigurableResource):
     staging: str = ""
     swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
+    urls: str = ""
+
+    @property
+    def url_mode(self) -> bool:
+        """True when shards come from URL shards rather than stored embeddings."""
+        return bool(self.urls)
+
+    @property
+    def urls_path(self) -> Location:
+        """The URL source folder (a local path or a UPath)."""
+        return location(self.urls)
+
+    @property
+    def shard_source(self) -> Location:
+        """The folder whose numbered files define the shard partitions (URL shards or stored parts)."""
+        return self.urls_path if self.url_mode else self.source_path
+
+    @property
+    def parts_source(self) -> Location:
+        """The clip-retrieval folder the per-shard parts are read from (in URL mode, the one we embedded)."""
+        return self.layout.embedded_dir if self.url_mode else self.source_path
+
+    @property
+    def swap_stored_metadata(self) -> bool:
+        """Whether indexing a stored part swaps WIDTH/HEIGHT (in URL mode the swap happened on download)."""
+        return self.swap_width_height and not self.url_mode
 
     @property
     def source_path(self) -> Location:
@@ -74,5 +102,7 @@ class StorageResource(dg.ConfigurableResource):
                 self.mirror.push(path)
 
     def part(self, key: str) -> Part:
-        """The stored part behind a shard partition key."""
-        return find_part(self.source_path, key)
+        """The stored part behind a shard partition key (in URL mode, the part embedded from its images)."""
+        if self.url_mode:  # embedded under the data root, maybe by another machine of a remote root
+            self.pull(self.layout.embedded_dir)
+        return find_part(self.parts_source, key)
