@@ -2,15 +2,19 @@
 
 import dagster as dg
 
+from laion_assets.defs.assets.rescore import rescored_shards
 from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, scores_finite
-from laion_assets.defs.jobs import release_job, shard_job
+from laion_assets.defs.jobs import release_job, rescore_job, shard_job
 from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.defs.schedules import rescore_schedule
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [clip_embeddings, aesthetic_scores, aesthetic_tags, *SUBSET_ASSETS, bucket_embeddings, score_histogram]
+# Issue 4: batched re-scoring of stale shards.
+ASSETS += [rescored_shards]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
 
 
@@ -22,7 +26,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[shard_job, release_job],
+    jobs=[shard_job, release_job, rescore_job],
+    schedules=[rescore_schedule],
     sensors=[new_shards_sensor],
     resources=default_resources(),
 )

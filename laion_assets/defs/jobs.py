@@ -14,3 +14,9 @@ release_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("aesthetic_tags").downstream(),
     description="Rebuild the tags table and everything computed from it (subsets, buckets, histogram).",
 )
+rescore_job = dg.define_asset_job(
+    "rescore",
+    selection=dg.AssetSelection.assets("rescored_shards") | dg.AssetSelection.assets("aesthetic_tags").downstream(),
+    description="Re-score, in one run, only the shards the active predictors outdate, then rebuild the tags and "
+    "everything computed from them; when nothing is stale it does nothing and says so.",
+)

@@ -5,6 +5,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from laion_assets.defs.assets.rescore import rescored_shards
 from laion_assets.defs.assets.shards import aesthetic_scores
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
@@ -13,7 +14,7 @@ from laion_assets.tags import build_tags, scan_tags
 
 
 @dg.asset(
-    deps=[aesthetic_scores],
+    deps=[aesthetic_scores, rescored_shards],
     group_name="tags",
     kinds={"parquet"},
     code_version="1",
