@@ -7,14 +7,15 @@ from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, scores_finite
+from laion_assets.defs.assets.training import aesthetic_predictor_trained
 from laion_assets.defs.jobs import release_job, rescore_job, shard_job
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.schedules import rescore_schedule
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [clip_embeddings, aesthetic_scores, aesthetic_tags, *SUBSET_ASSETS, bucket_embeddings, score_histogram]
-# Issue 4: batched re-scoring of stale shards.
-ASSETS += [rescored_shards]
+# Issue 4: batched re-scoring of stale shards, and training a predictor.
+ASSETS += [rescored_shards, aesthetic_predictor_trained]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
 
 

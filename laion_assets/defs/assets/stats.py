@@ -13,8 +13,11 @@ from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
 from laion_assets.embeddings import open_embeddings
 from laion_assets.errors import BadInputError
-from laion_assets.histogram import laion_text, lazy_counts
+from laion_assets.histogram import LABELS, laion_text, lazy_counts
+from laion_assets.histogram_history import changed_columns, comparison_png, previous_for, read_document
 from laion_assets.outputs import require
+from laion_assets.plots import png_markdown
+from laion_assets.shards import read_identities
 from laion_assets.tags import scan_tags
 
 SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
@@ -73,8 +76,16 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
     with as_failure():
         tags = scan_tags(layout)
         counts = {column: lazy_counts(tags, column) for column in SCORE_COLUMNS}
+        first_part = min(layout.tags_dir.glob("part-*.parquet"))
+        identities = {c: str(i) for c, i in read_identities(first_part).items()}
     text = {column: laion_text(c) for column, c in counts.items()}
-    document = {"counts": counts, "laion": text}
+    # Keep the histogram of the previous predictors so the plot shows before/after a change (issue 4).
+    previous = previous_for(read_document(layout.histogram_path), identities)
+    document = {"counts": counts, "laion": text, "identities": identities, "previous": previous}
+    png = comparison_png(counts, identities, previous, LABELS)
+    plot = layout.histogram_path.with_suffix(".png")
+    with atomic_path(plot) as tmp:
+        tmp.write_bytes(png)
     with atomic_path(layout.histogram_path) as tmp:
         tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     for column, line in text.items():
@@ -85,5 +96,9 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
             **{f"{column}/counts": dg.MetadataValue.json(c) for column, c in counts.items()},
             "dagster/row_count": sum(counts["aesthetic"].values()),
             "path": dg.MetadataValue.path(str(layout.histogram_path)),
+            **{f"predictor/{c}": i for c, i in identities.items()},
+            "predictor_changed": dg.MetadataValue.json(changed_columns(previous, identities)),
+            "plot": dg.MetadataValue.md(png_markdown(png, "score histogram")),
+            "plot_path": dg.MetadataValue.path(str(plot)),
         }
     )
