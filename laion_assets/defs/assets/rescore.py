@@ -54,7 +54,7 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
                     partition=scored.key,
                     metadata={
                         **scores_metadata(scored, layout.shard_scores(scored.key)),
-                        "rescored_by_run": context.run_id,
+                        "rescored_by_run": context.run.run_id,
                         "data_version": scores_version(scored).value,
                     },
                 )
