@@ -3,7 +3,7 @@
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -13,7 +13,7 @@ from laion_assets.defs.schedules import DEFAULT_RESCORE_CRON, build_rescore_sche
 from laion_assets.demo import run_graph
 from laion_assets.paths import PROJECT_DIR, V2_RELU_WEIGHTS
 
-TICK = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
+TICK = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
 def evaluate(schedule, instance, storage, predictors):
