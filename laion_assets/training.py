@@ -132,6 +132,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     kind: str = V2_MLP_LINEAR
+    threads: int | None = None  # torch intra-op threads while training; None keeps torch's setting
 
 
 @dataclass
@@ -174,6 +175,18 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tens
 
 def train_v2(table: RatingsTable, config: TrainConfig = TrainConfig()) -> TrainResult:
     """Train the V2 MLP on ``table`` and return the best-validation-MSE checkpoint with its metrics."""
+    if config.threads is None:
+        return _train(table, config)
+    # Small batches gain nothing from many threads, and on a shared machine they lose a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(table, config)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(table: RatingsTable, config: TrainConfig) -> TrainResult:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     border = split(len(table), config.val_fraction)

@@ -37,6 +37,7 @@ class TrainingConfig(dg.Config):
     lr: float = 1e-3
     val_fraction: float = 0.05
     seed: int = 0
+    threads: int = 0  # torch threads while training; 0 keeps torch's default
 
 
 def load_ratings(config: TrainingConfig) -> RatingsTable:
@@ -69,6 +70,7 @@ def aesthetic_predictor_trained(
         val_fraction=config.val_fraction,
         seed=config.seed,
         kind=V2_MLP_LINEAR,
+        threads=config.threads or None,
     )
     folder = storage.layout.root / "predictors"
     with as_failure():
