@@ -21,7 +21,9 @@ from laion_assets.shards import read_identities
 START_TIMEOUT_S = 180
 BACKFILL_TIMEOUT_S = 420
 # Start dagster with default SIGINT/SIGTERM handlers: a background process from a non-interactive shell ignores them.
-RESTORE_SIGNALS = "import signal,os,sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+RESTORE_SIGNALS = (
+    "import signal,os,sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
