@@ -46,6 +46,8 @@ def _stale(args: argparse.Namespace) -> None:
     storage = StorageResource(source=args.source, data_root=args.data_root)
     active = PredictorsResource().identities(storage.embedding_dim)
     keys = sorted(dg.DagsterInstance.get().get_dynamic_partitions("shards"))
+    if not keys:
+        print("no shards registered in this instance (`laion-assets register SOURCE` or `make demo` registers them)")
     for state in shard_states(keys, storage.layout, active):
         print(f"{state.key}  {state.status:<9}  {state.reason}")
 
