@@ -14,6 +14,7 @@ from laion_assets.defs.resources import PredictorsResource, StorageResource
 
 defs = dg.Definitions(
     assets=ASSETS,
+    executor=dg.in_process_executor,  # one process per run: the test waits on fewer process start-ups
     asset_checks=CHECKS,
     jobs=[shard_job, release_job, rescore_job],
     resources={
