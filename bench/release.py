@@ -4,10 +4,13 @@ Usage: python bench/release.py [--rows 10000000] [--parts 10] [--dir /tmp/laion_
 Builds ``tags/part-*.parquet`` once (LAION's tags columns, realistic URL/caption lengths, ~6% unsafe, ~10%
 watermarked, ~2% duplicate hashes, 72% English), then runs the work in a child process — the same calls the
 assets make (``v2_subset``/``v1_subset`` + ``write_subset`` for the 8 subsets, ``lazy_counts`` for both score
-columns) — and reports its wall time and peak RSS (``ru_maxrss`` of that child only).
+columns). Each step runs in its own child process, as Dagster's default multiprocess executor runs each asset,
+and reports its wall time and peak RSS (``ru_maxrss`` of that child, from ``os.wait4``); then all steps run once
+more in a single child (as the in-process executor of ``make demo`` runs them) for the one-process peak.
 """
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -55,20 +58,35 @@ def build(layout: OutputLayout, rows: int, parts: int) -> None:
         write_parquet(frame.to_arrow(), path)
 
 
-def work(root: Path) -> None:
+STEPS = [*(r.asset_name for r in [*V2_SUBSETS, *V1_SUBSETS]), "score_histogram"]
+
+
+def work(root: Path, steps: list[str]) -> None:
     layout = OutputLayout(root)
-    timings = {}
-    for rule in [*V2_SUBSETS, *V1_SUBSETS]:
+    rules = {r.asset_name: r for r in [*V2_SUBSETS, *V1_SUBSETS]}
+    for step in steps:
         start = time.perf_counter()
-        tags = scan_tags(layout)
-        query = v2_subset(tags, rule) if isinstance(rule, V2Subset) else v1_subset(tags, rule)
-        path = write_subset(query, layout.subset_dir(rule.asset_name))
-        timings[rule.asset_name] = (time.perf_counter() - start, subset_rows(path))
+        if step == "score_histogram":
+            counts = {c: lazy_counts(scan_tags(layout), c) for c in ("aesthetic", "AESTHETIC_SCORE")}
+            rows = sum(counts["aesthetic"].values())
+        else:
+            rule = rules[step]
+            tags = scan_tags(layout)
+            query = v2_subset(tags, rule) if isinstance(rule, V2Subset) else v1_subset(tags, rule)
+            rows = subset_rows(write_subset(query, layout.subset_dir(rule.asset_name)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        print(f"  {step:<16} {time.perf_counter() - start:6.2f} s  {rows:>11,} rows  (process peak {peak:.2f} GB)")
+
+
+def child(root: Path, steps: list[str]) -> tuple[float, float]:
+    """Run steps in a child process; return its wall time and peak RSS in GB."""
     start = time.perf_counter()
-    counts = {c: lazy_counts(scan_tags(layout), c) for c in ("aesthetic", "AESTHETIC_SCORE")}
-    timings["score_histogram"] = (time.perf_counter() - start, sum(counts["aesthetic"].values()))
-    for name, (seconds, rows) in timings.items():
-        print(f"  {name:<16} {seconds:6.2f} s  {rows:>11,} rows", flush=True)
+    process = subprocess.Popen([sys.executable, __file__, "--dir", str(root), "--work", *steps])
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"step(s) {steps} failed with exit code {process.returncode}")
+    return time.perf_counter() - start, usage.ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 def main() -> None:
@@ -76,21 +94,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--parts", type=int, default=10)
     parser.add_argument("--dir", default="/tmp/laion_assets_bench/release")
-    parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)  # the timed child
+    parser.add_argument("--work", nargs="+", help=argparse.SUPPRESS)  # inside a timed child
     args = parser.parse_args()
     root = Path(args.dir)
     if args.work:
-        work(root)
+        work(root, args.work)
         return
     build(OutputLayout(root), args.rows, args.parts)
     rows = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in sorted((root / "tags").glob("*.parquet")))
     size = sum(f.stat().st_size for f in (root / "tags").glob("*.parquet")) / 1e9
     print(f"tags: {rows:,} rows in {args.parts} parts ({size:.2f} GB parquet) under {root / 'tags'}")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--work", "--dir", str(root)], check=True)
-    wall = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # Linux reports KiB
-    print(f"fan-in (8 subsets + histogram): {wall:.1f} s (goal < 60 s), peak RSS {peak_gb:.2f} GB (goal < 2 GB)")
+    print("one process per step (Dagster's multiprocess executor):")
+    results = [child(root, [step]) for step in STEPS]
+    wall, peak = sum(w for w, _ in results), max(p for _, p in results)
+    print(
+        f"fan-in, 9 steps in sequence: {wall:.1f} s incl. process starts (goal < 60 s), max step peak RSS {peak:.2f} GB"
+    )
+    print("all steps in one process (in-process executor):")
+    wall, peak = child(root, STEPS)
+    print(f"fan-in in one process: {wall:.1f} s (goal < 60 s), peak RSS {peak:.2f} GB (goal < 2 GB)")
 
 
 if __name__ == "__main__":
