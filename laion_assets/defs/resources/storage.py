@@ -19,8 +19,8 @@ class StorageResource(dg.ConfigurableResource):
 
     @property
     def source_path(self) -> Path:
-        """The source folder as an absolute path (a ``file://`` URL is taken as its local path)."""
-        return resolve(self.source.removeprefix("file://"))
+        """The source folder as an absolute path."""
+        return resolve(self.source)
 
     @property
     def layout(self) -> OutputLayout:
