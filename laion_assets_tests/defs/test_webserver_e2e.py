@@ -18,7 +18,7 @@ from laion_assets.paths import PROJECT_DIR
 from laion_assets.sample import SampleSpec, write_sample
 from laion_assets.shards import read_identities
 
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 300  # a fresh venv on a busy 2-core machine once took over 180 s to start dagster dev
 BACKFILL_TIMEOUT_S = 420
 # Start dagster with default SIGINT/SIGTERM handlers: a background process from a non-interactive shell ignores them.
 RESTORE_SIGNALS = (
