@@ -75,6 +75,48 @@ def _push(args: argparse.Namespace) -> None:
         print(f"committed: {result.committed} ({result.commit_oid or '-'}); tagged: {result.tagged}")
 
 
+def _activate(args: argparse.Namespace) -> None:
+    from laion_assets.active import ACTIVE_FILE, activate
+    from laion_assets.paths import resolve
+    from laion_assets.predictors import load_predictor
+
+    predictor = load_predictor(resolve(args.weights))  # refuse a file that is not a predictor
+    config = resolve(args.config) if args.config else ACTIVE_FILE
+    activate(args.column, args.weights, config)
+    print(f"{args.column} is now {predictor.identity} ({args.weights}) in {config}; run `laion-assets rescore`")
+
+
+def _stale(args: argparse.Namespace) -> None:
+    import dagster as dg
+
+    from laion_assets.defs.resources import PredictorsResource, StorageResource
+    from laion_assets.rescoring import shard_states
+
+    storage = StorageResource(source=args.source, data_root=args.data_root)
+    active = PredictorsResource().identities(storage.embedding_dim)
+    keys = sorted(dg.DagsterInstance.get().get_dynamic_partitions("shards"))
+    if not keys:
+        print("no shards registered in this instance (`laion-assets register SOURCE` or `make demo` registers them)")
+    for state in shard_states(keys, storage.layout, active):
+        print(f"{state.key}  {state.status:<9}  {state.reason}")
+
+
+def _rescore(args: argparse.Namespace) -> None:
+    import dagster as dg
+
+    from laion_assets.definitions import defs
+
+    result = defs.resolve_job_def("rescore").execute_in_process(instance=dg.DagsterInstance.get())
+    rescored = [
+        e.event_specific_data.materialization.partition
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("aesthetic_scores")
+    ]
+    print(f"rescore: re-scored {len(rescored)} shard(s): {', '.join(rescored) or 'nothing was stale'}")
+    if not result.success:
+        sys.exit("rescore failed; see the run's logs")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one subcommand."""
     parser = argparse.ArgumentParser(prog="laion-assets", description="LAION-Aesthetics as a Dagster asset graph.")
@@ -112,6 +154,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public", action="store_true", help="create the repo public (default private)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be committed")
     p.set_defaults(func=_push)
+
+    p = sub.add_parser("activate", help="make a weights file the active predictor of a score column")
+    p.add_argument("column", choices=["aesthetic", "AESTHETIC_SCORE"])
+    p.add_argument("weights")
+    p.add_argument("--config", default="", help="predictors file (default: predictors.yaml in the project)")
+    p.set_defaults(func=_activate)
+    p = sub.add_parser("stale", help="list each registered shard and whether the active predictors outdate it")
+    p.add_argument("--source", default="data/sample")
+    p.add_argument("--data-root", default="data/out")
+    p.set_defaults(func=_stale)
+    p = sub.add_parser("rescore", help="run the rescore job in $DAGSTER_HOME: re-score stale shards, rebuild release")
+    p.set_defaults(func=_rescore)
     args = parser.parse_args(argv)
     try:
         args.func(args)

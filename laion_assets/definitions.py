@@ -1,14 +1,18 @@
 """The laion_assets code location: ``dagster dev`` and ``dagster asset materialize`` load ``defs`` from here."""
 
+import os
+
 import dagster as dg
 
 from laion_assets.defs.assets.images import image_embeddings, images
 from laion_assets.defs.assets.release import RELEASE_ASSETS, RELEASE_CHECKS
+from laion_assets.defs.assets.rescore import rescored_shards
 from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
 from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
-from laion_assets.defs.jobs import publish_job, release_job, shard_job
+from laion_assets.defs.assets.training import aesthetic_predictor_trained
+from laion_assets.defs.jobs import publish_job, release_job, rescore_job, shard_job
 from laion_assets.defs.resources import (
     ClipResource,
     DownloaderResource,
@@ -17,6 +21,7 @@ from laion_assets.defs.resources import (
     ReleaseResource,
     StorageResource,
 )
+from laion_assets.defs.schedules import rescore_schedule
 from laion_assets.defs.sensors import new_shards_sensor
 
 ASSETS = [
@@ -29,6 +34,8 @@ ASSETS = [
     score_histogram,
 ]
 ASSETS += RELEASE_ASSETS
+# Batched re-scoring of stale shards, and training a predictor.
+ASSETS += [rescored_shards, aesthetic_predictor_trained]
 # The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
 URL_ASSETS = [images, image_embeddings]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
@@ -41,7 +48,10 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "storage": StorageResource(),
         "predictors": PredictorsResource(),
         "release_config": ReleaseResource(),
-        "hf": HfResource(token=dg.EnvVar("HF_TOKEN")),
+        # The token is read from the environment at run time (never stored in config or logged); without HF_TOKEN
+        # the resource still loads, so sensors and the rest of the graph work, and hf_release pushes anonymously
+        # (which the Hub refuses with a clear error).
+        "hf": HfResource(token=dg.EnvVar("HF_TOKEN")) if os.environ.get("HF_TOKEN") else HfResource(),
         "downloader": DownloaderResource(),
         "clip": ClipResource(),
     }
@@ -50,7 +60,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 defs = dg.Definitions(
     assets=[*URL_ASSETS, *ASSETS],
     asset_checks=CHECKS,
-    jobs=[shard_job, release_job, publish_job],
+    jobs=[shard_job, release_job, rescore_job, publish_job],
+    schedules=[rescore_schedule],
     sensors=[new_shards_sensor],
     resources=default_resources(),
 )

@@ -71,6 +71,11 @@ class OutputLayout:
         return self.root / "stats"
 
     @property
+    def histogram_history_path(self) -> Path:
+        """The histogram with the predictors that made it and the one before a predictor change (not released)."""
+        return self.stats_dir / "score_histogram_history.json"
+
+    @property
     def histogram_path(self) -> Path:
         """score_histogram's JSON file."""
         return self.stats_dir / "score_histogram.json"

@@ -20,3 +20,10 @@ release_job = dg.define_asset_job(
 publish_job = dg.define_asset_job(
     "publish_job", selection=PUBLISH_ASSETS, description="Push the release folder to its Hugging Face dataset repo."
 )
+rescore_job = dg.define_asset_job(
+    "rescore",
+    selection=(dg.AssetSelection.assets("rescored_shards") | dg.AssetSelection.assets("aesthetic_tags").downstream())
+    - PUBLISH_ASSETS,
+    description="Re-score, in one run, only the shards the active predictors outdate, then rebuild the tags and "
+    "everything computed from them; when nothing is stale it does nothing and says so.",
+)

@@ -10,7 +10,6 @@ from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
-from laion_assets.defs.resources.predictors import V1_COLUMN, V2_COLUMN
 from laion_assets.errors import BadInputError
 from laion_assets.gallery import write_galleries
 from laion_assets.kv import KV_FILES, OnDiskKV
@@ -123,7 +122,7 @@ def release(
             layout.tags_dir, layout.subsets_dir, layout.buckets_dir, layout.histogram_path, layout.kv_dir,
             layout.releases_dir,
         )  # fmt: skip
-        files = {V1_COLUMN: resolve(predictors.v1_weights), V2_COLUMN: resolve(predictors.v2_weights)}
+        files = {column: resolve(path) for column, path in predictors.weights().items()}
         built = release_from_layout(
             layout,
             release_config.version,

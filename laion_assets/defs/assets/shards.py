@@ -1,5 +1,7 @@
 """Per-shard assets: ``clip_embeddings`` (validate + index a stored part) and ``aesthetic_scores``."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from laion_assets.defs.assets.images import image_embeddings
@@ -7,7 +9,7 @@ from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.outputs import require
-from laion_assets.shards import index_part, score_part
+from laion_assets.shards import ScoredPart, index_part, score_part
 from laion_assets.tags import shard_hint
 
 
@@ -67,12 +69,21 @@ def aesthetic_scores(
             storage.part(key), indexed, predictors.load(storage.embedding_dim), layout.shard_scores(key)
         )
     storage.push(layout.shard_scores(key))
-    metadata: dict[str, object] = {
-        "dagster/row_count": scored.rows,
-        "path": dg.MetadataValue.path(str(layout.shard_scores(key))),
-    }
+    return dg.MaterializeResult(
+        metadata=scores_metadata(scored, layout.shard_scores(key)), data_version=scores_version(scored)
+    )
+
+
+def scores_metadata(scored: ScoredPart, path: Path) -> dict[str, object]:
+    """Metadata of one shard's scores: rows, path, and per column its predictor identity and score summary."""
+    metadata: dict[str, object] = {"dagster/row_count": scored.rows, "path": dg.MetadataValue.path(str(path))}
     for column, identity in scored.identities.items():
         metadata[f"predictor/{column}"] = str(identity)
         for stat, value in scored.summary[column].items():
             metadata[f"{column}/{stat}"] = value
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
+
+
+def scores_version(scored: ScoredPart) -> dg.DataVersion:
+    """The data version of a shard's scores: which predictors made them (shown per partition in the UI)."""
+    return dg.DataVersion(",".join(f"{c}={i.kind}@{i.sha256[:12]}" for c, i in sorted(scored.identities.items())))

@@ -2,13 +2,17 @@
 
 import dagster as dg
 
+from laion_assets.atomic import atomic_path
 from laion_assets.buckets import N_BUCKETS
 from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import StorageResource
-from laion_assets.histogram import histogram_document, write_histogram
+from laion_assets.histogram import LABELS, histogram_document, write_histogram
+from laion_assets.histogram_history import changed_columns, comparison_png, previous_for, read_document
 from laion_assets.pipeline import build_buckets
+from laion_assets.plots import png_markdown
+from laion_assets.shards import read_identities
 from laion_assets.tags import scan_tags
 
 SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
@@ -59,9 +63,20 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
         storage.pull(layout.tags_dir)
         tags = scan_tags(layout)
         document = histogram_document(tags, SCORE_COLUMNS)
+        first_part = min(layout.tags_dir.glob("part-*.parquet"))
+        identities = {c: str(i) for c, i in read_identities(first_part).items()}
+        storage.pull(layout.histogram_history_path)
     counts, text = document["counts"], document["laion"]
+    # The released histogram is a pure function of the tags; the "before" of a predictor change is kept apart
+    # (not released) so that a rebuild from the same inputs stays byte-identical.
+    previous = previous_for(read_document(layout.histogram_history_path), identities)
+    png = comparison_png(counts, identities, previous, LABELS)
+    plot = layout.histogram_path.with_suffix(".png")
+    with atomic_path(plot) as tmp:
+        tmp.write_bytes(png)
     write_histogram(document, layout.histogram_path)
-    storage.push(layout.histogram_path)
+    write_histogram({"counts": counts, "identities": identities, "previous": previous}, layout.histogram_history_path)
+    storage.push(layout.histogram_path, layout.histogram_history_path, plot)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(
@@ -70,5 +85,9 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
             **{f"{column}/counts": dg.MetadataValue.json(c) for column, c in counts.items()},
             "dagster/row_count": sum(counts["aesthetic"].values()),
             "path": dg.MetadataValue.path(str(layout.histogram_path)),
+            **{f"predictor/{c}": i for c, i in identities.items()},
+            "predictor_changed": dg.MetadataValue.json(changed_columns(previous, identities)),
+            "plot": dg.MetadataValue.md(png_markdown(png, "score histogram")),
+            "plot_path": dg.MetadataValue.path(str(plot)),
         }
     )

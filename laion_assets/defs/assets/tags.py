@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from laion_assets.defs.assets.rescore import rescored_shards
 from laion_assets.defs.assets.shards import aesthetic_scores
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
@@ -44,7 +45,7 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
 
 
 @dg.asset(
-    deps=[aesthetic_scores, safety_tags],
+    deps=[aesthetic_scores, safety_tags, rescored_shards],
     group_name="tags",
     kinds={"parquet"},
     code_version="1",

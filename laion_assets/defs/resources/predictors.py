@@ -5,8 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from laion_assets.active import read_active
 from laion_assets.paths import resolve
-from laion_assets.predictors import CLIP_L14_DIM, Predictor, load_predictor
+from laion_assets.predictors import CLIP_L14_DIM, Predictor, PredictorIdentity, load_predictor
 
 V1_COLUMN = "aesthetic"
 V2_COLUMN = "AESTHETIC_SCORE"
@@ -28,11 +29,24 @@ def load_cached(path: str | Path, dim: int = CLIP_L14_DIM) -> Predictor:
 
 
 class PredictorsResource(dg.ConfigurableResource):
-    """Weights files of the V1 and V2 predictors (LAION's released heads by default)."""
+    """Weights files of the V1 and V2 predictors; empty means "as ``predictors.yaml`` says" (LAION's released heads)."""
 
-    v1_weights: str = "data/models/sa_0_4_vit_l_14_linear.pth"
-    v2_weights: str = "data/models/sac+logos+ava1-l14-linearMSE.pth"
+    v1_weights: str = ""
+    v2_weights: str = ""
+    config_file: str = "predictors.yaml"
+
+    def weights(self) -> dict[str, str]:
+        """Return ``{score column: weights path}``: explicit settings win over the predictors file."""
+        v1, v2 = self.v1_weights, self.v2_weights
+        if not (v1 and v2):
+            active = read_active(resolve(self.config_file))
+            v1, v2 = v1 or active[V1_COLUMN], v2 or active[V2_COLUMN]
+        return {V1_COLUMN: v1, V2_COLUMN: v2}
 
     def load(self, dim: int = CLIP_L14_DIM) -> dict[str, Predictor]:
         """Return ``{score column: predictor}`` for every active predictor."""
-        return {V1_COLUMN: load_cached(self.v1_weights, dim), V2_COLUMN: load_cached(self.v2_weights, dim)}
+        return {column: load_cached(path, dim) for column, path in self.weights().items()}
+
+    def identities(self, dim: int = CLIP_L14_DIM) -> dict[str, PredictorIdentity]:
+        """Return ``{score column: identity}`` of the active predictors."""
+        return {column: predictor.identity for column, predictor in self.load(dim).items()}
