@@ -3,7 +3,7 @@
 Usage: python bench/release.py [--rows 10000000] [--parts 10] [--dir /tmp/laion_assets_bench/release]
 Builds ``tags/part-*.parquet`` once (LAION's tags columns, realistic URL/caption lengths, ~6% unsafe, ~10%
 watermarked, ~2% duplicate hashes, 72% English), then runs the work in a child process — the same calls the
-assets make (``v2_subset``/``v1_subset`` + ``write_subset`` for the 8 subsets, ``lazy_counts`` for both score
+assets make (``write_rule`` for the 8 subsets, ``lazy_counts`` for both score
 columns). Each step runs in its own child process, as Dagster's default multiprocess executor runs each asset,
 and reports its wall time and peak RSS (``ru_maxrss`` of that child, from ``os.wait4``); then all steps run once
 more in a single child (as the in-process executor of ``make demo`` runs them) for the one-process peak.
@@ -24,9 +24,9 @@ from laion_assets.atomic import write_parquet
 from laion_assets.histogram import lazy_counts
 from laion_assets.outputs import OutputLayout
 from laion_assets.schemas import TAGS_COLUMNS
-from laion_assets.subsets import subset_rows, v1_subset, v2_subset, write_subset
-from laion_assets.tags import scan_tags
-from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS, V2Subset
+from laion_assets.subsets import subset_rows, write_rule
+from laion_assets.tags import scan_tags, tag_files
+from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
 
 LANGS = np.array(["en"] * 18 + ["de", "fr", "es", "ja", "zh", "ru", "pt"])
 
@@ -71,9 +71,7 @@ def work(root: Path, steps: list[str]) -> None:
             rows = sum(counts["aesthetic"].values())
         else:
             rule = rules[step]
-            tags = scan_tags(layout)
-            query = v2_subset(tags, rule) if isinstance(rule, V2Subset) else v1_subset(tags, rule)
-            rows = subset_rows(write_subset(query, layout.subset_dir(rule.asset_name)))
+            rows = subset_rows(write_rule(tag_files(layout), rule, layout.subset_dir(rule.asset_name)))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
         print(f"  {step:<16} {time.perf_counter() - start:6.2f} s  {rows:>11,} rows  (process peak {peak:.2f} GB)")
 

@@ -24,8 +24,8 @@ from laion_assets.outputs import OutputLayout, require
 from laion_assets.predictors import CLIP_L14_DIM, load_predictor
 from laion_assets.safety import SafetyIndex, build_safety_index
 from laion_assets.shards import index_part, score_part
-from laion_assets.subsets import v1_subset, v2_subset, write_subset
-from laion_assets.tags import build_tags, scan_tags
+from laion_assets.subsets import write_rule
+from laion_assets.tags import build_tags, scan_tags, tag_files
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
 
 V1_COLUMN = "aesthetic"
@@ -49,13 +49,10 @@ def build_shards(
 
 def build_subsets(layout: OutputLayout) -> dict[str, Path]:
     """Write every V2 and V1 subset from the tags table."""
-    tags = scan_tags(layout)
-    out = {}
-    for rule in V2_SUBSETS:
-        out[rule.asset_name] = write_subset(v2_subset(tags, rule), layout.subset_dir(rule.asset_name))
-    for rule in V1_SUBSETS:
-        out[rule.asset_name] = write_subset(v1_subset(tags, rule), layout.subset_dir(rule.asset_name))
-    return out
+    files = tag_files(layout)
+    return {
+        rule.asset_name: write_rule(files, rule, layout.subset_dir(rule.asset_name)) for rule in V2_SUBSETS + V1_SUBSETS
+    }
 
 
 def build_histogram(layout: OutputLayout) -> Path:

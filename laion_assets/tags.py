@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -81,10 +82,15 @@ def build_tags(keys: Sequence[str], layout: OutputLayout, safety: SafetyIndex | 
     return TagsSummary(total, per_shard, identities, missing_safety)
 
 
-def scan_tags(layout: OutputLayout) -> pl.LazyFrame:
-    """Lazily scan the tags table in shard order; raises naming the folder when it is not built."""
+def tag_files(layout: OutputLayout) -> list[Path]:
+    """The tags table's part files in shard order; raises naming the folder when it is not built."""
     folder = require(layout.tags_dir, "aesthetic_tags")
     files = sorted(folder.glob("part-*.parquet"))
     if not files:
         raise BadInputError(f"{folder}: aesthetic_tags holds no part files; re-materialize aesthetic_tags")
-    return pl.scan_parquet(files)
+    return files
+
+
+def scan_tags(layout: OutputLayout) -> pl.LazyFrame:
+    """Lazily scan the tags table in shard order; raises naming the folder when it is not built."""
+    return pl.scan_parquet(tag_files(layout))

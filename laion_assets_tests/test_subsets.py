@@ -1,8 +1,9 @@
+import numpy as np
 import polars as pl
 import pytest
 
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS, schema_mismatches
-from laion_assets.subsets import rule_violations, safe_unique, v1_subset, v2_subset, write_subset
+from laion_assets.subsets import rule_violations, safe_unique, v1_subset, v2_subset, write_subset, write_v1_subset
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 
 BASE = {"URL": "u", "TEXT": "t", "WIDTH": 1.0, "HEIGHT": 2.0, "similarity": 0.3, "punsafe": 0.1, "pwatermark": 0.1,
@@ -93,3 +94,35 @@ def test_laion_thresholds():
         ("subset_6plus", 6.0), ("subset_6_25plus", 6.25), ("subset_6_5plus", 6.5),
     ]  # fmt: skip
     assert [(r.asset_name, r.threshold) for r in V1_SUBSETS] == [("laion_aesthetic", 7.0), ("laion_art", 8.0)]
+
+
+def test_part_by_part_v1_writer_equals_the_lazy_query(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pl.DataFrame(
+        {
+            "URL": [f"http://x/{i}" for i in range(n)],
+            "TEXT": [f"t{i}" for i in range(n)],
+            "WIDTH": rng.integers(100, 900, n).astype(float),
+            "HEIGHT": rng.integers(100, 900, n).astype(float),
+            "similarity": rng.random(n),
+            "punsafe": pl.Series(rng.random(n) * 0.7, dtype=pl.Float32),
+            "pwatermark": pl.Series(rng.random(n), dtype=pl.Float32),
+            "LANGUAGE": rng.choice(["en", "de"], n),
+            # few distinct hashes: many duplicates, also across files, some unsafe first occurrences
+            "hash": rng.integers(0, 600, n),
+            "aesthetic": pl.Series(rng.uniform(5, 10, n), dtype=pl.Float32),
+            "AESTHETIC_SCORE": pl.Series(rng.uniform(3, 8, n), dtype=pl.Float32),
+        }
+    ).with_columns(pl.when(pl.int_range(pl.len()) % 97 == 0).then(None).otherwise(pl.col("punsafe")).alias("punsafe"))
+    files = []
+    for i, chunk in enumerate(frame.iter_slices(n_rows=700)):
+        files.append(tmp_path / f"part-{i:05d}.parquet")
+        chunk.write_parquet(files[-1])
+    files.append(tmp_path / "part-00099.parquet")
+    frame.head(0).write_parquet(files[-1])  # an empty shard
+    for rule in V1_SUBSETS:
+        got = pl.read_parquet(write_v1_subset(files, rule, tmp_path / rule.asset_name))
+        want = v1_subset(pl.scan_parquet(files), rule).collect()
+        assert got.equals(want) and got.height > 0, rule
+        assert not schema_mismatches(got.schema, V1_SUBSET_COLUMNS)

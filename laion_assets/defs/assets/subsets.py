@@ -10,8 +10,8 @@ from laion_assets.defs.errors import as_failure
 from laion_assets.defs.resources import StorageResource
 from laion_assets.outputs import require
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS, schema_mismatches
-from laion_assets.subsets import SUBSET_FILE, rule_violations, subset_rows, top_rows, v1_subset, v2_subset, write_subset
-from laion_assets.tags import scan_tags
+from laion_assets.subsets import SUBSET_FILE, rule_violations, subset_rows, top_rows, write_rule
+from laion_assets.tags import tag_files
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 
 PREVIEW_ROWS = 10
@@ -39,9 +39,7 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
         layout = storage.layout
         with as_failure():
             storage.pull(layout.tags_dir)
-            tags = scan_tags(layout)
-            query = v2_subset(tags, rule) if isinstance(rule, V2Subset) else v1_subset(tags, rule)
-            path = write_subset(query, layout.subset_dir(rule.asset_name))
+            path = write_rule(tag_files(layout), rule, layout.subset_dir(rule.asset_name))
             storage.push(layout.subset_dir(rule.asset_name))
         rows = subset_rows(path)
         stats = (
