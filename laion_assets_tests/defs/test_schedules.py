@@ -17,12 +17,14 @@ TICK = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
 def evaluate(schedule, instance, storage, predictors):
-    context = dg.build_schedule_context(
+    # As a context manager, so the resources it builds are torn down (else Dagster's current defs-state storage
+    # keeps pointing at this test's instance after it is gone).
+    with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=TICK,
         resources={**default_resources(), "storage": storage, "predictors": predictors},
-    )
-    tick = schedule.evaluate_tick(context)
+    ) as context:
+        tick = schedule.evaluate_tick(context)
     return list(tick.run_requests or []), tick.skip_message
 
 
