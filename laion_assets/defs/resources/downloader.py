@@ -5,21 +5,24 @@ from pydantic import Field
 
 from laion_assets.downloading import DownloadOptions
 
+# One source of truth for the defaults: LAION's img2dataset options in laion_assets.downloading.
+_DEFAULTS = DownloadOptions()
+
 
 class DownloaderResource(dg.ConfigurableResource):
     """How img2dataset downloads a URL shard; ``distributor`` may be img2dataset's pyspark or ray on a cluster."""
 
-    image_size: int = 384
-    resize_mode: str = "keep_ratio"
-    resize_only_if_bigger: bool = True
-    skip_reencode: bool = True
-    encode_format: str = "jpg"
-    processes_count: int = 2
-    thread_count: int = 64
-    timeout: int = Field(default=10, description="seconds before a slow URL counts as failed")
-    retries: int = 0
-    number_sample_per_shard: int = 10000
-    distributor: str = Field(default="multiprocessing", description="multiprocessing, pyspark or ray")
+    image_size: int = _DEFAULTS.image_size
+    resize_mode: str = _DEFAULTS.resize_mode
+    resize_only_if_bigger: bool = _DEFAULTS.resize_only_if_bigger
+    skip_reencode: bool = _DEFAULTS.skip_reencode
+    encode_format: str = _DEFAULTS.encode_format
+    processes_count: int = _DEFAULTS.processes_count
+    thread_count: int = _DEFAULTS.thread_count
+    timeout: int = Field(default=_DEFAULTS.timeout, description="seconds before a slow URL counts as failed")
+    retries: int = _DEFAULTS.retries
+    number_sample_per_shard: int = _DEFAULTS.number_sample_per_shard
+    distributor: str = Field(default=_DEFAULTS.distributor, description="multiprocessing, pyspark or ray")
     min_image_size: int = 0
     min_success_rate: float = Field(
         default=0.8, description="the images check warns when fewer than this fraction of a shard's URLs succeeded"
