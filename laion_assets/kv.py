@@ -251,11 +251,6 @@ class OnDiskKV:
             yield np.array(self._records[start : start + chunk])
 
 
-def kv_format_for(path: str | Path) -> str:
-    """Guess a KV file's record format from its name (``safety`` files hold two values)."""
-    return SAFETY_FORMAT if "safety" in Path(path).name else AESTHETIC_FORMAT
-
-
 # The KV files LAION released beside its tags: name -> (record format, value columns of the tags table).
 KV_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aesthetic.kv": (AESTHETIC_FORMAT, ("aesthetic",)),

@@ -11,7 +11,7 @@ import polars as pl
 
 from laion_assets.errors import BadInputError
 from laion_assets.hashing import laion_hashes
-from laion_assets.locations import Location, location, parquet_columns, read_parquet
+from laion_assets.locations import Location, location, read_parquet
 from laion_assets.schemas import METADATA_COLUMNS, OPTIONAL_METADATA_COLUMNS
 
 # LAION column <- candidate source columns, in priority order. img2dataset's `width`/`height` are the sizes
@@ -43,12 +43,6 @@ def column_mapping(columns: list[str], path: Location | str) -> dict[str, str]:
         wanted = "; ".join(f"{c} <- one of {list(COLUMN_SOURCES[c])}" for c in missing)
         raise BadInputError(f"{path}: missing column(s) {missing}: cannot map {wanted} (columns present: {columns})")
     return mapping
-
-
-def has_safety_columns(path: Location | str) -> bool:
-    """True when a metadata file carries both punsafe and pwatermark itself (no safety join needed)."""
-    path = location(path) if isinstance(path, str) else path
-    return all(c in parquet_columns(path) for c in SAFETY)
 
 
 def read_metadata(path: Location | str, swap_width_height: bool = False) -> pl.DataFrame:
