@@ -6,6 +6,8 @@ folder. The card is a pure function of the manifest and the histogram, so rebuil
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from laion_assets.histogram import LABELS
@@ -88,8 +90,28 @@ def render_card(manifest: dict, histogram: dict) -> str:
     for subset in manifest["subsets"]:
         name = subset["name"]
         entry = files[f"{subset_path(name)}/part-00000.parquet"]
-        rows.append([f"`{name}`", subset["rule"], f"{entry['rows']:,}", f"`{entry['sha256'][:16]}…`"])
-    lines += _table(["config", "filter rule", "rows", "sha256"], rows)
+        funnel = subset.get("funnel", {})
+        rows.append(
+            [
+                f"`{name}`",
+                subset["rule"],
+                f"{entry['rows']:,}",
+                f"{funnel.get('dropped_by_language', 0):,}",
+                f"{funnel.get('dropped_without_url', 0):,}",
+                f"`{entry['sha256'][:16]}…`",
+            ]
+        )
+    lines += _table(["config", "filter rule", "rows", "dropped by language", "dropped without URL", "sha256"], rows)
+    if any(subset.get("funnel") for subset in manifest["subsets"]):
+        lines += ["", "Rows meeting each score threshold, and which filter dropped the others:", ""]
+        keys = [
+            "candidates", "dropped_by_language", "dropped_without_url", "dropped_without_safety_tags",
+            "dropped_unsafe_or_watermarked", "dropped_duplicate_hash",
+        ]  # fmt: skip
+        lines += _table(
+            ["config", *(k.replace("_", " ") for k in keys)],
+            [[f"`{s['name']}`", *(f"{s.get('funnel', {}).get(k, 0):,}" for k in keys)] for s in manifest["subsets"]],
+        )
     lines += [
         "",
         "```python",
@@ -113,9 +135,13 @@ def render_card(manifest: dict, histogram: dict) -> str:
     thresholds = manifest["thresholds"]
     lines += [
         f"- V2 subsets (`AESTHETIC_SCORE`, improved aesthetic predictor): English rows (`LANGUAGE == "
-        f'"{thresholds["language"]}"`, or all rows without a LANGUAGE column) with `AESTHETIC_SCORE >= t`.',
+        f'"{thresholds["language"]}"`; a source without a language column takes its declared language, here '
+        f"`{manifest['inputs'].get('language') or 'none'}`, and a null LANGUAGE counts as unknown, not English) "
+        "with `AESTHETIC_SCORE >= t`.",
         f"- V1 subsets (`aesthetic`, LAION aesthetic predictor V1): `punsafe < {thresholds['punsafe_max']}` and "
         f"`pwatermark < {thresholds['pwatermark_max']}`, one row per `hash` (the first), then `aesthetic > t`.",
+        "- Every subset leaves out rows with a null or blank URL (img2dataset cannot fetch them); a null caption "
+        'hashes as "" (as LAION did) and is kept.',
         "- KV files: `kv/aesthetic.kv` (`<qe`: hash, V1 score) and `kv/safety.kv` (`<qee`: hash, punsafe, "
         "pwatermark), records sorted by signed int64 hash, no header, nulls dropped, first row per hash.",
         "",
@@ -140,18 +166,31 @@ def render_card(manifest: dict, histogram: dict) -> str:
     else:
         lines.append(f"Compared with {changelog['previous']} (rows matched by `hash`):")
         lines.append("")
+        for column, change in sorted(changelog.get("predictors", {}).items()):
+            lines.append(f"- `{column}` re-scored: `{change['before']}` -> `{change['after']}`")
+        for name, change in sorted(changelog.get("inputs", {}).items()):
+            lines.append(f"- inputs, {name.replace('_', ' ')}: `{json.dumps(change, sort_keys=True)}`")
+        if changelog.get("predictors") or changelog.get("inputs"):
+            lines.append("")
         rows = [
             [f"`{name}`", c["rows_before"], c["rows_after"], f"+{c['added']}", f"-{c['removed']}"]
             for name, c in sorted(changelog["subsets"].items())
         ]
         lines += _table(["config", "rows before", "rows after", "added", "removed"], rows)
     inputs = manifest["inputs"]
+    excluded = inputs.get("excluded_shards") or []
     lines += [
         "",
         "## Provenance",
         "",
         f"- Source: `{inputs['source'] or '(outside the project folder)'}`, {len(inputs['parts'])} part(s), "
         f"{sum(p['rows'] for p in inputs['parts']):,} rows; part hashes in `manifest.json`.",
+        f"- Declared language of the source: `{inputs.get('language') or 'none'}`.",
+        (
+            f"- **Shards left out of this release by configuration**: {', '.join(f'`{k}`' for k in excluded)}."
+            if excluded
+            else "- Every registered shard is in this release."
+        ),
         f"- Code: laion-assets {manifest['code']['package']}, commit `{manifest['code']['git_commit']}`.",
         "",
     ]

@@ -43,30 +43,52 @@ def run_graph(
         resources.update(url_resources or {})
     for i, key in enumerate(keys, 1):
         print(f"[{i}/{len(keys)}] shard {key}: {', '.join(selection)}", flush=True)
-        dg.materialize(
+        result = dg.materialize(
             assets,
             selection=selection,
             partition_key=key,
             instance=instance,
             resources=resources,
             run_config=QUIET,
+            raise_on_error=False,
         )
+        _stop_on_failure(result, f"shard {key}")
     print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, release", flush=True)
     # Pushing to the Hub (hf_release) needs a repo and a token: it is never part of the demo.
     local_assets = [a for a in ASSETS if a is not hf_release]
     release = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
     result = dg.materialize(
-        [*local_assets, *CHECKS], selection=release, instance=instance, resources=resources, run_config=QUIET
+        [*local_assets, *CHECKS],
+        selection=release,
+        instance=instance,
+        resources=resources,
+        run_config=QUIET,
+        raise_on_error=False,
     )
+    _stop_on_failure(result, "release-level assets")
     counts = {}
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
         rows = mat.metadata.get("dagster/row_count")
         counts[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
-    failed = [e.asset_check_evaluation_data for e in result.get_asset_check_evaluations() if not e.passed]
-    if failed:
-        raise SystemExit(f"asset checks failed: {[f.check_name for f in failed]}")
     return counts
+
+
+def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
+    """Exit with every failed check and step, one per line, when a run did not succeed."""
+    failed = [
+        f"check {e.asset_key.to_user_string()}:{e.check_name}" + (f": {e.description}" if e.description else "")
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
+    errors = [
+        f"step {e.step_key}: {e.step_failure_data.error.message.strip() if e.step_failure_data.error else ''}"
+        for e in result.all_events
+        if e.is_step_failure
+        and not (e.step_failure_data.error and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")
+    ]
+    if failed or not result.success:
+        raise SystemExit(f"{what} failed:\n  " + "\n  ".join(failed + errors))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ parts behind an fsspec URL are streamed chunk by chunk with range reads (never c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
 @dataclass(frozen=True)
 class EmbeddingStats:
-    """What validation learned about one embeddings file."""
+    """What validation learned about one embeddings file (``sha256`` is the whole file's, hashed while reading)."""
 
     rows: int
     dim: int
     dtype: str
     norm_min: float
     norm_max: float
+    sha256: str = ""
 
 
 class StreamedNpy:
@@ -86,21 +88,41 @@ def iter_chunks(array: np.ndarray | StreamedNpy, rows: int = CHUNK_ROWS) -> Iter
         yield start, np.asarray(array[start : start + rows], dtype=np.float32)
 
 
+def _data_offset(array: np.ndarray | StreamedNpy) -> int:
+    return int(array.offset)  # np.memmap and StreamedNpy both know where the rows start
+
+
+def _read_range(path: Location, start: int, stop: int | None = None) -> bytes:
+    with open_binary(path) as f:
+        f.seek(start)
+        return f.read() if stop is None else f.read(stop - start)
+
+
 def validate_embeddings(
     path: str | Location,
     expected_dim: int,
     expected_rows: int | None = None,
     rows_from: str | Location = "its metadata",
 ) -> EmbeddingStats:
-    """Check an embeddings file and return its stats; any problem raises naming the file and row."""
+    """Check an embeddings file and return its stats; any problem raises naming the file and row.
+
+    The file's sha256 is computed in the same pass over the bytes (header, rows, any trailing bytes), so the
+    release can name the exact input without reading every part a second time.
+    """
+    path = Path(path) if isinstance(path, str) else path
     array = open_embeddings(path)
     rows, dim = array.shape
     if dim != expected_dim:
         raise BadInputError(f"{path}: embedding width is {dim}, expected {expected_dim}")
     if expected_rows is not None and rows != expected_rows:
         raise BadInputError(f"{path}: {rows} embedding rows but {rows_from} has {expected_rows} rows")
+    offset = _data_offset(array)
+    digest = hashlib.sha256(_read_range(path, 0, offset))
     norm_min, norm_max = np.inf, -np.inf
-    for start, chunk in iter_chunks(array):
+    for start in range(0, rows, CHUNK_ROWS):
+        raw = np.ascontiguousarray(array[start : start + CHUNK_ROWS])
+        digest.update(memoryview(raw).cast("B"))
+        chunk = raw.astype(np.float32)
         finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             row = start + int(np.argmin(finite))
@@ -118,7 +140,8 @@ def validate_embeddings(
             )
         if len(norms):
             norm_min, norm_max = min(norm_min, float(norms.min())), max(norm_max, float(norms.max()))
-    return EmbeddingStats(rows, dim, str(array.dtype), float(norm_min), float(norm_max))
+    digest.update(_read_range(path, offset + rows * dim * array.dtype.itemsize))  # bytes past the rows, if any
+    return EmbeddingStats(rows, dim, str(array.dtype), float(norm_min), float(norm_max), digest.hexdigest())
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -13,3 +13,15 @@ class BadInputError(LaionAssetsError, ValueError):
 
 class MissingUpstreamError(LaionAssetsError, FileNotFoundError):
     """An asset's input has not been built yet; the message names it and the command that builds it."""
+
+
+class SourceChangedError(LaionAssetsError):
+    """A source file differs from what ``clip_embeddings`` validated; the message names the shard and the file."""
+
+
+class ShardGateError(LaionAssetsError):
+    """A release-level step found registered shards it may not read; the message names each shard and why."""
+
+
+class OutputWriteError(LaionAssetsError):
+    """Writing an output failed at the operating-system level (disk full, permissions, ...); names the file."""

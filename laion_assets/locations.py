@@ -74,6 +74,39 @@ def file_sha256(path: str | Location) -> str:
     return digest.hexdigest()
 
 
+# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference.
+_VERSION_KEYS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "version_id",
+    "mtime",
+    "LastModified",
+    "last_modified",
+    "created",
+)
+
+
+def stat_fingerprint(path: Location) -> dict[str, object]:
+    """Size plus what changes on a rewrite (mtime in ns locally, etag/mtime remotely): a cheap "has it changed" key."""
+    if is_local(path):
+        st = Path(path).stat()
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    info = path.fs.info(path.path)
+    key = next((k for k in _VERSION_KEYS if info.get(k) is not None), None)
+    return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
+
+
+def changed_fields(recorded: dict[str, object], path: Location) -> list[str]:
+    """What differs between a recorded :func:`stat_fingerprint` and the file now (``["missing"]`` when it is gone)."""
+    try:
+        now = stat_fingerprint(path)
+    except (OSError, KeyError):
+        return ["missing"]
+    return [f"{k} {recorded.get(k)} -> {now[k]}" for k in now if recorded.get(k) != now[k]]
+
+
 def list_files(folder: Location, suffix: str) -> list[Location]:
     """Files below ``folder`` (recursively) whose name ends with ``suffix``, sorted by path."""
     return sorted((p for p in folder.rglob(f"*{suffix}") if p.is_file()), key=str)

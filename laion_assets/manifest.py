@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from laion_assets.errors import BadInputError
-from laion_assets.layout import Part
-from laion_assets.locations import Location, file_sha256, is_local, list_files, parquet_rows
+from laion_assets.locations import Location, file_sha256, is_local, list_files
 from laion_assets.paths import PROJECT_DIR
+from laion_assets.shards import Validation
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -44,18 +45,29 @@ def project_relative(path: Location) -> str | None:
         return None
 
 
-def source_entry(source: Location, parts: list[Part]) -> dict[str, object]:
-    """The source folder (project-relative, URL or None) and each part's files, hashes and rows."""
+def _relative(path: str, source: Location) -> str:
+    root = str(source).rstrip("/") + "/"
+    if not path.startswith(root):
+        raise BadInputError(f"{path}: not inside the source folder {source}; re-materialize clip_embeddings")
+    return path[len(root) :]
+
+
+def source_entry(source: Location, validations: Mapping[str, Validation]) -> dict[str, object]:
+    """The source folder (project-relative, URL or None) and each released part's files, hashes and rows.
+
+    The hashes are the ones ``clip_embeddings`` computed while validating each part (callers check first that the
+    files are unchanged since), so a release never reads every part a second time.
+    """
     entries = []
-    for part in parts:
+    for key, validation in sorted(validations.items()):
         entries.append(
             {
-                "key": part.key,
-                "embeddings": part.embeddings.relative_to(source).as_posix(),
-                "embeddings_sha256": file_sha256(part.embeddings),
-                "metadata": part.metadata.relative_to(source).as_posix(),
-                "metadata_sha256": file_sha256(part.metadata),
-                "rows": parquet_rows(part.metadata),
+                "key": key,
+                "embeddings": _relative(str(validation.embeddings["path"]), source),
+                "embeddings_sha256": validation.embeddings["sha256"],
+                "metadata": _relative(str(validation.metadata["path"]), source),
+                "metadata_sha256": validation.metadata["sha256"],
+                "rows": validation.rows,
             }
         )
     return {"source": project_relative(source), "parts": entries}

@@ -13,6 +13,7 @@ from laion_assets.errors import BadInputError
 from laion_assets.hashing import laion_hashes
 from laion_assets.locations import Location, location, read_parquet
 from laion_assets.schemas import METADATA_COLUMNS, OPTIONAL_METADATA_COLUMNS
+from laion_assets.thresholds import ENGLISH
 
 # LAION column <- candidate source columns, in priority order. img2dataset's `width`/`height` are the sizes
 # after its resize; LAION's WIDTH/HEIGHT are the original image's, hence `original_*` first.
@@ -45,11 +46,14 @@ def column_mapping(columns: list[str], path: Location | str) -> dict[str, str]:
     return mapping
 
 
-def read_metadata(path: Location | str, swap_width_height: bool = False) -> pl.DataFrame:
+def read_metadata(path: Location | str, swap_width_height: bool = False, language: str = ENGLISH) -> pl.DataFrame:
     """Read a metadata parquet into LAION's columns and types and add the int64 ``hash`` column.
 
-    Absent safety or language columns become nulls. ``swap_width_height`` undoes raw LAION-5B metadata's
-    swapped WIDTH/HEIGHT (LAION swapped them back when joining).
+    Absent safety columns become nulls. A part without a language column, or whose language column is null on
+    every row, takes the source's declared ``language`` (laion2B-en carries none: its rows are English by
+    source); with a real language column a null stays null ("unknown", never English). ``language=""`` declares
+    nothing. ``swap_width_height`` undoes raw LAION-5B metadata's swapped WIDTH/HEIGHT (LAION swapped them back
+    when joining). A null caption hashes as "" (as LAION did) and is kept.
     """
     path = location(path) if isinstance(path, str) else path
     try:
@@ -67,7 +71,19 @@ def read_metadata(path: Location | str, swap_width_height: bool = False) -> pl.D
         )
     except pl.exceptions.PolarsError as exc:
         raise BadInputError(f"{path}: a column has the wrong type: {exc}") from exc
+    if language_declared(frame) and language:
+        frame = frame.with_columns(pl.lit(language, pl.String).alias("LANGUAGE"))
     if swap_width_height:
         frame = frame.with_columns(pl.col("HEIGHT").alias("WIDTH"), pl.col("WIDTH").alias("HEIGHT"))
     hashes = laion_hashes(frame["URL"].to_list(), frame["TEXT"].to_list())
     return frame.with_columns(pl.Series("hash", hashes, dtype=pl.Int64))
+
+
+def language_declared(frame: pl.DataFrame) -> bool:
+    """True when a part's LANGUAGE carries nothing (absent or null on every row), so the source's language applies."""
+    return frame.height == 0 or frame["LANGUAGE"].null_count() == frame.height
+
+
+def missing_url(column: str = "URL") -> pl.Expr:
+    """Rows whose URL is null or blank: img2dataset cannot fetch them, so no published subset carries them."""
+    return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")

@@ -12,9 +12,17 @@ BUILD_HINT = "run `make demo` to build the whole graph from the sample"
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """Paths of the per-shard and release-level outputs below one data root."""
+    """Paths of the per-shard and release-level outputs below one data root.
+
+    ``hint`` says how to build a missing output in the user's setup (``hints.build_hint``).
+    """
 
     root: Path
+    hint: str = BUILD_HINT
+
+    def require(self, path: Path, what: str, command: str | None = None) -> Path:
+        """Return ``path`` if it exists, else raise naming what is missing and how to build it in this setup."""
+        return require(path, what, command or self.hint)
 
     def shard_dir(self, key: str) -> Path:
         """Folder of one shard's outputs."""

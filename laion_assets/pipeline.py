@@ -15,18 +15,19 @@ import polars as pl
 from laion_assets.atomic import atomic_dir
 from laion_assets.buckets import BucketAccumulator, accumulate_part, save_buckets
 from laion_assets.embeddings import open_embeddings
-from laion_assets.errors import BadInputError
+from laion_assets.errors import BadInputError, SourceChangedError
+from laion_assets.gating import tags_validations
 from laion_assets.histogram import histogram_document, write_histogram
 from laion_assets.kv import KV_FILES, KVSummary, parquet_batches, write_kv
 from laion_assets.layout import Part, discover_parts
 from laion_assets.locations import Location
-from laion_assets.outputs import OutputLayout, require
-from laion_assets.predictors import CLIP_L14_DIM, load_predictor
+from laion_assets.outputs import OutputLayout
+from laion_assets.predictors import CLIP_L14_DIM, Predictor, load_predictor
 from laion_assets.safety import SafetyIndex, build_safety_index
-from laion_assets.shards import index_part, score_part
+from laion_assets.shards import Validation, check_source_unchanged, index_part, score_part
 from laion_assets.subsets import write_rule
 from laion_assets.tags import build_tags, scan_tags, tag_files
-from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
+from laion_assets.thresholds import ENGLISH, V1_SUBSETS, V2_SUBSETS
 
 V1_COLUMN = "aesthetic"
 V2_COLUMN = "AESTHETIC_SCORE"
@@ -39,12 +40,25 @@ def build_shards(
     predictor_files: Mapping[str, Path],
     dim: int,
     swap_width_height: bool = False,
-) -> None:
-    """Index and score every part (what ``clip_embeddings`` and ``aesthetic_scores`` do per partition)."""
-    predictors = {column: load_predictor(path, dim) for column, path in predictor_files.items()}
+    language: str = ENGLISH,
+    force_predictors: bool = False,
+) -> dict[str, Validation]:
+    """Index and score every part (what ``clip_embeddings`` and ``aesthetic_scores`` do per partition).
+
+    Returns each part's validation by shard key, what ``build_tags`` takes.
+    """
+    predictors = load_predictors(predictor_files, dim, force_predictors)
+    validations = {}
     for part in parts:
-        index_part(part, layout.shard_metadata(part.key), dim, swap_width_height)
+        indexed = index_part(part, layout.shard_metadata(part.key), dim, swap_width_height, language)
         score_part(part, layout.shard_metadata(part.key), predictors, layout.shard_scores(part.key))
+        validations[part.key] = indexed.validation
+    return validations
+
+
+def load_predictors(predictor_files: Mapping[str, Path], dim: int, force: bool = False) -> dict[str, Predictor]:
+    """Load the predictor of each score column from its weights file."""
+    return {column: load_predictor(path, dim) for column, path in predictor_files.items()}
 
 
 def build_subsets(layout: OutputLayout) -> dict[str, Path]:
@@ -60,15 +74,30 @@ def build_histogram(layout: OutputLayout) -> Path:
     return write_histogram(histogram_document(scan_tags(layout), SCORE_COLUMNS), layout.histogram_path)
 
 
-def build_buckets(parts: Sequence[Part], layout: OutputLayout, dim: int) -> np.ndarray:
-    """Write ``buckets/rating{k}.npy`` from the V1 scores in the tags and the stored embeddings; returns counts."""
+def build_buckets(
+    layout: OutputLayout, parts: Mapping[str, Part], dim: int, validations: Mapping[str, Validation] | None = None
+) -> np.ndarray:
+    """Write ``buckets/rating{k}.npy`` from the tags' V1 scores and the validated embeddings; returns counts.
+
+    Each part must still be the file ``clip_embeddings`` validated for the tags (``validations``, by default read
+    back through the tags), so a part replaced since (e.g. one later refused for NaN values) stops the step before
+    anything is written.
+    """
     acc = BucketAccumulator(dim)
-    for part in parts:
-        tags_part = require(layout.tags_part(part.key), f"aesthetic_tags for shard {part.key}")
-        scores = pl.read_parquet(tags_part, columns=[V1_COLUMN])[V1_COLUMN].to_numpy()
+    validations = validations if validations is not None else tags_validations(layout)
+    if not validations:
+        raise BadInputError(f"{layout.tags_dir}: aesthetic_tags holds no part files; re-materialize aesthetic_tags")
+    for key, validation in sorted(validations.items()):
+        part = parts.get(key)
+        if part is None:
+            raise SourceChangedError(f"shard {key}: its part is no longer in the source; re-materialize aesthetic_tags")
+        check_source_unchanged(part, validation)
+        scores = pl.read_parquet(layout.tags_part(key), columns=[V1_COLUMN])[V1_COLUMN].to_numpy()
         embeddings = open_embeddings(part.embeddings)
         if embeddings.shape[0] != scores.shape[0]:
-            raise BadInputError(f"{part.embeddings}: {embeddings.shape[0]} rows but {tags_part} has {scores.shape[0]}")
+            raise BadInputError(
+                f"{part.embeddings}: {embeddings.shape[0]} rows but {layout.tags_part(key)} has {scores.shape[0]}"
+            )
         accumulate_part(acc, embeddings, scores)
     with atomic_dir(layout.buckets_dir) as tmp:
         save_buckets(acc.vectors(), tmp)
@@ -77,10 +106,7 @@ def build_buckets(parts: Sequence[Part], layout: OutputLayout, dim: int) -> np.n
 
 def build_kvs(layout: OutputLayout) -> dict[str, KVSummary]:
     """Write LAION's KV files (``aesthetic.kv`` ``<qe``, ``safety.kv`` ``<qee``) from the tags table, in shard order."""
-    folder = require(layout.tags_dir, "aesthetic_tags")
-    files = sorted(folder.glob("part-*.parquet"))
-    if not files:
-        raise BadInputError(f"{folder}: aesthetic_tags holds no part files; re-materialize aesthetic_tags")
+    files = tag_files(layout)
     layout.kv_dir.mkdir(parents=True, exist_ok=True)
     return {
         name: write_kv(parquet_batches(files, columns), layout.kv_dir / name, fmt)
@@ -95,18 +121,24 @@ def rebuild(
     dim: int = CLIP_L14_DIM,
     safety: Location | None = None,
     swap_width_height: bool = False,
+    language: str = ENGLISH,
+    exclude: Sequence[str] = (),
+    force_predictors: bool = False,
 ) -> OutputLayout:
-    """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``."""
+    """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``.
+
+    Parts whose keys are in ``exclude`` are left out, as ``release_config.exclude_shards`` leaves them out.
+    """
     layout = OutputLayout(Path(data_root))
-    parts = discover_parts(source)
-    build_shards(parts, layout, predictor_files, dim, swap_width_height)
+    parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
+    validations = build_shards(parts, layout, predictor_files, dim, swap_width_height, language, force_predictors)
     index = None
     if safety is not None:
         build_safety_index(safety, layout.safety_dir)
         index = SafetyIndex.open(layout.safety_dir)
-    build_tags([p.key for p in parts], layout, index)
+    build_tags(validations, layout, index)
     build_subsets(layout)
     build_histogram(layout)
-    build_buckets(parts, layout, dim)
+    build_buckets(layout, {p.key: p for p in parts}, dim, validations)
     build_kvs(layout)
     return layout

@@ -6,21 +6,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
-from laion_assets.atomic import atomic_dir
+from laion_assets.audit import SubsetAudit, audit_subset
 from laion_assets.buckets import N_BUCKETS
 from laion_assets.dataset_card import render_card, subset_path
-from laion_assets.errors import BadInputError
+from laion_assets.errors import BadInputError, MissingUpstreamError
+from laion_assets.gating import tags_validations
 from laion_assets.kv import KV_FILES, record_dtype
-from laion_assets.layout import Part
 from laion_assets.locations import Location
 from laion_assets.manifest import (
     CARD,
@@ -29,31 +31,61 @@ from laion_assets.manifest import (
     code_version,
     dumps,
     file_entry,
+    load_manifest,
     package_versions,
     predictor_entries,
     safety_entry,
     source_entry,
 )
-from laion_assets.outputs import OutputLayout, require
-from laion_assets.shards import IDENTITY_KEY
-from laion_assets.subsets import SUBSET_FILE
-from laion_assets.thresholds import ENGLISH, PUNSAFE_MAX, PWATERMARK_MAX, V1_SUBSETS, V2_SUBSETS, V2Subset
+from laion_assets.outputs import OutputLayout
+from laion_assets.shards import IDENTITY_KEY, Validation
+from laion_assets.subsets import SUBSET_FILE, rule_funnel, subset_rows
+from laion_assets.tags import tag_files
+from laion_assets.thresholds import (
+    ENGLISH,
+    PUNSAFE_MAX,
+    PWATERMARK_MAX,
+    V1_SUBSETS,
+    V2_SUBSETS,
+    V1Subset,
+    V2Subset,
+)
 
 DEFAULT_NAME = "laion-aesthetics-assets"
 HISTOGRAM = "stats/score_histogram.json"
+# ``version: auto``: the newest release when its contents are the same, else the next patch version.
+AUTO = "auto"
+FIRST_VERSION = "v0.1.0"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Manifest fields that say what a release holds; code and package versions say what built it and do not count.
+CONTENT_FIELDS = ("format", "name", "subsets", "thresholds", "predictors", "inputs")
+
+
+class ReleaseExistsError(BadInputError):
+    """A release version already exists with other contents; published versions are never rewritten."""
 
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is a safe folder and git tag name (``v0.1.0``), else raise naming it."""
-    if not _VERSION.match(version) or ".." in version:
-        raise BadInputError(f"release version {version!r}: use letters, digits, '.', '_' or '-' (e.g. 'v0.1.0')")
+    if version == AUTO or not _VERSION.match(version) or ".." in version:
+        raise BadInputError(
+            f"release version {version!r}: use letters, digits, '.', '_' or '-' (e.g. 'v0.1.0'), or 'auto'"
+        )
     return version
 
 
 def version_key(version: str) -> tuple:
     """Sort key that orders ``v0.10.0`` after ``v0.9.0``."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[._-]", version.lstrip("vV")))
+
+
+def next_version(version: str) -> str:
+    """The next patch version: ``v0.1.0`` -> ``v0.1.1``, ``v2`` -> ``v3``; a name without a number gets ``.1``."""
+    numbers = list(re.finditer(r"\d+", version))
+    if not numbers:
+        return f"{version}.1"
+    last = numbers[-1]
+    return f"{version[: last.start()]}{int(last.group()) + 1}{version[last.end() :]}"
 
 
 def subset_rules() -> list[dict[str, object]]:
@@ -63,9 +95,9 @@ def subset_rules() -> list[dict[str, object]]:
         v2 = isinstance(rule, V2Subset)
         score = "AESTHETIC_SCORE" if v2 else "aesthetic"
         text = (
-            f"English rows, AESTHETIC_SCORE >= {rule.threshold:g}"
+            f"English rows with a URL, AESTHETIC_SCORE >= {rule.threshold:g}"
             if v2
-            else f"punsafe < {PUNSAFE_MAX:g}, pwatermark < {PWATERMARK_MAX:g}, one row per hash, "
+            else f"punsafe < {PUNSAFE_MAX:g}, pwatermark < {PWATERMARK_MAX:g}, a URL, one row per hash, "
             f"aesthetic > {rule.threshold:g}"
         )
         entry: dict[str, object] = {"name": rule.asset_name, "score_column": score, "threshold": rule.threshold}
@@ -74,6 +106,11 @@ def subset_rules() -> list[dict[str, object]]:
             entry["hub_name"] = rule.hub_name
         out.append(entry)
     return out
+
+
+def rule_of(name: str) -> V1Subset | V2Subset:
+    """The rule of a subset by its asset name."""
+    return next(r for r in (*V2_SUBSETS, *V1_SUBSETS) if r.asset_name == name)
 
 
 def thresholds() -> dict[str, object]:
@@ -86,29 +123,74 @@ def release_sources(layout: OutputLayout) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for subset in subset_rules():
         name = str(subset["name"])
-        files[f"{subset_path(name)}/{SUBSET_FILE}"] = require(layout.subset_dir(name) / SUBSET_FILE, name)
+        files[f"{subset_path(name)}/{SUBSET_FILE}"] = layout.require(layout.subset_dir(name) / SUBSET_FILE, name)
     for name in KV_FILES:
-        files[f"kv/{name}"] = require(layout.kv_dir / name, "aesthetic_kv")
-    files[HISTOGRAM] = require(layout.histogram_path, "score_histogram")
+        files[f"kv/{name}"] = layout.require(layout.kv_dir / name, "aesthetic_kv")
+    files[HISTOGRAM] = layout.require(layout.histogram_path, "score_histogram")
     for k in range(N_BUCKETS):
-        files[f"buckets/rating{k}.npy"] = require(layout.buckets_dir / f"rating{k}.npy", "bucket_embeddings")
+        files[f"buckets/rating{k}.npy"] = layout.require(layout.buckets_dir / f"rating{k}.npy", "bucket_embeddings")
     return files
+
+
+def _releases(layout: OutputLayout) -> list[Path]:
+    if not layout.releases_dir.is_dir():
+        return []
+    # Hidden folders are builds in progress (or killed ones), never releases.
+    return [
+        p
+        for p in layout.releases_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    ]
+
+
+def newest_release(layout: OutputLayout) -> Path | None:
+    """The release folder with the highest version, or None."""
+    found = _releases(layout)
+    return max(found, key=lambda p: version_key(p.name)) if found else None
 
 
 def previous_release(layout: OutputLayout, version: str) -> Path | None:
     """The newest release folder older than ``version`` (by version order), or None."""
-    if not layout.releases_dir.is_dir():
-        return None
-    older = [
-        p
-        for p in layout.releases_dir.iterdir()
-        if p.is_dir() and (p / MANIFEST).is_file() and version_key(p.name) < version_key(version)
-    ]
+    older = [p for p in _releases(layout) if version_key(p.name) < version_key(version)]
     return max(older, key=lambda p: version_key(p.name)) if older else None
 
 
-def compute_changelog(previous: Path | None, release_dir: Path) -> dict[str, object]:
-    """Rows added and removed per subset (matched by hash) against a previous release folder."""
+def release_dir_for(layout: OutputLayout, version: str) -> Path:
+    """The folder of release ``version``; ``auto`` means the newest one (raises when there is none)."""
+    if version != AUTO:
+        return layout.release_dir(check_version(version))
+    newest = newest_release(layout)
+    if newest is None:
+        raise MissingUpstreamError(f"no release under {layout.releases_dir} yet: materialize `release` first")
+    return newest
+
+
+def _predictor_changes(old: Mapping[str, Mapping[str, object]], new: Mapping[str, Mapping[str, object]]) -> dict:
+    return {
+        column: {"before": (old.get(column) or {}).get("identity"), "after": (new.get(column) or {}).get("identity")}
+        for column in sorted(set(old) | set(new))
+        if (old.get(column) or {}).get("identity") != (new.get(column) or {}).get("identity")
+    }
+
+
+def _input_changes(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, object]:
+    def parts(inputs: Mapping[str, object]) -> dict[str, tuple]:
+        return {p["key"]: (p["embeddings_sha256"], p["metadata_sha256"]) for p in inputs.get("parts", [])}
+
+    before, after = parts(old), parts(new)
+    changes: dict[str, object] = {
+        "parts_added": sorted(set(after) - set(before)),
+        "parts_removed": sorted(set(before) - set(after)),
+        "parts_changed": sorted(k for k in set(before) & set(after) if before[k] != after[k]),
+    }
+    for name in ("language", "excluded_shards", "safety", "swap_width_height", "source"):
+        if old.get(name) != new.get(name):
+            changes[name] = {"before": old.get(name), "after": new.get(name)}
+    return {k: v for k, v in changes.items() if v}
+
+
+def compute_changelog(previous: Path | None, release_dir: Path, manifest: Mapping[str, object] | None = None) -> dict:
+    """What changed against a previous release folder: predictors, inputs, and rows added/removed per subset."""
     if previous is None:
         return {"previous": None, "subsets": {}}
     changes: dict[str, dict[str, int]] = {}
@@ -127,21 +209,45 @@ def compute_changelog(previous: Path | None, release_dir: Path) -> dict[str, obj
             "added": int(new.join(old.unique(), on="hash", how="anti").select(pl.len()).collect().item()),
             "removed": int(old.join(new.unique(), on="hash", how="anti").select(pl.len()).collect().item()),
         }
-    return {"previous": previous.name, "subsets": changes}
+    changelog: dict[str, object] = {"previous": previous.name, "subsets": changes}
+    if manifest is not None:
+        old = load_manifest(previous)
+        changelog["predictors"] = _predictor_changes(old.get("predictors", {}), manifest.get("predictors", {}))
+        changelog["inputs"] = _input_changes(old.get("inputs", {}), manifest.get("inputs", {}))
+    return changelog
 
 
 @dataclass(frozen=True)
 class ReleaseSummary:
-    """What building a release wrote."""
+    """What building a release wrote (``unchanged``: an existing release already held exactly this)."""
 
     path: Path
     version: str
     manifest: dict
+    unchanged: bool = False
 
 
 def _record_size(rel: str) -> int | None:
     name = rel.rpartition("/")[2]
     return record_dtype(KV_FILES[name][0]).itemsize if rel.startswith("kv/") and name in KV_FILES else None
+
+
+def release_content(manifest: Mapping[str, object]) -> dict[str, object]:
+    """What a release holds: every data file's sha256 and the content fields (not the card, code or packages)."""
+    files = manifest.get("files", {})
+    return {
+        "files": {rel: entry["sha256"] for rel, entry in files.items() if rel != CARD},  # type: ignore[union-attr]
+        **{name: manifest.get(name) for name in CONTENT_FIELDS},
+    }
+
+
+def content_differences(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
+    """Names of the files and manifest fields whose content differs between two manifests."""
+    a, b = release_content(old), release_content(new)
+    files_a, files_b = a.pop("files"), b.pop("files")
+    differing = sorted(rel for rel in set(files_a) | set(files_b) if files_a.get(rel) != files_b.get(rel))
+    differing += [f"manifest {name}" for name in CONTENT_FIELDS if a[name] != b[name]]
+    return differing
 
 
 def build_release(
@@ -151,50 +257,76 @@ def build_release(
     inputs: dict,
     predictors: Mapping[str, Mapping[str, object]],
     name: str = DEFAULT_NAME,
+    subsets: list[dict[str, object]] | None = None,
     changelog: dict | None = None,
     code: dict | None = None,
     packages: dict | None = None,
 ) -> ReleaseSummary:
-    """Copy the built files into ``releases/<version>/`` and write its dataset card and manifest.
+    """Assemble ``releases/<version>/`` with its dataset card and manifest; a built version is never rewritten.
 
-    ``changelog``, ``code`` and ``packages`` default to a fresh comparison with the previous release and the
-    running code; ``verify`` passes the recorded ones so that only the data decides whether bytes match.
+    ``version`` ``auto`` picks the newest release when its contents are the same (nothing is written), else the next
+    patch version after it (``v0.1.0`` when there is none). An explicit version that already exists is left as it
+    is when the contents are the same and refused (:class:`ReleaseExistsError`) when they differ. ``changelog``,
+    ``code`` and ``packages`` default to a fresh comparison with the previous release and the running code;
+    ``verify`` passes the recorded ones so that only the data decides whether bytes match.
     """
-    check_version(version)
+    newest = newest_release(layout) if version == AUTO else None
+    target_version = (next_version(newest.name) if newest else FIRST_VERSION) if version == AUTO else version
+    check_version(target_version)
+    existing = newest if version == AUTO else layout.release_dir(target_version)
     sources = release_sources(layout)
-    target = layout.release_dir(version)
-    with atomic_dir(target) as tmp:
+    target = layout.release_dir(target_version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target_version}.", suffix=".tmp", dir=target.parent))
+    try:
         for rel, src in sources.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
         files = {rel: file_entry(tmp / rel, _record_size(rel)) for rel in sorted(sources)}
-        if changelog is None:
-            changelog = compute_changelog(previous_release(layout, version), tmp)
         manifest = {
             "format": FORMAT_VERSION,
             "name": name,
-            "version": version,
-            "subsets": subset_rules(),
+            "version": target_version,
+            "subsets": subsets if subsets is not None else subset_rules(),
             "thresholds": thresholds(),
             "predictors": {k: dict(v) for k, v in predictors.items()},
             "inputs": inputs,
             "files": files,
-            "changelog": changelog,
             "code": code if code is not None else code_version(),
             "packages": packages if packages is not None else package_versions(),
         }
+        if changelog is None:
+            changelog = compute_changelog(previous_release(layout, target_version), tmp, json.loads(dumps(manifest)))
+        manifest["changelog"] = changelog
         # Round-trip through JSON so the card sees exactly what a later reader of manifest.json sees.
         manifest = json.loads(dumps(manifest))
+        if existing is not None and (existing / MANIFEST).is_file():
+            recorded = load_manifest(existing)
+            differing = content_differences(recorded, manifest)
+            if not differing:
+                return ReleaseSummary(existing, recorded["version"], recorded, unchanged=True)
+            if version != AUTO:
+                shown = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
+                raise ReleaseExistsError(
+                    f"{existing}: release {target_version} already exists with other contents ({shown}); a released "
+                    f"version is never rewritten: set release_config.version to a new version (e.g. "
+                    f"{next_version(newest_release(layout).name)}) or to 'auto'"
+                )
         histogram = json.loads((tmp / HISTOGRAM).read_text())
         (tmp / CARD).write_text(render_card(manifest, histogram))
         manifest["files"][CARD] = file_entry(tmp / CARD)
         (tmp / MANIFEST).write_text(dumps(manifest))
-    return ReleaseSummary(target, version, manifest)
+        if target.exists():  # an unfinished folder without a manifest (a killed build): never a release
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ReleaseSummary(target, target_version, manifest)
 
 
 def tags_identities(layout: OutputLayout) -> dict[str, str]:
     """The predictor identity of each score column, as recorded in the tags table (all shards agree)."""
-    files = sorted(require(layout.tags_dir, "aesthetic_tags").glob("part-*.parquet"))
+    files = sorted(layout.require(layout.tags_dir, "aesthetic_tags").glob("part-*.parquet"))
     if not files:
         raise BadInputError(f"{layout.tags_dir}: aesthetic_tags holds no part files; re-materialize aesthetic_tags")
     raw = (pq.read_schema(files[0]).metadata or {}).get(IDENTITY_KEY.encode())
@@ -203,23 +335,64 @@ def tags_identities(layout: OutputLayout) -> dict[str, str]:
     return dict(json.loads(raw))
 
 
+def subsets_with_funnels(layout: OutputLayout) -> list[dict[str, object]]:
+    """Every subset's rule with its row count and where its candidates went (dropped by language, URL, ...)."""
+    files = tag_files(layout)
+    out = []
+    for entry in subset_rules():
+        name = str(entry["name"])
+        rows = subset_rows(layout.require(layout.subset_dir(name) / SUBSET_FILE, name))
+        out.append({**entry, "rows": rows, "funnel": rule_funnel(files, rule_of(name), rows)})
+    return out
+
+
+def audit_subsets(layout: OutputLayout, funnels: Mapping[str, Mapping[str, int]] | None = None) -> list[SubsetAudit]:
+    """Recount every subset independently from the tags table (``audit``)."""
+    files = tag_files(layout)
+    return [
+        audit_subset(
+            rule.asset_name,
+            files,
+            [layout.require(layout.subset_dir(rule.asset_name) / SUBSET_FILE, rule.asset_name)],
+            rule,
+            (funnels or {}).get(rule.asset_name),
+        )
+        for rule in (*V2_SUBSETS, *V1_SUBSETS)
+    ]
+
+
 def release_from_layout(
     layout: OutputLayout,
     version: str,
-    source: Path,
-    parts: list[Part],
+    source: Location,
     predictor_files: Mapping[str, Path],
     dim: int,
     name: str = DEFAULT_NAME,
     safety: Location | None = None,
     swap_width_height: bool = False,
+    language: str = ENGLISH,
+    excluded_shards: Sequence[str] = (),
+    validations: Mapping[str, Validation] | None = None,
 ) -> ReleaseSummary:
-    """Build a release from a data root whose spine is built, recording the source parts and predictors."""
+    """Build a release from a data root whose spine is built, recording the source parts and predictors.
+
+    Every subset is first recounted independently from the tags table; a subset that is not exactly what its rule
+    selects stops the release (nothing is written).
+    """
+    validations = validations if validations is not None else tags_validations(layout)
+    subsets = subsets_with_funnels(layout)
+    failed = [a for a in audit_subsets(layout, {s["name"]: s["funnel"] for s in subsets}) if not a.passed]
+    if failed:
+        raise BadInputError(
+            "release stopped: " + " | ".join(p for a in failed for p in a.problems) + "; rebuild the subsets"
+        )
     inputs = {
-        **source_entry(source, parts),
+        **source_entry(source, validations),
         "embedding_dim": dim,
         "safety": safety_entry(safety),
         "swap_width_height": swap_width_height,
+        "language": language,
+        "excluded_shards": sorted(excluded_shards),
     }
     predictors = predictor_entries(tags_identities(layout), dict(predictor_files))
-    return build_release(layout, version, inputs=inputs, predictors=predictors, name=name)
+    return build_release(layout, version, inputs=inputs, predictors=predictors, name=name, subsets=subsets)

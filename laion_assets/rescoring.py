@@ -15,7 +15,7 @@ from laion_assets.errors import BadInputError
 from laion_assets.layout import Part
 from laion_assets.outputs import OutputLayout
 from laion_assets.predictors import Predictor, PredictorIdentity
-from laion_assets.shards import ScoredPart, read_identities, score_part
+from laion_assets.shards import ScoredPart, read_identities, read_validation, read_validation_id, score_part
 
 CURRENT = "current"
 STALE = "stale"
@@ -50,6 +50,12 @@ def shard_state(key: str, layout: OutputLayout, active: Mapping[str, PredictorId
     except (BadInputError, OSError, ValueError) as exc:
         return ShardState(key, STALE, {}, f"cannot read its predictor identities: {exc}")
     wanted = {c: str(i) for c, i in active.items()}
+    try:
+        validated = read_validation(layout.shard_metadata(key)).id
+    except (BadInputError, OSError) as exc:
+        return ShardState(key, UNINDEXED, recorded, f"its indexed metadata cannot be read: {exc}")
+    if read_validation_id(scores) != validated:
+        return ShardState(key, STALE, recorded, "scored before clip_embeddings last validated the part")
     if recorded == wanted:
         return ShardState(key, CURRENT, recorded, "scored by the active predictors")
     changed = sorted(c for c in set(recorded) | set(wanted) if recorded.get(c) != wanted.get(c))

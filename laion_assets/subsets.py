@@ -10,31 +10,41 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from laion_assets.atomic import atomic_dir
+from laion_assets.metadata import missing_url
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS
 from laion_assets.thresholds import ENGLISH, PUNSAFE_MAX, PWATERMARK_MAX, V1Subset, V2Subset
 
 
 def english_rows(tags: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep English rows; a table without a LANGUAGE column is taken as all English (laion2B-en)."""
-    if "LANGUAGE" not in tags.collect_schema().names():
-        return tags
+    """Keep English rows: ``LANGUAGE == "en"``; a null LANGUAGE is unknown, not English.
+
+    A source without a language column has its declared language filled in at indexing (``metadata.read_metadata``),
+    so laion2B-en's rows arrive here as English.
+    """
     return tags.filter(pl.col("LANGUAGE") == ENGLISH)
 
 
+def publishable(tags: pl.LazyFrame) -> pl.LazyFrame:
+    """Drop rows with a null or blank URL: img2dataset cannot fetch them, so no published subset carries them."""
+    return tags.filter(~missing_url())
+
+
 def v2_subset(tags: pl.LazyFrame, subset: V2Subset) -> pl.LazyFrame:
-    """``improved_aesthetics_{t}plus``: English rows with ``AESTHETIC_SCORE >= t``, V2 subset columns."""
+    """``improved_aesthetics_{t}plus``: English rows with a URL and ``AESTHETIC_SCORE >= t``, V2 subset columns."""
     return (
-        english_rows(tags)
+        publishable(english_rows(tags))
         .filter(pl.col("AESTHETIC_SCORE") >= subset.threshold)
         .select([pl.col(name).cast(dtype) for name, dtype in V2_SUBSET_COLUMNS.items()])
     )
 
 
+def _safe() -> pl.Expr:
+    return (pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX)
+
+
 def safe_unique(tags: pl.LazyFrame) -> pl.LazyFrame:
-    """LAION's V1 pre-filter: ``punsafe < 0.5`` and ``pwatermark < 0.8``, then one row per hash (the first)."""
-    return tags.filter((pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX)).unique(
-        subset=["hash"], keep="first", maintain_order=True
-    )
+    """LAION's V1 pre-filter: ``punsafe < 0.5``, ``pwatermark < 0.8`` (and a URL), then one row per hash (the first)."""
+    return publishable(tags.filter(_safe())).unique(subset=["hash"], keep="first", maintain_order=True)
 
 
 def v1_subset(tags: pl.LazyFrame, subset: V1Subset, filtered: bool = False) -> pl.LazyFrame:
@@ -42,11 +52,41 @@ def v1_subset(tags: pl.LazyFrame, subset: V1Subset, filtered: bool = False) -> p
 
     ``filtered=True`` only selects the columns, for rows already chosen by :func:`v1_keep_rows`.
     """
-    if "LANGUAGE" not in tags.collect_schema().names():
-        tags = tags.with_columns(pl.lit(None, dtype=pl.String).alias("LANGUAGE"))
     if not filtered:
         tags = safe_unique(tags).filter(pl.col("aesthetic") > subset.threshold)
     return tags.select([pl.col(name).cast(dtype) for name, dtype in V1_SUBSET_COLUMNS.items()])
+
+
+def rule_funnel(files: Sequence[Path], rule: V1Subset | V2Subset, rows: int) -> dict[str, int]:
+    """Where a rule's candidates went: rows meeting the score threshold, and how many each filter dropped.
+
+    ``rows`` is the written subset's row count; for V1 the rows lost to de-duplication are what remains.
+    """
+    tags = pl.scan_parquet(list(files))
+    url = ~missing_url()
+    if isinstance(rule, V2Subset):
+        candidate = pl.col("AESTHETIC_SCORE") >= rule.threshold
+        english = (pl.col("LANGUAGE") == ENGLISH).fill_null(False)
+        counts = tags.select(
+            candidate.sum().alias("candidates"),
+            (candidate & ~english).sum().alias("dropped_by_language"),
+            (candidate & english & ~url).sum().alias("dropped_without_url"),
+        )
+        return {k: int(v) for k, v in counts.collect().row(0, named=True).items()}
+    candidate = pl.col("aesthetic") > rule.threshold
+    tagged = pl.col("punsafe").is_not_null() & pl.col("pwatermark").is_not_null()
+    safe = _safe().fill_null(False)
+    counts = tags.select(
+        candidate.sum().alias("candidates"),
+        (candidate & ~tagged).sum().alias("dropped_without_safety_tags"),
+        (candidate & tagged & ~safe).sum().alias("dropped_unsafe_or_watermarked"),
+        (candidate & safe & ~url).sum().alias("dropped_without_url"),
+        (candidate & safe & url).sum().alias("kept_before_dedup"),
+    )
+    funnel = {k: int(v) for k, v in counts.collect().row(0, named=True).items()}
+    funnel["dropped_by_language"] = 0  # laion-aesthetic and laion-art were cut from every language
+    funnel["dropped_duplicate_hash"] = funnel.pop("kept_before_dedup") - rows
+    return funnel
 
 
 SUBSET_FILE = "part-00000.parquet"
@@ -70,17 +110,18 @@ def top_rows(path: Path, column: str, n: int = 10) -> pl.DataFrame:
 
 
 def rule_violations(path: Path, rule: V1Subset | V2Subset) -> int:
-    """Count rows of a written subset that break its rule (threshold, language, safety, duplicates)."""
+    """Count rows of a written subset that break its rule (threshold, URL, safety, duplicates)."""
     frame = pl.scan_parquet(path)
     if isinstance(rule, V2Subset):
-        bad = pl.col("AESTHETIC_SCORE") < rule.threshold
-        return int(frame.filter(bad | pl.col("AESTHETIC_SCORE").is_null()).select(pl.len()).collect().item())
+        # The V2 columns carry no LANGUAGE: the language rule is checked by the recount (``audit``) instead.
+        bad = (pl.col("AESTHETIC_SCORE") < rule.threshold) | missing_url()
+        return int(frame.filter(bad.fill_null(True)).select(pl.len()).collect().item())
     bad = (
         (pl.col("aesthetic") <= rule.threshold)
         | (pl.col("punsafe") >= PUNSAFE_MAX)
         | (pl.col("pwatermark") >= PWATERMARK_MAX)
-        | pl.col("aesthetic").is_null()
-    )
+        | missing_url()
+    ).fill_null(True)
     counts = frame.select(bad.sum().alias("bad"), (pl.len() - pl.col("hash").n_unique()).alias("dups")).collect()
     return int(counts["bad"].item() + counts["dups"].item())
 
@@ -88,13 +129,13 @@ def rule_violations(path: Path, rule: V1Subset | V2Subset) -> int:
 def v1_keep_rows(files: Sequence[Path], rule: V1Subset) -> list[np.ndarray]:
     """Row numbers, per tags file, of the rows in a V1 subset (safe, first per hash, ``aesthetic > t``).
 
-    Only four narrow columns of every file are held at once, so the de-duplication by hash across the whole table
-    costs about 17 bytes a row, whatever the captions and URLs weigh.
+    Only narrow columns of one file are read at a time and three arrays kept (hash, safe, score), so the
+    de-duplication by hash across the whole table costs about 13 bytes a row, whatever the captions and URLs weigh.
     """
     hashes, safe, scores, sizes = [], [], [], []
     for path in files:
-        narrow = pl.read_parquet(path, columns=["hash", "punsafe", "pwatermark", "aesthetic"])
-        ok = ((pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX)).fill_null(False)
+        narrow = pl.read_parquet(path, columns=["hash", "punsafe", "pwatermark", "aesthetic", "URL"])
+        ok = (_safe() & ~missing_url()).fill_null(False)
         safe.append(narrow.select(ok).to_series().to_numpy())
         hashes.append(narrow["hash"].to_numpy())
         scores.append(narrow["aesthetic"].cast(pl.Float32).fill_null(np.nan).to_numpy())

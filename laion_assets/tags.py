@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,15 +11,16 @@ import polars as pl
 
 from laion_assets.atomic import atomic_dir, write_parquet
 from laion_assets.errors import BadInputError
-from laion_assets.outputs import OutputLayout, require
+from laion_assets.metadata import missing_url
+from laion_assets.outputs import OutputLayout
 from laion_assets.safety import SafetyIndex
 from laion_assets.schemas import TAGS_COLUMNS
-from laion_assets.shards import IDENTITY_KEY, read_identities
+from laion_assets.shards import IDENTITY_KEY, VALIDATION_ID_KEY, Validation, read_identities
 
 
 def shard_hint(key: str) -> str:
     """The command that builds one shard's per-shard assets."""
-    return f"run `dagster asset materialize --select clip_embeddings,aesthetic_scores --partition {key}` or `make demo`"
+    return f"run `dagster asset materialize --select clip_embeddings,aesthetic_scores --partition {key}`"
 
 
 @dataclass(frozen=True)
@@ -30,23 +31,31 @@ class TagsSummary:
     per_shard: dict[str, dict[str, int]]
     identities: dict[str, str]
     without_safety_tags: int = 0
+    without_url: int = 0
+    without_caption: int = 0
+    duplicate_rows_within_shards: int = 0
+    duplicate_rows: int = 0
 
 
-def build_tags(keys: Sequence[str], layout: OutputLayout, safety: SafetyIndex | None = None) -> TagsSummary:
+def build_tags(
+    validations: Mapping[str, Validation], layout: OutputLayout, safety: SafetyIndex | None = None
+) -> TagsSummary:
     """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``.
 
-    With a ``safety`` index, punsafe/pwatermark come from LAION's separate safety table (joined on hash);
-    without one they are the metadata's own. Rows left without safety tags are counted.
+    ``validations`` are the shards that passed the gate (``gating.gate_shards``), each part recording the
+    validation it was built from. With a ``safety`` index, punsafe/pwatermark come from LAION's separate safety
+    table (joined on hash); without one they are the metadata's own. Rows without safety tags, without a URL or
+    without a caption are counted, and so are repeated hashes, within a shard and across the whole table.
     """
-    if not keys:
+    if not validations:
         raise BadInputError("no shards are registered: register the source's parts first (`make demo` does)")
     per_shard: dict[str, dict[str, int]] = {}
     identities: dict[str, str] = {}
-    total = missing_safety = 0
+    totals = dict.fromkeys(("rows", "safety", "url", "caption", "dups"), 0)
     with atomic_dir(layout.tags_dir) as tmp:
-        for key in keys:
-            meta_path = require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
-            scores_path = require(layout.shard_scores(key), f"aesthetic_scores for shard {key}", shard_hint(key))
+        for key, validation in sorted(validations.items()):
+            meta_path = layout.require(layout.shard_metadata(key), f"clip_embeddings for shard {key}")
+            scores_path = layout.require(layout.shard_scores(key), f"aesthetic_scores for shard {key}")
             meta = pl.read_parquet(meta_path)
             if safety is not None:
                 meta = meta.with_columns(*safety.lookup(meta["hash"].to_numpy()))
@@ -68,23 +77,37 @@ def build_tags(keys: Sequence[str], layout: OutputLayout, safety: SafetyIndex | 
             table = meta.hstack(scores.drop("hash")).select(
                 [pl.col(name).cast(dtype) for name, dtype in TAGS_COLUMNS.items()]
             )
-            recorded = json.dumps(shard_ids, sort_keys=True)
-            write_parquet(table.to_arrow(), tmp / f"part-{key}.parquet", {IDENTITY_KEY: recorded})
-            unsafe_unknown = int(table["punsafe"].null_count())
-            per_shard[key] = {
-                "metadata": meta.height,
-                "scores": scores.height,
-                "tags": table.height,
-                "without_safety_tags": unsafe_unknown,
-            }
-            total += table.height
-            missing_safety += unsafe_unknown
-    return TagsSummary(total, per_shard, identities, missing_safety)
+            # The validation's id only (content hashes and settings, no paths or times): tags stay reproducible.
+            recorded = {IDENTITY_KEY: json.dumps(shard_ids, sort_keys=True), VALIDATION_ID_KEY: validation.id}
+            write_parquet(table.to_arrow(), tmp / f"part-{key}.parquet", recorded)
+            counts = table.select(
+                pl.col("punsafe").is_null().sum().alias("without_safety_tags"),
+                missing_url().sum().alias("without_url"),
+                pl.col("TEXT").is_null().sum().alias("without_caption"),
+                (pl.len() - pl.col("hash").n_unique()).alias("duplicate_rows"),
+            ).row(0, named=True)
+            per_shard[key] = {"metadata": meta.height, "scores": scores.height, "tags": table.height, **counts}
+            totals["rows"] += table.height
+            totals["safety"] += counts["without_safety_tags"]
+            totals["url"] += counts["without_url"]
+            totals["caption"] += counts["without_caption"]
+            totals["dups"] += counts["duplicate_rows"]
+        distinct = pl.scan_parquet(sorted(tmp.glob("part-*.parquet"))).select(pl.col("hash").n_unique()).collect()
+    return TagsSummary(
+        rows=totals["rows"],
+        per_shard=per_shard,
+        identities=identities,
+        without_safety_tags=totals["safety"],
+        without_url=totals["url"],
+        without_caption=totals["caption"],
+        duplicate_rows_within_shards=totals["dups"],
+        duplicate_rows=totals["rows"] - int(distinct.item()),
+    )
 
 
 def tag_files(layout: OutputLayout) -> list[Path]:
     """The tags table's part files in shard order; raises naming the folder when it is not built."""
-    folder = require(layout.tags_dir, "aesthetic_tags")
+    folder = layout.require(layout.tags_dir, "aesthetic_tags")
     files = sorted(folder.glob("part-*.parquet"))
     if not files:
         raise BadInputError(f"{folder}: aesthetic_tags holds no part files; re-materialize aesthetic_tags")

@@ -14,7 +14,8 @@ from laion_assets.manifest import CARD, check_files, code_version, load_manifest
 from laion_assets.paths import MODELS_DIR, PROJECT_DIR
 from laion_assets.pipeline import rebuild
 from laion_assets.predictors import CLIP_L14_DIM
-from laion_assets.release import build_release
+from laion_assets.release import build_release, subsets_with_funnels
+from laion_assets.thresholds import ENGLISH
 
 
 @dataclass
@@ -61,7 +62,8 @@ def locate_source(manifest: dict, release_dir: Path, source: Location | None) ->
                 raise BadInputError(
                     f"{path}: not the input the release was built from (sha256 differs); cannot rebuild"
                 )
-    extra = sorted(set(parts) - {e["key"] for e in recorded["parts"]})
+    excluded = set(recorded.get("excluded_shards", []))
+    extra = sorted(set(parts) - {e["key"] for e in recorded["parts"]} - excluded)
     if extra:
         raise BadInputError(f"{source}: parts {extra} were not in the release; point --source at the original folder")
     return source
@@ -119,6 +121,7 @@ def verify_release(
     safety_table = locate_safety(manifest, release_dir, location(safety) if safety else None)
     weight_files = locate_weights(manifest, weights)
     dim = int(manifest["inputs"].get("embedding_dim", CLIP_L14_DIM))
+    inputs = manifest["inputs"]
     with tempfile.TemporaryDirectory(prefix="laion-verify-", dir=workdir) as tmp:
         layout = rebuild(
             src,
@@ -126,14 +129,17 @@ def verify_release(
             {c: weight_files[c] for c in sorted(weight_files)},
             dim,
             safety_table,
-            bool(manifest["inputs"].get("swap_width_height", False)),
+            bool(inputs.get("swap_width_height", False)),
+            language=str(inputs.get("language", ENGLISH)),
+            exclude=inputs.get("excluded_shards", []),
         )
         rebuilt = build_release(
             layout,
             manifest["version"],
-            inputs=manifest["inputs"],
+            inputs=inputs,
             predictors=manifest["predictors"],
             name=manifest["name"],
+            subsets=subsets_with_funnels(layout),
             changelog=manifest["changelog"],
             code=manifest["code"],
             packages=manifest["packages"],

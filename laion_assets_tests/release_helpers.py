@@ -18,7 +18,7 @@ WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}
 def build(source: Path, data_root: Path, version: str = "v0.1.0") -> tuple[OutputLayout, ReleaseSummary]:
     """Run the spine from ``source`` into ``data_root`` and assemble release ``version``."""
     layout = rebuild(source, data_root, WEIGHTS)
-    summary = release_from_layout(layout, version, source, discover_parts(source), WEIGHTS, 768)
+    summary = release_from_layout(layout, version, source, WEIGHTS, 768)
     return layout, summary
 
 

@@ -32,7 +32,13 @@ def test_card_body(release: Path) -> None:
     text = (release / "README.md").read_text()
     manifest = load_manifest(release)
     rows = manifest["files"]["data/laion_art/part-00000.parquet"]["rows"]
-    assert f"| `laion_art` | punsafe < 0.5, pwatermark < 0.8, one row per hash, aesthetic > 8 | {rows:,} |" in text
+    funnel = next(s for s in manifest["subsets"] if s["name"] == "subset_6_5plus")["funnel"]
+    rule = "punsafe < 0.5, pwatermark < 0.8, a URL, one row per hash, aesthetic > 8"
+    assert f"| `laion_art` | {rule} | {rows:,} | 0 | 0 |" in text
+    # The sample has a LANGUAGE column: non-English candidates are counted as dropped by the language rule.
+    assert funnel["dropped_by_language"] > 0
+    kept, dropped = funnel["candidates"] - funnel["dropped_by_language"], funnel["dropped_by_language"]
+    assert f"| `subset_6_5plus` | English rows with a URL, AESTHETIC_SCORE >= 6.5 | {kept:,} | {dropped:,} | 0 |" in text
     assert "| 0-1 |" in text and "as LAION printed it: `{'0-1':" in text
     assert "LAION-AI/aesthetic-predictor (`sa_0_4_vit_l_14_linear.pth`) | MIT |" in text
     assert "improved-aesthetic-predictor (`sac+logos+ava1-l14-linearMSE.pth`) | Apache-2.0 |" in text

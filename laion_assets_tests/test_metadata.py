@@ -16,8 +16,20 @@ def test_columns_are_cast_and_hashed(tmp_path):
     frame = read_metadata(path)
     for name, dtype in METADATA_COLUMNS.items():
         assert frame.schema[name] == dtype
-    assert frame["LANGUAGE"].null_count() == 2  # absent LANGUAGE becomes an all-null column
+    assert frame["LANGUAGE"].to_list() == ["en", "en"]  # no LANGUAGE column: the declared language (default en)
     assert frame["hash"].to_list() == [laion_hash("http://a/1.jpg", "a cat"), laion_hash("http://a/1.jpg", None)]
+
+
+def test_language_declared_for_a_source_without_one_but_null_stays_unknown_in_a_real_column(tmp_path):
+    absent, all_null, real = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    pl.DataFrame([ROW, ROW]).write_parquet(absent)
+    pl.DataFrame([{**ROW, "language": None}] * 2, schema_overrides={"language": pl.String}).write_parquet(all_null)
+    pl.DataFrame([{**ROW, "LANGUAGE": "de"}, {**ROW, "LANGUAGE": None}]).write_parquet(real)
+    assert read_metadata(absent)["LANGUAGE"].to_list() == ["en", "en"]
+    assert read_metadata(all_null, language="fr")["LANGUAGE"].to_list() == ["fr", "fr"]
+    assert read_metadata(absent, language="")["LANGUAGE"].to_list() == [None, None]  # nothing declared: unknown
+    # A real language column: null is "unknown", never the declared language.
+    assert read_metadata(real)["LANGUAGE"].to_list() == ["de", None]
 
 
 def test_missing_column_names_file_and_column(tmp_path):
@@ -46,7 +58,7 @@ def test_clip_retrieval_columns_map_to_laion_columns(tmp_path):
     frame = read_metadata(path)
     assert frame.row(0, named=True) | {"hash": 0} == {
         "URL": "http://a/1.jpg", "TEXT": "a cat", "WIDTH": 640.0, "HEIGHT": 480.0, "similarity": 0.31,
-        "punsafe": None, "pwatermark": None, "LANGUAGE": None, "hash": 0,
+        "punsafe": None, "pwatermark": None, "LANGUAGE": "en", "hash": 0,
     }  # fmt: skip
     assert frame["hash"][0] == laion_hash("http://a/1.jpg", "a cat")
     swapped = read_metadata(path, swap_width_height=True)

@@ -3,7 +3,15 @@ import polars as pl
 import pytest
 
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS, schema_mismatches
-from laion_assets.subsets import rule_violations, safe_unique, v1_subset, v2_subset, write_subset, write_v1_subset
+from laion_assets.subsets import (
+    rule_funnel,
+    rule_violations,
+    safe_unique,
+    v1_subset,
+    v2_subset,
+    write_subset,
+    write_v1_subset,
+)
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 
 BASE = {"URL": "u", "TEXT": "t", "WIDTH": 1.0, "HEIGHT": 2.0, "similarity": 0.3, "punsafe": 0.1, "pwatermark": 0.1,
@@ -33,10 +41,34 @@ def test_v2_threshold_is_inclusive_and_english_only():
     assert not schema_mismatches(out.schema, V2_SUBSET_COLUMNS)
 
 
-def test_v2_without_language_column_takes_every_row():
+def test_v2_keeps_english_rows_with_a_url_only():
     rule = V2_SUBSETS[0]
-    out = v2_subset(tags({"AESTHETIC_SCORE": 4.5}, {"AESTHETIC_SCORE": 1.0}).drop("LANGUAGE"), rule).collect()
-    assert out["hash"].to_list() == [0]
+    frame = tags(
+        {"AESTHETIC_SCORE": 4.5},  # kept
+        {"AESTHETIC_SCORE": 9.0, "LANGUAGE": None},  # unknown language is not English
+        {"AESTHETIC_SCORE": 9.0, "LANGUAGE": "de"},
+        {"AESTHETIC_SCORE": 9.0, "URL": None},  # no URL: never published
+        {"AESTHETIC_SCORE": 9.0, "URL": "  "},
+        {"AESTHETIC_SCORE": 9.0, "TEXT": None},  # a null caption is kept
+    )
+    assert v2_subset(frame, rule).collect()["hash"].to_list() == [0, 5]
+
+
+def test_funnel_counts_where_candidates_went(tmp_path):
+    frame = tags(
+        {"AESTHETIC_SCORE": 4.5, "aesthetic": 9.0},
+        {"AESTHETIC_SCORE": 9.0, "LANGUAGE": None, "aesthetic": 9.0, "punsafe": 0.9},
+        {"AESTHETIC_SCORE": 9.0, "URL": None, "aesthetic": 9.0},
+        {"AESTHETIC_SCORE": 1.0, "aesthetic": 9.0, "punsafe": None},
+        {"AESTHETIC_SCORE": 1.0, "aesthetic": 9.0},
+    ).collect()
+    path = tmp_path / "part-00000.parquet"
+    frame.with_columns(pl.Series("hash", [0, 1, 2, 3, 0])).write_parquet(path)
+    v2 = rule_funnel([path], V2_SUBSETS[0], rows=1)
+    assert v2 == {"candidates": 3, "dropped_by_language": 1, "dropped_without_url": 1}
+    v1 = rule_funnel([path], V1Subset("laion_art", 8.0), rows=1)
+    assert v1 == {"candidates": 5, "dropped_without_safety_tags": 1, "dropped_unsafe_or_watermarked": 1,
+                  "dropped_without_url": 1, "dropped_by_language": 0, "dropped_duplicate_hash": 1}  # fmt: skip
 
 
 def test_v1_safety_filters_are_strict_and_threshold_exclusive():

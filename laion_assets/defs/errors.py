@@ -1,4 +1,4 @@
-"""Turning our own errors into Dagster failures whose description is the one clear sentence."""
+"""Turning our own errors, and the operating system's, into Dagster failures whose description is one clear sentence."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,9 +9,16 @@ from laion_assets.errors import LaionAssetsError
 
 
 @contextmanager
-def as_failure() -> Iterator[None]:
-    """Re-raise a :class:`LaionAssetsError` as ``dg.Failure`` carrying its message (no retry helps)."""
+def as_failure(step: str = "") -> Iterator[None]:
+    """Re-raise our errors and ``OSError`` (disk full, permissions, ...) as ``dg.Failure`` naming ``step``.
+
+    No retry helps either kind, so retries are not allowed.
+    """
+    prefix = f"{step}: " if step else ""
     try:
         yield
     except LaionAssetsError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        raise dg.Failure(description=f"{prefix}{exc}", allow_retries=False) from exc
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
+        raise dg.Failure(description=f"{prefix}{exc}{where}", allow_retries=False) from exc

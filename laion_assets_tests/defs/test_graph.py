@@ -200,8 +200,12 @@ def test_missing_upstream_says_what_to_run(small_sample, tmp_path):
     result = materialize(["subset_6_5plus"], storage, instance)
     assert not result.success
     assert "aesthetic_tags is not materialized yet" in failure_text(result)
-    assert "make demo" in failure_text(result)
+    # A custom data root: the hint is the command for this setup, not `make demo` (which builds data/out).
+    assert "make demo" not in failure_text(result)
+    assert f"laion-assets demo --source {small_sample} --data-root {tmp_path / 'empty'}" in failure_text(result)
     register_shards(instance, small_sample)
     result = materialize(["aesthetic_tags"], storage, instance)
-    assert "clip_embeddings for shard 00000 is not materialized yet" in failure_text(result)
-    assert "--partition 00000" in failure_text(result)
+    text = failure_text(result)
+    assert "aesthetic_tags stopped: 3 registered shard(s) cannot be released (00000, 00001, 00002)" in text
+    assert "00000: clip_embeddings is not materialized" in text
+    assert "--partition KEY" in text and 'exclude_shards: ["00000", "00001", "00002"]' in text

@@ -8,7 +8,7 @@ from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.assets.subsets import SUBSET_ASSETS
 from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
-from laion_assets.defs.partitions import shards
+from laion_assets.defs.gate import gate_tags
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.errors import BadInputError
 from laion_assets.gallery import write_galleries
@@ -19,7 +19,7 @@ from laion_assets.outputs import require
 from laion_assets.paths import resolve
 from laion_assets.pipeline import build_kvs
 from laion_assets.publishing import push_release
-from laion_assets.release import release_from_layout
+from laion_assets.release import release_dir_for, release_from_layout
 from laion_assets.tags import scan_tags
 
 
@@ -34,10 +34,10 @@ from laion_assets.tags import scan_tags
 def aesthetic_kv(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Write the KV files from the tags table with an external sort (memory bounded)."""
     layout = storage.layout
-    with as_failure():
+    with as_failure("aesthetic_kv"):
         storage.pull(layout.tags_dir)
         written = build_kvs(layout)
-    storage.push(layout.kv_dir)
+        storage.push(layout.kv_dir)
     metadata: dict[str, object] = {"path": dg.MetadataValue.path(str(layout.kv_dir))}
     for name, summary in written.items():
         metadata[f"{name}/records"] = summary.records
@@ -48,7 +48,7 @@ def aesthetic_kv(context: dg.AssetExecutionContext, storage: StorageResource) ->
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset_check(asset=aesthetic_kv, description="Each KV file is sorted by hash with no repeated hash.")
+@dg.asset_check(asset=aesthetic_kv, blocking=True, description="Each KV file is sorted by hash with no repeated hash.")
 def kv_sorted_unique(storage: StorageResource) -> dg.AssetCheckResult:
     """Scan every KV file chunk by chunk and count out-of-order or repeated hashes."""
     bad: dict[str, int] = {}
@@ -81,10 +81,10 @@ def kv_sorted_unique(storage: StorageResource) -> dg.AssetCheckResult:
 def aesthetic_viz(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Write the gallery pages and histograms under ``viz/``."""
     layout = storage.layout
-    with as_failure():
+    with as_failure("aesthetic_viz"):
         storage.pull(layout.tags_dir)
         pages = write_galleries(scan_tags(layout), layout.viz_dir)
-    storage.push(layout.viz_dir)
+        storage.push(layout.viz_dir)
     index = layout.viz_dir / "index.html"
     context.log.info(f"galleries: {index.as_uri()}")
     return dg.MaterializeResult(
@@ -111,41 +111,50 @@ def release(
     predictors: PredictorsResource,
     release_config: ReleaseResource,
 ) -> dg.MaterializeResult:
-    """Assemble the release folder, its card and manifest (the changelog compares with the previous release)."""
+    """Assemble the release folder, its card and manifest (the changelog compares with the previous release).
+
+    The tags must cover exactly the released shards, each still identical to what was validated, and every subset
+    must equal its independent recount; a version that exists with other contents is never rewritten.
+    """
     layout = storage.layout
-    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
-    with as_failure():
-        if not keys:
-            raise BadInputError("no shards are registered: register the source's parts first (`make demo` does)")
-        parts = [storage.part(key) for key in keys]
+    with as_failure("release"):
         storage.pull(
-            layout.tags_dir, layout.subsets_dir, layout.buckets_dir, layout.histogram_path, layout.kv_dir,
-            layout.releases_dir,
+            layout.subsets_dir, layout.buckets_dir, layout.histogram_path, layout.kv_dir, layout.releases_dir,
         )  # fmt: skip
+        validations = gate_tags(context.instance, storage, release_config, "release")
         files = {column: resolve(path) for column, path in predictors.weights().items()}
         built = release_from_layout(
             layout,
             release_config.version,
             storage.parts_source,
-            parts,
             files,
             storage.embedding_dim,
             release_config.name,
             safety=storage.safety_path,
             swap_width_height=storage.swap_stored_metadata,
+            language=storage.language,
+            excluded_shards=release_config.exclude_shards,
+            validations=validations,
         )
-    storage.push(built.path)
+        if not built.unchanged:
+            storage.push(built.path)
     manifest = built.manifest
     card = (built.path / CARD).read_text()
+    if built.unchanged:
+        context.log.info(f"release {built.version} already holds exactly these contents: left as it is")
+    else:
+        context.log.info(f"release {built.version} written to {built.path}")
     return dg.MaterializeResult(
         metadata={
             "version": built.version,
+            "unchanged": built.unchanged,
             "path": dg.MetadataValue.path(str(built.path)),
             "files": len(manifest["files"]) + 1,
             "manifest_sha256": file_sha256(built.path / MANIFEST),
             "rows": dg.MetadataValue.json(
                 {rel: e["rows"] for rel, e in manifest["files"].items() if rel.startswith("data/")}
             ),
+            "excluded_shards": dg.MetadataValue.json(manifest["inputs"].get("excluded_shards", [])),
             "changelog": dg.MetadataValue.json(manifest["changelog"]),
             "galleries": dg.MetadataValue.path(str(layout.viz_dir / "index.html")),
             "card": dg.MetadataValue.md(card.split("\n---\n", 1)[-1][:4000]),
@@ -153,12 +162,16 @@ def release(
     )
 
 
-@dg.asset_check(asset=release, description="Every file in the release folder has the sha256 its manifest records.")
+@dg.asset_check(
+    asset=release,
+    blocking=True,
+    description="Every file in the release folder has the sha256 its manifest records.",
+)
 def release_matches_manifest(storage: StorageResource, release_config: ReleaseResource) -> dg.AssetCheckResult:
     """Hash the release folder's files and compare them with manifest.json."""
-    folder = storage.layout.release_dir(release_config.version)
-    storage.pull(folder)
-    with as_failure():
+    with as_failure("release_matches_manifest"):
+        storage.pull(storage.layout.releases_dir)
+        folder = release_dir_for(storage.layout, release_config.version)
         problems = check_files(folder, load_manifest(folder))
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
 
@@ -175,9 +188,9 @@ def hf_release(
     context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource, hf: HfResource
 ) -> dg.MaterializeResult:
     """Push ``releases/<version>`` to ``hf.repo_id`` (or list what would be pushed when ``hf.dry_run``)."""
-    folder = storage.layout.release_dir(release_config.version)
-    storage.pull(folder)
-    with as_failure():
+    with as_failure("hf_release"):
+        storage.pull(storage.layout.releases_dir)
+        folder = release_dir_for(storage.layout, release_config.version)
         if not hf.repo_id:
             raise BadInputError("hf.repo_id is not set: configure the HfResource with the dataset repo to push to")
         require(

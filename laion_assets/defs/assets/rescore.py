@@ -28,7 +28,7 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
     """Find the stale shards, re-score them with the active predictors loaded once, and report per shard."""
     layout = storage.layout
     keys = sorted(context.instance.get_dynamic_partitions(shards.name))
-    with as_failure():
+    with as_failure("rescored_shards"):
         loaded = predictors.load(storage.embedding_dim)
         active = {column: p.identity for column, p in loaded.items()}
         storage.pull(*(p for key in keys for p in (layout.shard_metadata(key), layout.shard_scores(key))))
@@ -46,7 +46,7 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
             return
         for state in stale:
             context.log.info(f"shard {state.key}: {state.reason}")
-        parts = {s.key: storage.part(s.key) for s in stale}
+        parts = storage.parts([s.key for s in stale])
         for scored in rescore([s.key for s in stale], layout, parts, loaded):
             storage.push(layout.shard_scores(scored.key))
             context.log_event(

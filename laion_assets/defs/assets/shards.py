@@ -8,7 +8,6 @@ from laion_assets.defs.assets.images import image_embeddings
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.outputs import require
 from laion_assets.shards import ScoredPart, index_part, score_part
 from laion_assets.tags import shard_hint
 
@@ -20,17 +19,20 @@ from laion_assets.tags import shard_hint
     kinds={"numpy", "parquet"},
     code_version="1",
     description="A stored clip-retrieval part, validated (width, dtype, rows, norms, finite values) and indexed "
-    "by LAION's hash of url + caption.",
+    "by LAION's hash of url + caption; records each file's size, mtime/etag and sha256 so that release-level steps "
+    "read only what was validated.",
 )
 def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Validate one stored part and write its metadata with the LAION hash."""
     key = context.partition_key
-    with as_failure():
+    with as_failure(f"clip_embeddings (shard {key})"):
         part = storage.part(key)
         out = storage.layout.shard_metadata(key)
-        indexed = index_part(part, out, storage.embedding_dim, storage.swap_stored_metadata)
+        indexed = index_part(part, out, storage.embedding_dim, storage.swap_stored_metadata, storage.language)
         storage.push(out)
     context.log.info(f"shard {key}: {indexed.rows} rows, {indexed.duplicate_hashes} duplicate hashes")
+    validation = indexed.validation
+    assert validation is not None  # index_part always records one
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": indexed.rows,
@@ -39,6 +41,12 @@ def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource)
             "norm_min": indexed.stats.norm_min,
             "norm_max": indexed.stats.norm_max,
             "duplicate_hashes": indexed.duplicate_hashes,
+            "rows_without_url": indexed.rows_without_url,
+            "rows_without_caption": indexed.rows_without_caption,
+            "declared_language": storage.language or "(none)",
+            "embeddings_sha256": str(validation.embeddings["sha256"]),
+            "metadata_sha256": str(validation.metadata["sha256"]),
+            "validation": validation.id,
             "languages": dg.MetadataValue.json(indexed.languages),
             "embeddings": dg.MetadataValue.path(str(part.embeddings)),
             "source_metadata": dg.MetadataValue.path(str(part.metadata)),
@@ -62,13 +70,13 @@ def aesthetic_scores(
     """Score one shard's stored embeddings with the active predictors."""
     key = context.partition_key
     layout = storage.layout
-    with as_failure():
+    with as_failure(f"aesthetic_scores (shard {key})"):
         storage.pull(layout.shard_metadata(key))
-        indexed = require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
+        indexed = layout.require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
         scored = score_part(
             storage.part(key), indexed, predictors.load(storage.embedding_dim), layout.shard_scores(key)
         )
-    storage.push(layout.shard_scores(key))
+        storage.push(layout.shard_scores(key))
     return dg.MaterializeResult(
         metadata=scores_metadata(scored, layout.shard_scores(key)), data_version=scores_version(scored)
     )

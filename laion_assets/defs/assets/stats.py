@@ -6,8 +6,8 @@ from laion_assets.atomic import atomic_path
 from laion_assets.buckets import N_BUCKETS
 from laion_assets.defs.assets.tags import aesthetic_tags
 from laion_assets.defs.errors import as_failure
-from laion_assets.defs.partitions import shards
-from laion_assets.defs.resources import StorageResource
+from laion_assets.defs.gate import gate_tags
+from laion_assets.defs.resources import ReleaseResource, StorageResource
 from laion_assets.histogram import LABELS, histogram_document, write_histogram
 from laion_assets.histogram_history import changed_columns, comparison_png, previous_for, read_document
 from laion_assets.pipeline import build_buckets
@@ -24,16 +24,18 @@ SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
     kinds={"numpy"},
     code_version="1",
     description="LAION's aesthetic bucket embeddings: for k in 0..9 the L2-normalised sum of the embeddings whose "
-    "V1 score s has k <= s <= k+1 (both edges inclusive), saved as rating{k}.npy, float32 (1, d).",
+    "V1 score s has k <= s <= k+1 (both edges inclusive), saved as rating{k}.npy, float32 (1, d). Reads only parts "
+    "still identical to what clip_embeddings validated.",
 )
-def bucket_embeddings(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    """Sum embeddings per V1 score bucket over every shard and save the normalised means."""
+def bucket_embeddings(
+    context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource
+) -> dg.MaterializeResult:
+    """Sum embeddings per V1 score bucket over every released shard and save the normalised means."""
     layout = storage.layout
-    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
-    with as_failure():
-        storage.pull(layout.tags_dir)
-        per_bucket = build_buckets([storage.part(key) for key in keys], layout, storage.embedding_dim)
-    storage.push(layout.buckets_dir)
+    with as_failure("bucket_embeddings"):
+        validations = gate_tags(context.instance, storage, release_config, "bucket_embeddings")
+        per_bucket = build_buckets(layout, storage.parts(list(validations)), storage.embedding_dim, validations)
+        storage.push(layout.buckets_dir)
     counts = {f"rating{k}": int(per_bucket[k]) for k in range(N_BUCKETS)}
     empty = [k for k in range(N_BUCKETS) if per_bucket[k] == 0]
     if empty:
@@ -59,24 +61,25 @@ def bucket_embeddings(context: dg.AssetExecutionContext, storage: StorageResourc
 def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Count the tags table's V1 and V2 scores per integer bucket."""
     layout = storage.layout
-    with as_failure():
+    with as_failure("score_histogram"):
         storage.pull(layout.tags_dir)
         tags = scan_tags(layout)
         document = histogram_document(tags, SCORE_COLUMNS)
         first_part = min(layout.tags_dir.glob("part-*.parquet"))
         identities = {c: str(i) for c, i in read_identities(first_part).items()}
         storage.pull(layout.histogram_history_path)
-    counts, text = document["counts"], document["laion"]
-    # The released histogram is a pure function of the tags; the "before" of a predictor change is kept apart
-    # (not released) so that a rebuild from the same inputs stays byte-identical.
-    previous = previous_for(read_document(layout.histogram_history_path), identities)
-    png = comparison_png(counts, identities, previous, LABELS)
-    plot = layout.histogram_path.with_suffix(".png")
-    with atomic_path(plot) as tmp:
-        tmp.write_bytes(png)
-    write_histogram(document, layout.histogram_path)
-    write_histogram({"counts": counts, "identities": identities, "previous": previous}, layout.histogram_history_path)
-    storage.push(layout.histogram_path, layout.histogram_history_path, plot)
+        counts, text = document["counts"], document["laion"]
+        # The released histogram is a pure function of the tags; the "before" of a predictor change is kept apart
+        # (not released) so that a rebuild from the same inputs stays byte-identical.
+        previous = previous_for(read_document(layout.histogram_history_path), identities)
+        png = comparison_png(counts, identities, previous, LABELS)
+        plot = layout.histogram_path.with_suffix(".png")
+        with atomic_path(plot) as tmp:
+            tmp.write_bytes(png)
+        write_histogram(document, layout.histogram_path)
+        history = {"counts": counts, "identities": identities, "previous": previous}
+        write_histogram(history, layout.histogram_history_path)
+        storage.push(layout.histogram_path, layout.histogram_history_path, plot)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(

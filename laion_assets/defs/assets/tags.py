@@ -1,16 +1,17 @@
 """``aesthetic_tags``: every shard's metadata joined with its hash and scores, and its checks."""
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
+from laion_assets.audit import audit_tags
 from laion_assets.defs.assets.rescore import rescored_shards
 from laion_assets.defs.assets.shards import aesthetic_scores
 from laion_assets.defs.errors import as_failure
-from laion_assets.defs.partitions import shards
-from laion_assets.defs.resources import StorageResource
-from laion_assets.locations import parquet_rows
+from laion_assets.defs.gate import gate, released_keys
+from laion_assets.defs.resources import ReleaseResource, StorageResource
+from laion_assets.errors import BadInputError
 from laion_assets.safety import SafetyIndex, build_safety_index
+from laion_assets.shards import read_validation
 from laion_assets.tags import build_tags, scan_tags
 
 
@@ -28,7 +29,7 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
         context.log.info("no separate safety table configured: punsafe/pwatermark come from the metadata")
         return dg.MaterializeResult(metadata={"source": "embeddings metadata (no separate safety table)"})
     folder = storage.layout.safety_dir
-    with as_failure():
+    with as_failure("safety_tags"):
         summary = build_safety_index(source, folder)
     storage.push(folder)
     return dg.MaterializeResult(
@@ -48,22 +49,25 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     deps=[aesthetic_scores, safety_tags, rescored_shards],
     group_name="tags",
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",
     description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
-    "every row of every registered shard, one parquet per shard.",
+    "every row of every released shard, one parquet per shard. Stops, naming the shards, when a registered shard "
+    "is not validated and scored, its latest shard run failed, or its source changed since validation (unless "
+    "release_config.exclude_shards leaves it out).",
 )
-def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    """Fan in all shards' metadata and scores into the tags table."""
-    keys = sorted(context.instance.get_dynamic_partitions(shards.name))
+def aesthetic_tags(
+    context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource
+) -> dg.MaterializeResult:
+    """Fan in all released shards' metadata and scores into the tags table."""
     layout = storage.layout
-    with as_failure():
-        storage.pull(*(p for key in keys for p in (layout.shard_metadata(key), layout.shard_scores(key))))
+    with as_failure("aesthetic_tags"):
+        validations = gate(context.instance, storage, release_config, "aesthetic_tags")
         safety = None
         if storage.safety_path is not None:
             storage.pull(layout.safety_dir)
             safety = SafetyIndex.open(layout.safety_dir)
-        summary = build_tags(keys, layout, safety)
-    storage.push(layout.tags_dir)
+        summary = build_tags(validations, layout, safety)
+        storage.push(layout.tags_dir)
     stats = (
         scan_tags(storage.layout)
         .select(
@@ -76,21 +80,30 @@ def aesthetic_tags(context: dg.AssetExecutionContext, storage: StorageResource) 
         )
         .collect()
     )
+    if release_config.exclude_shards:
+        context.log.warning(f"shards left out of the release by configuration: {release_config.exclude_shards}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": summary.rows,
-            "shards": len(keys),
+            "shards": len(validations),
+            "excluded_shards": dg.MetadataValue.json(sorted(release_config.exclude_shards)),
             "rows_without_safety_tags": summary.without_safety_tags,
+            "rows_without_url": summary.without_url,
+            "rows_without_caption": summary.without_caption,
+            "duplicate_rows": summary.duplicate_rows,
+            "duplicate_rows_within_shards": summary.duplicate_rows_within_shards,
+            "duplicate_rows_across_shards": summary.duplicate_rows - summary.duplicate_rows_within_shards,
+            "declared_language": storage.language or "(none)",
             "safety_source": str(storage.safety_path or "embeddings metadata"),
             "per_shard": dg.MetadataValue.json(summary.per_shard),
             **{f"predictor/{c}": i for c, i in summary.identities.items()},
-            **{name: float(stats[name].item()) for name in stats.columns},
+            **{name: float(stats[name].item()) for name in stats.columns if stats[name].item() is not None},
             "path": dg.MetadataValue.path(str(storage.layout.tags_dir)),
         }
     )
 
 
-@dg.asset_check(asset=aesthetic_tags, description="Every V1 and V2 score in the tags table is finite.")
+@dg.asset_check(asset=aesthetic_tags, blocking=True, description="Every V1 and V2 score in the tags table is finite.")
 def scores_finite(storage: StorageResource) -> dg.AssetCheckResult:
     """Count NaN, Inf and null scores in the tags table."""
     storage.pull(storage.layout.tags_dir)
@@ -109,27 +122,36 @@ def scores_finite(storage: StorageResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset=aesthetic_tags, description="Row counts are conserved from metadata to scores to tags, shard by shard."
+    asset=aesthetic_tags,
+    blocking=True,
+    description="aesthetic_tags holds every released shard with exactly the rows clip_embeddings validated for it "
+    "(and so the sum of the released shards' rows), and no other shard.",
 )
-def row_counts_conserved(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
-    """Compare each shard's row counts across the source metadata, the scores file and the tags part."""
+def row_counts_conserved(
+    context: dg.AssetCheckExecutionContext, storage: StorageResource, release_config: ReleaseResource
+) -> dg.AssetCheckResult:
+    """Compare each tags part's rows with the rows recorded when its shard was validated (read apart from the tags)."""
     layout = storage.layout
-    mismatched: dict[str, list[int]] = {}
-    total = np.zeros(3, dtype=np.int64)
     storage.pull(layout.tags_dir)
-    for key in sorted(context.instance.get_dynamic_partitions(shards.name)):
-        storage.pull(layout.shard_scores(key))
-        paths = (storage.part(key).metadata, layout.shard_scores(key), layout.tags_part(key))
-        counts = [parquet_rows(p) if p.exists() else -1 for p in paths]
-        total += counts
-        if len(set(counts)) != 1:
-            mismatched[key] = counts
+    with as_failure("row_counts_conserved"):
+        keys = released_keys(context.instance, release_config)
+        validated: dict[str, int] = {}
+        unvalidated: dict[str, str] = {}
+        for key in keys:
+            storage.pull(layout.shard_metadata(key))
+            try:
+                validated[key] = read_validation(layout.shard_metadata(key)).rows
+            except (BadInputError, OSError) as exc:
+                unvalidated[key] = f"not validated: {exc}"
+    result = audit_tags(layout.tags_dir, validated)
+    problems = {**result.problems, **unvalidated}
     return dg.AssetCheckResult(
-        passed=not mismatched,
+        passed=not problems,
+        description=None if not problems else f"{len(problems)} shard(s) differ: {problems}"[:2000],
         metadata={
-            "metadata_rows": int(total[0]),
-            "score_rows": int(total[1]),
-            "tag_rows": int(total[2]),
-            "mismatched_shards": dg.MetadataValue.json(mismatched),
+            "validated_rows": result.expected_rows,
+            "tag_rows": result.actual_rows,
+            "shards": len(keys),
+            "problems": dg.MetadataValue.json(problems),
         },
     )

@@ -2,15 +2,20 @@
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
-from laion_assets.layout import Part, find_part
+from laion_assets.gating import ShardSettings
+from laion_assets.hints import build_hint
+from laion_assets.layout import Part, discover_parts, find_part
 from laion_assets.locations import Location, is_local, location
 from laion_assets.mirror import Mirror
 from laion_assets.outputs import OutputLayout
 from laion_assets.predictors import CLIP_L14_DIM
+from laion_assets.thresholds import ENGLISH
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -32,6 +37,11 @@ class StorageResource(dg.ConfigurableResource):
     swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
     urls: str = ""
+    language: str = Field(
+        default=ENGLISH,
+        description="the source's declared language: rows of a part with no language column (or an all-null one) "
+        "take it, as laion2B-en's rows are English by source; '' declares none (such rows stay unknown)",
+    )
 
     @property
     def url_mode(self) -> bool:
@@ -81,7 +91,12 @@ class StorageResource(dg.ConfigurableResource):
     @property
     def layout(self) -> OutputLayout:
         """Paths of every output below the (local working copy of the) data root."""
-        return OutputLayout(self._local_root)
+        return OutputLayout(self._local_root, build_hint(self.source, self.data_root, self.urls))
+
+    @property
+    def shard_settings(self) -> ShardSettings:
+        """The settings a shard must have been indexed with to be released."""
+        return ShardSettings(self.language, self.swap_stored_metadata)
 
     @property
     def mirror(self) -> Mirror | None:
@@ -106,3 +121,10 @@ class StorageResource(dg.ConfigurableResource):
         if self.url_mode:  # embedded under the data root, maybe by another machine of a remote root
             self.pull(self.layout.embedded_dir)
         return find_part(self.parts_source, key)
+
+    def parts(self, keys: Sequence[str]) -> dict[str, Part]:
+        """The stored parts behind several keys, listing the source once (absent keys are left out)."""
+        if self.url_mode:
+            self.pull(self.layout.embedded_dir)
+        wanted = set(keys)
+        return {part.key: part for part in discover_parts(self.parts_source) if part.key in wanted}
