@@ -126,7 +126,9 @@ def write_laion_release(folder: Path, rows_per_part: int = 400, seed: int = 11) 
     order = rng.permutation(table.height)
     table = table[order]
     # Later rows repeating an earlier hash with other values: the first (in file order) must win.
-    repeats = table.head(25).with_columns(pl.lit(0.97, pl.Float32).alias("punsafe"), pl.lit(0.01, pl.Float32).alias("pwatermark"))
+    repeats = table.head(25).with_columns(
+        pl.lit(0.97, pl.Float32).alias("punsafe"), pl.lit(0.01, pl.Float32).alias("pwatermark")
+    )
     table = pl.concat([table, repeats])
     size = table.height // 3 + 1
     for i, chunk in enumerate(table.iter_slices(n_rows=size)):

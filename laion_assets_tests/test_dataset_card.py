@@ -38,7 +38,8 @@ def test_card_body(release: Path) -> None:
     # The sample has a LANGUAGE column: non-English candidates are counted as dropped by the language rule.
     assert funnel["dropped_by_language"] > 0
     kept, dropped = funnel["candidates"] - funnel["dropped_by_language"], funnel["dropped_by_language"]
-    assert f"| `subset_6_5plus` | English rows with a URL, AESTHETIC_SCORE >= 6.5 | {kept:,} | {dropped:,} | 0 |" in text
+    rule = "English rows with a URL, AESTHETIC_SCORE >= 6.5"
+    assert f"| `subset_6_5plus` | {rule} | {kept:,} | {dropped:,} | 0 |" in text
     assert "| 0-1 |" in text and "as LAION printed it: `{'0-1':" in text
     assert "LAION-AI/aesthetic-predictor (`sa_0_4_vit_l_14_linear.pth`) | MIT |" in text
     assert "improved-aesthetic-predictor (`sac+logos+ava1-l14-linearMSE.pth`) | Apache-2.0 |" in text

@@ -12,7 +12,7 @@ import pytest
 from upath import UPath
 
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
-from laion_assets.defs.resources import PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.demo import run_graph
 from laion_assets.hashing import laion_hashes
 from laion_assets.layout import discover_parts
