@@ -6,7 +6,7 @@ inputs from scratch in a temporary data root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from laion_assets.kv import KV_FILES, KVSummary, parquet_batches, write_kv
 from laion_assets.layout import Part, discover_parts
 from laion_assets.locations import Location
 from laion_assets.outputs import OutputLayout, require
-from laion_assets.predictors import CLIP_L14_DIM, load_predictor
+from laion_assets.predictors import CLIP_L14_DIM, load_for_column
 from laion_assets.safety import SafetyIndex, build_safety_index
 from laion_assets.shards import index_part, score_part
 from laion_assets.subsets import write_rule
@@ -39,9 +39,15 @@ def build_shards(
     predictor_files: Mapping[str, Path],
     dim: int,
     swap_width_height: bool = False,
+    forced: Collection[str] = (),
 ) -> None:
-    """Index and score every part (what ``clip_embeddings`` and ``aesthetic_scores`` do per partition)."""
-    predictors = {column: load_predictor(path, dim) for column, path in predictor_files.items()}
+    """Index and score every part (what ``clip_embeddings`` and ``aesthetic_scores`` do per partition).
+
+    Each column's weights must fit it (``load_for_column``) unless the column is in ``forced``.
+    """
+    predictors = {
+        column: load_for_column(path, column, dim, force=column in forced) for column, path in predictor_files.items()
+    }
     for part in parts:
         index_part(part, layout.shard_metadata(part.key), dim, swap_width_height)
         score_part(part, layout.shard_metadata(part.key), predictors, layout.shard_scores(part.key))
@@ -95,11 +101,12 @@ def rebuild(
     dim: int = CLIP_L14_DIM,
     safety: Location | None = None,
     swap_width_height: bool = False,
+    forced: Collection[str] = (),
 ) -> OutputLayout:
     """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``."""
     layout = OutputLayout(Path(data_root))
     parts = discover_parts(source)
-    build_shards(parts, layout, predictor_files, dim, swap_width_height)
+    build_shards(parts, layout, predictor_files, dim, swap_width_height, forced)
     index = None
     if safety is not None:
         build_safety_index(safety, layout.safety_dir)
