@@ -78,11 +78,15 @@ def _push(args: argparse.Namespace) -> None:
 def _activate(args: argparse.Namespace) -> None:
     from laion_assets.active import ACTIVE_FILE, activate
     from laion_assets.paths import resolve
-    from laion_assets.predictors import load_predictor
+    from laion_assets.predictors import inspect_weights, load_for_column
 
-    predictor = load_predictor(resolve(args.weights))  # refuse a file that is not a predictor
+    # Refuse a file that is not a predictor, or (unless --force) one that does not fit the column.
+    predictor = load_for_column(resolve(args.weights), args.column, force=args.force)
+    problems = inspect_weights(resolve(args.weights), args.column).problems if args.force else ()
     config = resolve(args.config) if args.config else ACTIVE_FILE
-    activate(args.column, args.weights, config)
+    activate(args.column, args.weights, config, force=bool(problems))
+    if problems:
+        print(f"warning: {args.weights} is forced as {args.column}: {'; '.join(problems)}")
     print(f"{args.column} is now {predictor.identity} ({args.weights}) in {config}; run `laion-assets rescore`")
 
 
@@ -159,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("column", choices=["aesthetic", "AESTHETIC_SCORE"])
     p.add_argument("weights")
     p.add_argument("--config", default="", help="predictors file (default: predictors.yaml in the project)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="activate weights that do not fit the column (another kind of head, NaN/Inf values); releases made "
+        "with them say they were forced",
+    )
     p.set_defaults(func=_activate)
     p = sub.add_parser("stale", help="list each registered shard and whether the active predictors outdate it")
     p.add_argument("--source", default="data/sample")

@@ -14,22 +14,28 @@ from laion_assets.histogram import LABELS
 
 DATA_LICENSE = "cc-by-4.0"  # LAION's metadata (URLs, captions, scores) is released under CC-BY 4.0
 
-# Weights we know by sha256: where they come from and their licence (data/models/SOURCES.md).
+# Weights we know by identity digest (the sha256 of their tensors, see laion_assets/predictors.py; not the file's
+# sha256): where they come from and their licence (data/models/SOURCES.md).
 KNOWN_PREDICTORS: dict[str, tuple[str, str, str]] = {
-    "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba": (
+    "732c52ede2a6514d99163a736259e64f1978edba8dfd9e2cb3b0ed99d46f242f": (
         "sa_0_4_vit_l_14_linear.pth",
         "LAION-AI/aesthetic-predictor",
         "MIT",
     ),
-    "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0": (
+    "8865204c2fc01e887f05e482b90986c547f4c42936c8e3cf3d58dc1a0378f811": (
         "sac+logos+ava1-l14-linearMSE.pth",
         "christophschuhmann/improved-aesthetic-predictor",
         "Apache-2.0",
     ),
-    "0af3254c651d55b7ea851429c20f26ec880bb0169805a4df85b814bd7966f3e4": (
+    "febd7069c1d70840935585d8e3ffd0ce89b1a34acbf7474a71eae3ac1a0c1319": (
         "ava+logos-l14-reluMSE.pth",
         "christophschuhmann/improved-aesthetic-predictor",
         "Apache-2.0",
+    ),
+    "b2b7aedb75b94b97e06f64d63c952cc9004315d30f5b1f5124e541379987fcf9": (
+        "sac_public_2022_06_29_vit_l_14_linear.pth",
+        "crowsonkb/simulacra-aesthetic-models",
+        "MIT",
     ),
 }
 
@@ -152,7 +158,16 @@ def render_card(manifest: dict, histogram: dict) -> str:
     for column, info in sorted(manifest["predictors"].items()):
         origin, licence = _licence(info["identity"])
         rows.append([f"`{column}`", f"`{info['identity'][:40]}…`", origin, licence])
-    lines += _table(["score column", "identity (kind@sha256)", "origin", "licence"], rows)
+    lines += _table(["score column", "identity (kind@sha256 of the tensors)", "origin", "licence"], rows)
+    for column, info in sorted(manifest["predictors"].items()):
+        if info.get("forced"):
+            why = "; ".join(info.get("misfit", [])) or "it does not fit the column"
+            lines += [
+                "",
+                f"> **Warning: `{column}` was scored by a forced predictor** (`{info['file']}`): {why}. The "
+                f"configuration forced it; these `{column}` values are not what LAION's predictor for that column "
+                "gives, and the subsets filtered on them differ from LAION's.",
+            ]
     lines += [
         "",
         f"Data licence: {DATA_LICENSE} (LAION's metadata). Images stay with their owners: only URLs are listed.",

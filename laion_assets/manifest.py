@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from laion_assets.errors import BadInputError
 from laion_assets.locations import Location, file_sha256, is_local, list_files
 from laion_assets.paths import PROJECT_DIR
+from laion_assets.predictors import inspect_weights
 from laion_assets.shards import Validation
 
 MANIFEST = "manifest.json"
@@ -160,18 +161,32 @@ def check_files(release_dir: Path, manifest: dict) -> dict[str, str]:
     return problems
 
 
-def predictor_entries(identities: dict[str, str], files: dict[str, Path]) -> dict[str, dict[str, str | None]]:
-    """``{column: {identity, file}}``; raises when a weights file is not the one that made the scores."""
-    entries: dict[str, dict[str, str | None]] = {}
+def predictor_entries(identities: dict[str, str], files: dict[str, Path]) -> dict[str, dict[str, object]]:
+    """``{column: {identity, file, file_sha256, forced[, misfit]}}``; raises when a file's weights did not score.
+
+    The configured file must hold the weights that scored the column: its identity (kind + sha256 of the tensors,
+    not of the file) must be the recorded one. ``file_sha256`` is provenance only. ``forced`` is true when the
+    weights do not fit the column (another kind of head, NaN/Inf), which only a forced config lets through;
+    ``misfit`` then says why.
+    """
+    entries: dict[str, dict[str, object]] = {}
     for column, identity in sorted(identities.items()):
         path = files.get(column)
         if path is None:
             raise BadInputError(f"no weights file configured for score column {column!r} (scored by {identity})")
-        digest = file_sha256(path)
-        if not identity.endswith(f"@sha256:{digest}"):
+        info = inspect_weights(path, column)
+        if str(info.identity) != identity:
             raise BadInputError(
-                f"{path}: sha256 {digest} is not the predictor that scored {column!r} ({identity}); "
+                f"{path}: its weights ({info.identity}) are not the predictor that scored {column!r} ({identity}); "
                 "re-score the shards or point the predictors config at the original weights"
             )
-        entries[column] = {"identity": identity, "file": project_relative(path) or Path(path).name}
+        entry: dict[str, object] = {
+            "identity": identity,
+            "file": project_relative(path) or Path(path).name,
+            "file_sha256": file_sha256(path),
+            "forced": bool(info.problems),
+        }
+        if info.problems:
+            entry["misfit"] = list(info.problems)
+        entries[column] = entry
     return entries

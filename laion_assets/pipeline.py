@@ -6,7 +6,7 @@ inputs from scratch in a temporary data root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from laion_assets.kv import KV_FILES, KVSummary, parquet_batches, write_kv
 from laion_assets.layout import Part, discover_parts
 from laion_assets.locations import Location
 from laion_assets.outputs import OutputLayout
-from laion_assets.predictors import CLIP_L14_DIM, Predictor, load_predictor
+from laion_assets.predictors import CLIP_L14_DIM, load_for_column
 from laion_assets.safety import SafetyIndex, build_safety_index
 from laion_assets.shards import Validation, check_source_unchanged, index_part, score_part
 from laion_assets.subsets import write_rule
@@ -41,24 +41,22 @@ def build_shards(
     dim: int,
     swap_width_height: bool = False,
     language: str = ENGLISH,
-    force_predictors: bool = False,
+    forced: Collection[str] = (),
 ) -> dict[str, Validation]:
     """Index and score every part (what ``clip_embeddings`` and ``aesthetic_scores`` do per partition).
 
-    Returns each part's validation by shard key, what ``build_tags`` takes.
+    Each column's weights must fit it (``load_for_column``) unless the column is in ``forced``. Returns each part's
+    validation by shard key, what ``build_tags`` takes.
     """
-    predictors = load_predictors(predictor_files, dim, force_predictors)
+    predictors = {
+        column: load_for_column(path, column, dim, force=column in forced) for column, path in predictor_files.items()
+    }
     validations = {}
     for part in parts:
         indexed = index_part(part, layout.shard_metadata(part.key), dim, swap_width_height, language)
         score_part(part, layout.shard_metadata(part.key), predictors, layout.shard_scores(part.key))
         validations[part.key] = indexed.validation
     return validations
-
-
-def load_predictors(predictor_files: Mapping[str, Path], dim: int, force: bool = False) -> dict[str, Predictor]:
-    """Load the predictor of each score column from its weights file."""
-    return {column: load_predictor(path, dim) for column, path in predictor_files.items()}
 
 
 def build_subsets(layout: OutputLayout) -> dict[str, Path]:
@@ -123,7 +121,7 @@ def rebuild(
     swap_width_height: bool = False,
     language: str = ENGLISH,
     exclude: Sequence[str] = (),
-    force_predictors: bool = False,
+    forced: Collection[str] = (),
 ) -> OutputLayout:
     """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``.
 
@@ -131,7 +129,7 @@ def rebuild(
     """
     layout = OutputLayout(Path(data_root))
     parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
-    validations = build_shards(parts, layout, predictor_files, dim, swap_width_height, language, force_predictors)
+    validations = build_shards(parts, layout, predictor_files, dim, swap_width_height, language, forced)
     index = None
     if safety is not None:
         build_safety_index(safety, layout.safety_dir)

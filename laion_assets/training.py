@@ -9,6 +9,7 @@ image, joined with the images' embeddings) or from a parquet of embeddings and r
 from __future__ import annotations
 
 import copy
+import io
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,22 @@ def _train(table: RatingsTable, config: TrainConfig) -> TrainResult:
     )
 
 
+def predictor_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """The bytes ``torch.save`` writes for a state_dict, independent of where they end up.
+
+    Saving into memory names the archive's records ``archive/...`` instead of after the (temporary) file, so the
+    same tensors give the same bytes: a retrained predictor with identical weights is an identical file.
+    """
+    # Sorted keys and contiguous CPU tensors: the bytes depend on the values only, not on how training left them.
+    state = {k: state_dict[k].detach().cpu().contiguous() for k in sorted(state_dict)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def save_predictor(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Save a V2-compatible state_dict (``layers.{0,2,4,6,7}``) atomically; ``load_predictor`` reads it back."""
+    """Save a V2-compatible state_dict (``layers.{0,2,4,6,7}``) atomically, with deterministic bytes."""
+    data = predictor_bytes(state_dict)
     with atomic_path(path) as tmp:
-        torch.save(state_dict, tmp)
+        tmp.write_bytes(data)
     return Path(path)

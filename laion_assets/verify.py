@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,9 +12,9 @@ from laion_assets.errors import BadInputError
 from laion_assets.layout import discover_parts
 from laion_assets.locations import Location, file_sha256, location
 from laion_assets.manifest import CARD, check_files, code_version, load_manifest, package_versions
-from laion_assets.paths import MODELS_DIR, PROJECT_DIR
+from laion_assets.paths import MODELS_DIR, PROJECT_DIR, resolve
 from laion_assets.pipeline import rebuild
-from laion_assets.predictors import CLIP_L14_DIM
+from laion_assets.predictors import CLIP_L14_DIM, inspect_weights
 from laion_assets.release import build_release, subsets_with_funnels
 from laion_assets.thresholds import ENGLISH
 
@@ -87,21 +88,77 @@ def locate_safety(manifest: dict, release_dir: Path, safety: Location | None) ->
     return safety
 
 
-def locate_weights(manifest: dict, weights: Mapping[str, Path] | None) -> dict[str, Path]:
-    """The weights file of each score column, checked against the recorded predictor identity."""
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+DATA_ROOT_ENV = "LAION_ASSETS_DATA_ROOT"
+
+
+def weights_data_roots(release_dir: Path | None) -> list[Path]:
+    """Data roots whose ``predictors/`` may hold a release's weights: its own and ``$LAION_ASSETS_DATA_ROOT``."""
+    roots = []
+    if release_dir is not None:
+        folder = Path(release_dir).resolve()
+        if folder.parent.name == "releases":  # <data_root>/releases/<version>
+            roots.append(folder.parent.parent)
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env and "://" not in env:  # a remote data root's predictors are not searched
+        roots.append(resolve(env))
+    return list(dict.fromkeys(roots))
+
+
+def _weights_files(folder: Path, recursive: bool) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix in WEIGHTS_SUFFIXES and p.is_file())
+
+
+def locate_weights(
+    manifest: dict, weights: Mapping[str, Path] | None, release_dir: Path | None = None
+) -> dict[str, Path]:
+    """The weights file of each score column, found by the recorded identity (kind + sha256 of the tensors).
+
+    A ``weights`` entry is the only candidate of its column. Otherwise the candidates are the recorded
+    project-relative file, every weights file in ``data/models/``, and every ``.pth``/``.pt`` under the
+    ``predictors/`` folder of the release's data root (``<data_root>/releases/<version>``) and of
+    ``$LAION_ASSETS_DATA_ROOT``; the first whose tensors have the recorded identity wins.
+    """
+    identities: dict[Path, str | None] = {}
+
+    def identity_of(path: Path) -> str | None:
+        if path not in identities:
+            try:
+                identities[path] = str(inspect_weights(path).identity)
+            except BadInputError:  # not a predictor at all: just not a candidate
+                identities[path] = None
+        return identities[path]
+
+    roots = weights_data_roots(release_dir)
     out: dict[str, Path] = {}
     for column, info in manifest["predictors"].items():
-        candidates = [Path(weights[column])] if weights and column in weights else []
-        candidates += [PROJECT_DIR / str(info["file"]), MODELS_DIR / Path(str(info["file"])).name]
-        digest = str(info["identity"]).partition("@sha256:")[2]
-        found = next((p for p in candidates if p.is_file() and file_sha256(p) == digest), None)
+        identity = str(info["identity"])
+        if weights and column in weights:
+            path = Path(weights[column])
+            found = inspect_weights(path).identity  # names the file when it is missing or not a predictor
+            if str(found) != identity:
+                raise BadInputError(f"{path}: its weights are {found}, but {column!r} was scored by {identity}")
+            out[column] = path
+            continue
+        candidates = [PROJECT_DIR / str(info["file"]), *_weights_files(MODELS_DIR, recursive=False)]
+        candidates += [p for root in roots for p in _weights_files(root / "predictors", recursive=True)]
+        found = next((p for p in dict.fromkeys(candidates) if p.is_file() and identity_of(p) == identity), None)
         if found is None:
+            places = [f"{info['file']} (recorded)", str(MODELS_DIR), *(str(r / "predictors") for r in roots)]
             raise BadInputError(
-                f"no weights file with sha256 {digest} for {column!r} (tried {', '.join(map(str, candidates))}); "
+                f"no weights file with identity {identity} for {column!r} in {', '.join(places)}; "
                 f"pass --weights {column}=PATH"
             )
         out[column] = found
     return out
+
+
+def forced_columns(manifest: dict) -> list[str]:
+    """Score columns the release was scored for with a forced predictor (the rebuild must force them too)."""
+    return sorted(c for c, info in manifest["predictors"].items() if info.get("forced"))
 
 
 def verify_release(
@@ -119,7 +176,7 @@ def verify_release(
         report.differing[rel] = f"in the release folder: {why}"
     src = locate_source(manifest, release_dir, location(source) if source else None)
     safety_table = locate_safety(manifest, release_dir, location(safety) if safety else None)
-    weight_files = locate_weights(manifest, weights)
+    weight_files = locate_weights(manifest, weights, release_dir)
     dim = int(manifest["inputs"].get("embedding_dim", CLIP_L14_DIM))
     inputs = manifest["inputs"]
     with tempfile.TemporaryDirectory(prefix="laion-verify-", dir=workdir) as tmp:
@@ -132,6 +189,7 @@ def verify_release(
             bool(inputs.get("swap_width_height", False)),
             language=str(inputs.get("language", ENGLISH)),
             exclude=inputs.get("excluded_shards", []),
+            forced=forced_columns(manifest),
         )
         rebuilt = build_release(
             layout,

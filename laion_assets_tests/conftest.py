@@ -1,4 +1,8 @@
-"""Shared fixtures: small generated samples in clip-retrieval layout and the real LAION reference files."""
+"""Shared fixtures: small generated samples in clip-retrieval layout.
+
+LAION's real files that the exactness tests compare with ship in the repo (``data/models/``, ``data/reference/``,
+checked against the sha256 in their SOURCES.md), so those tests run on every clone; nothing reads ``../shared``.
+"""
 
 import os
 from pathlib import Path
@@ -10,21 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-from laion_assets.paths import PROJECT_DIR  # noqa: E402
 from laion_assets.sample import SampleSpec, write_sample  # noqa: E402
 
-# The real LAION files (read-only), beside the repo as ../shared/reference; tests that need them skip without.
-SHARED_REFERENCE = Path(os.environ.get("LAION_ASSETS_SHARED_REFERENCE", PROJECT_DIR.parent / "shared" / "reference"))
-
 SMALL_SPEC = SampleSpec(parts=3, rows_per_part=400, seed=7)
-
-
-@pytest.fixture(scope="session")
-def shared_reference() -> Path:
-    """Folder of the real LAION reference files (shared/reference)."""
-    if not SHARED_REFERENCE.is_dir():
-        pytest.skip(f"{SHARED_REFERENCE} not found")
-    return SHARED_REFERENCE
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 import pytest
+import yaml
 
-from laion_assets.active import ACTIVE_FILE, activate, read_active, write_active
+from laion_assets.active import ACTIVE_FILE, activate, read_active, read_forced, write_active
+from laion_assets.cli import main as cli_main
 from laion_assets.errors import BadInputError
 from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS, resolve
 
@@ -38,3 +40,32 @@ def test_bad_predictors_file_names_the_file(tmp_path, text, message):
     with pytest.raises(BadInputError, match=message) as info:
         read_active(path)
     assert str(path) in str(info.value)
+
+
+def test_cli_activate_refuses_a_head_swap_and_force_is_recorded_per_column(tmp_path, capsys):
+    path = write_active(read_active(), tmp_path / "predictors.yaml")
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as info:
+        cli_main(["activate", "aesthetic", str(V2_WEIGHTS), "--config", str(path)])
+    message = str(info.value.code)
+    assert message.startswith(f"error: {V2_WEIGHTS}: refused as the predictor of 'aesthetic': its kind is v2-mlp")
+    assert "takes v1-linear" in message and "--force" in message
+    assert path.read_bytes() == before  # a refused activation changes nothing
+
+    cli_main(["activate", "aesthetic", str(V2_WEIGHTS), "--config", str(path), "--force"])
+    out = capsys.readouterr().out
+    assert f"warning: {V2_WEIGHTS} is forced as aesthetic: its kind is v2-mlp-linear" in out
+    assert read_active(path)["aesthetic"] == str(V2_WEIGHTS) and read_forced(path) == ["aesthetic"]
+    # Activating a head that fits (with or without --force) takes the column out of the force list again.
+    cli_main(["activate", "aesthetic", str(V1_WEIGHTS), "--config", str(path), "--force"])
+    assert read_forced(path) == [] and "warning" not in capsys.readouterr().out
+    assert "force" not in yaml.safe_load(path.read_text())
+
+
+def test_force_list_is_checked(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("aesthetic: a.pth\nAESTHETIC_SCORE: b.pth\nforce: [score]\n")
+    with pytest.raises(BadInputError, match=r"p\.yaml: `force` must be a list of score columns"):
+        read_forced(path)
+    path.write_text("aesthetic: a.pth\nAESTHETIC_SCORE: b.pth\nforce: [AESTHETIC_SCORE]\n")
+    assert read_forced(path) == ["AESTHETIC_SCORE"] and read_active(path)["AESTHETIC_SCORE"] == "b.pth"

@@ -1,6 +1,10 @@
+import hashlib
+
 import numpy as np
 
 from laion_assets.buckets import BucketAccumulator, accumulate_part, aesthetic_query, bucket_membership, save_buckets
+from laion_assets.paths import REFERENCE_DIR
+from laion_assets_tests.shipped_sources import listed_sha256
 
 
 def test_both_edges_are_inclusive():
@@ -45,9 +49,15 @@ def test_empty_bucket_stays_zero_and_files_have_laion_shape(tmp_path):
     assert not np.load(tmp_path / "rating0.npy").any()
 
 
-def test_reference_bucket_embeddings_have_laion_format(shared_reference):
-    for k in range(10):
-        r = np.load(shared_reference / "aesthetic-predictor" / "vit_l_14_embeddings" / f"rating{k}.npy")
+def test_reference_bucket_embeddings_have_laion_format():
+    # LAION's real bucket embeddings ship in data/reference/; first prove they are the files SOURCES.md lists.
+    listed = listed_sha256(REFERENCE_DIR / "SOURCES.md")
+    buckets = [f"vit_l_14_embeddings/rating{k}.npy" for k in range(10)]
+    assert set(buckets) <= set(listed)
+    for rel, digest in listed.items():
+        assert hashlib.sha256((REFERENCE_DIR / rel).read_bytes()).hexdigest() == digest, rel
+    for rel in buckets:
+        r = np.load(REFERENCE_DIR / rel)
         assert r.shape == (1, 768) and r.dtype == np.float32
         assert abs(np.linalg.norm(r) - 1) < 1e-5
 

@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from laion_assets.dataset_card import parse_front_matter
+from laion_assets.dataset_card import KNOWN_PREDICTORS, parse_front_matter
 from laion_assets.manifest import load_manifest
+from laion_assets.paths import MODELS_DIR
+from laion_assets.predictors import load_predictor
 from laion_assets_tests.release_helpers import build
 
 
@@ -66,3 +68,9 @@ def test_load_dataset_per_config(release: Path, tmp_path: Path) -> None:
         cache_dir=str(tmp_path / "cache2"),
     )
     assert plain.column_names[:3] == ["URL", "TEXT", "WIDTH"] and plain.column_names[-1] == "aesthetic"
+
+
+def test_known_predictors_are_the_shipped_weights_by_identity() -> None:
+    # The card knows each shipped head by the digest of its tensors (what the manifest records), not the file sha256.
+    shipped = {load_predictor(p).identity.sha256: p.name for p in MODELS_DIR.glob("*.pth")}
+    assert {digest: known[0] for digest, known in KNOWN_PREDICTORS.items()} == shipped

@@ -1,4 +1,8 @@
+"""LAION's heads, checked on the real weights that ship in data/models/ (so these run on every clone)."""
+
 import hashlib
+import io
+import json
 import math
 
 import numpy as np
@@ -7,6 +11,7 @@ import torch
 from torch import nn
 
 from laion_assets.errors import BadInputError
+from laion_assets.paths import MODELS_DIR, V1_WEIGHTS, V2_RELU_WEIGHTS, V2_WEIGHTS
 from laion_assets.predictors import (
     SIMULACRA_LINEAR,
     V1_LINEAR,
@@ -15,13 +20,18 @@ from laion_assets.predictors import (
     LinearPredictor,
     MLPPredictor,
     PredictorIdentity,
+    inspect_weights,
+    load_for_column,
     load_predictor,
+    weights_sha256,
 )
+from laion_assets_tests.shipped_sources import listed_identities, listed_sha256
 
-V1 = "aesthetic-predictor/sa_0_4_vit_l_14_linear.pth"
-V2 = "improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
-V2_RELU = "improved-aesthetic-predictor/ava+logos-l14-reluMSE.pth"
-SIMULACRA = "simulacra-aesthetic-models/models/sac_public_2022_06_29_vit_l_14_linear.pth"
+V1 = V1_WEIGHTS
+V2 = V2_WEIGHTS
+V2_RELU = V2_RELU_WEIGHTS
+SIMULACRA = MODELS_DIR / "sac_public_2022_06_29_vit_l_14_linear.pth"
+SOURCES = MODELS_DIR / "SOURCES.md"
 
 
 def unit_embeddings(n: int, d: int = 768, seed: int = 0) -> np.ndarray:
@@ -58,54 +68,141 @@ class LaionMLP(nn.Module):
         return self.layers(x)
 
 
-def test_v1_equals_torch_linear(shared_reference):
+def test_v1_equals_torch_linear():
     emb = unit_embeddings(2000)
-    pred = load_predictor(shared_reference / V1)
+    pred = load_predictor(V1)
     assert isinstance(pred, LinearPredictor) and pred.identity.kind == V1_LINEAR
-    expected = torch_reference(shared_reference / V1, nn.Linear(768, 1), emb)
+    expected = torch_reference(V1, nn.Linear(768, 1), emb)
     got = pred.score(emb)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert expected.std() > 0.5  # the comparison covers a real spread of scores
 
 
-def test_v2_linear_equals_torch_mlp(shared_reference):
+def test_v2_linear_equals_torch_mlp():
     emb = unit_embeddings(2000, seed=1)
-    pred = load_predictor(shared_reference / V2)
+    pred = load_predictor(V2)
     assert pred.identity.kind == V2_MLP_LINEAR
-    expected = torch_reference(shared_reference / V2, LaionMLP(), emb)
+    expected = torch_reference(V2, LaionMLP(), emb)
     np.testing.assert_allclose(pred.score(emb), expected, atol=1e-5, rtol=0)
 
 
-def test_v2_relu_equals_torch_mlp(shared_reference):
+def test_v2_relu_equals_torch_mlp():
     emb = unit_embeddings(500, seed=2)
-    pred = load_predictor(shared_reference / V2_RELU)
+    pred = load_predictor(V2_RELU)
     assert isinstance(pred, MLPPredictor) and pred.identity.kind == V2_MLP_RELU
-    expected = torch_reference(shared_reference / V2_RELU, LaionMLP(relu=True), emb)
+    expected = torch_reference(V2_RELU, LaionMLP(relu=True), emb)
     np.testing.assert_allclose(pred.score(emb), expected, atol=1e-5, rtol=0)
 
 
-def test_simulacra_scales_by_sqrt_d(shared_reference):
+def test_simulacra_scales_by_sqrt_d():
     emb = unit_embeddings(100, seed=3).astype(np.float32)
-    pred = load_predictor(shared_reference / SIMULACRA)
+    pred = load_predictor(SIMULACRA)
     assert pred.identity.kind == SIMULACRA_LINEAR
-    state = torch.load(shared_reference / SIMULACRA, map_location="cpu", weights_only=True)
+    state = torch.load(SIMULACRA, map_location="cpu", weights_only=True)
     w, b = state["linear.weight"].numpy()[0], state["linear.bias"].numpy()[0]
     np.testing.assert_allclose(pred.score(emb), (emb * math.sqrt(768)) @ w + b, atol=1e-4)
 
 
-def test_identity_is_kind_plus_file_sha256(shared_reference):
-    pred = load_predictor(shared_reference / V2)
-    assert pred.identity.sha256 == "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
-    assert pred.identity.sha256 == hashlib.sha256((shared_reference / V2).read_bytes()).hexdigest()
+def test_shipped_weights_are_the_files_sources_md_lists():
+    listed = listed_sha256(SOURCES)
+    shipped = sorted(p.name for p in MODELS_DIR.glob("*.pth"))
+    assert sorted(listed) == shipped  # every shipped head is listed with its origin, and nothing listed is missing
+    for name, digest in listed.items():
+        assert hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest() == digest, name
+    for path in (V1, V2, V2_RELU):
+        assert path.name in listed
+
+
+def canonical_digest(state: dict[str, torch.Tensor]) -> str:
+    """The encoding the module docstring documents, written independently with numpy."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        array = state[key].numpy()
+        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        header = json.dumps([key, str(array.dtype), list(array.shape), len(data)])
+        digest.update(header.encode() + b"\n" + data)
+    return digest.hexdigest()
+
+
+def test_identity_is_kind_plus_canonical_tensor_digest(tmp_path):
+    pred = load_predictor(V2)
+    state = torch.load(V2, map_location="cpu", weights_only=True)
+    assert pred.identity == PredictorIdentity(V2_MLP_LINEAR, canonical_digest(state))
+    assert pred.identity.sha256 != hashlib.sha256(V2.read_bytes()).hexdigest()  # not the file's bytes
     assert PredictorIdentity.parse(str(pred.identity)) == pred.identity
+    # SOURCES.md documents each shipped head's identity; they are what loading gives.
+    identities = listed_identities(SOURCES)
+    assert sorted(identities) == sorted(p.name for p in MODELS_DIR.glob("*.pth"))
+    for name, identity in identities.items():
+        assert str(load_predictor(MODELS_DIR / name).identity) == identity, name
 
 
-def test_shipped_weights_are_the_reference_files(shared_reference):
-    from laion_assets.paths import V1_WEIGHTS, V2_RELU_WEIGHTS, V2_WEIGHTS
+def test_identity_means_the_tensors_not_the_file(tmp_path):
+    state = torch.load(V1, map_location="cpu", weights_only=True)
+    # The same tensors in another file (another archive name, key order, a non-contiguous view) keep the identity.
+    resaved = tmp_path / "copy_with_other_name.pth"
+    transposed = state["weight"].t().contiguous().t()  # same values, column-major strides
+    torch.save({"bias": state["bias"].clone(), "weight": transposed}, resaved)
+    assert hashlib.sha256(resaved.read_bytes()).hexdigest() != hashlib.sha256(V1.read_bytes()).hexdigest()
+    assert load_predictor(resaved).identity == load_predictor(V1).identity
+    # One changed value, a changed dtype or a renamed key is another identity.
+    nudged = {**state, "bias": state["bias"] + 1e-6}
+    assert weights_sha256(nudged) != weights_sha256(state)
+    assert weights_sha256({**state, "bias": state["bias"].double()}) != weights_sha256(state)
+    assert weights_sha256({"linear.weight": state["weight"], "linear.bias": state["bias"]}) != weights_sha256(state)
+    buffer = io.BytesIO()
+    torch.save(nudged, buffer)
+    (tmp_path / "nudged.pth").write_bytes(buffer.getvalue())
+    assert load_predictor(tmp_path / "nudged.pth").identity.sha256 == weights_sha256(nudged)
 
-    for shipped, ref in ((V1_WEIGHTS, V1), (V2_WEIGHTS, V2), (V2_RELU_WEIGHTS, V2_RELU)):
-        assert shipped.read_bytes() == (shared_reference / ref).read_bytes()
+
+def test_each_column_takes_its_kind_of_head():
+    assert load_for_column(V1, "aesthetic").identity.kind == V1_LINEAR
+    assert load_for_column(V2, "AESTHETIC_SCORE").identity.kind == V2_MLP_LINEAR
+    assert load_for_column(V2_RELU, "AESTHETIC_SCORE").identity.kind == V2_MLP_RELU
+    assert inspect_weights(V1, "aesthetic").problems == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "column", "kind", "accepted"),
+    [
+        (V2, "aesthetic", V2_MLP_LINEAR, "v1-linear"),
+        (V2_RELU, "aesthetic", V2_MLP_RELU, "v1-linear"),
+        (V1, "AESTHETIC_SCORE", V1_LINEAR, "v2-mlp-linear or v2-mlp-relu"),
+        (SIMULACRA, "AESTHETIC_SCORE", SIMULACRA_LINEAR, "v2-mlp-linear or v2-mlp-relu"),
+        (SIMULACRA, "aesthetic", SIMULACRA_LINEAR, "v1-linear"),
+    ],
+)
+def test_a_head_swap_is_refused_unless_forced(path, column, kind, accepted):
+    with pytest.raises(BadInputError) as info:
+        load_for_column(path, column)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused as the predictor of {column!r}: its kind is {kind}, ")
+    assert f"but {column!r} takes {accepted}" in message
+    assert "`force: true`" in message and f"laion-assets activate {column} {path} --force" in message
+    forced = load_for_column(path, column, force=True)
+    assert forced.identity == load_predictor(path).identity
+    assert inspect_weights(path, column).problems == (f"its kind is {kind}, but {column!r} takes {accepted}",)
+
+
+def test_nan_or_inf_weights_are_refused_naming_file_and_key(tmp_path):
+    state = torch.load(V2, map_location="cpu", weights_only=True)
+    state["layers.4.weight"][3, 7] = float("nan")
+    state["layers.7.bias"][0] = float("inf")
+    path = tmp_path / "diverged_v2.pth"
+    torch.save(state, path)
+    problems = (
+        "tensor layers.4.weight holds 1 NaN/Inf value(s) of 8192; tensor layers.7.bias holds 1 NaN/Inf value(s) of 1"
+    )
+    with pytest.raises(BadInputError, match="force") as info:
+        load_for_column(path, "AESTHETIC_SCORE")
+    assert str(info.value).startswith(f"{path}: refused as the predictor of 'AESTHETIC_SCORE': {problems}. ")
+    with pytest.raises(BadInputError) as info:
+        load_predictor(path)
+    assert str(info.value) == f"{path}: refused: {problems}"
+    forced = load_for_column(path, "AESTHETIC_SCORE", force=True)
+    assert np.isnan(forced.score(unit_embeddings(4))).all()  # what forcing it means: the scores are not numbers
 
 
 def test_wrong_shape_names_file_and_tensor(tmp_path):
@@ -115,8 +212,8 @@ def test_wrong_shape_names_file_and_tensor(tmp_path):
         load_predictor(path)
 
 
-def test_wrong_v2_layer_shape_is_named(tmp_path, shared_reference):
-    state = torch.load(shared_reference / V2, map_location="cpu", weights_only=True)
+def test_wrong_v2_layer_shape_is_named(tmp_path):
+    state = torch.load(V2, map_location="cpu", weights_only=True)
     state["layers.4.weight"] = torch.zeros(64, 100)
     path = tmp_path / "broken_v2.pth"
     torch.save(state, path)
@@ -135,3 +232,11 @@ def test_unknown_keys_and_garbage_are_named(tmp_path):
         load_predictor(junk)
     with pytest.raises(BadInputError, match="missing.pth: predictor weights file not found"):
         load_predictor(tmp_path / "missing.pth")
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_sparse_weights_are_refused(tmp_path):
+    sparse = tmp_path / "sparse.pth"
+    torch.save({"weight": torch.zeros(1, 768).to_sparse(), "bias": torch.zeros(1)}, sparse)
+    with pytest.raises(BadInputError, match=r"sparse\.pth: tensors \['weight'\] are not dense"):
+        load_predictor(sparse)

@@ -7,6 +7,8 @@ import pytest
 from laion_assets.errors import BadInputError
 from laion_assets.locations import file_sha256
 from laion_assets.manifest import load_manifest
+from laion_assets.paths import V1_WEIGHTS
+from laion_assets.predictors import load_predictor
 from laion_assets.release import check_version, version_key
 from laion_assets_tests.release_helpers import build, copy_sample, tree_hashes
 
@@ -45,7 +47,8 @@ def test_manifest_records_inputs_predictors_and_counts(small_sample_session: Pat
     assert parts[0]["embeddings_sha256"] == file_sha256(small_sample_session / parts[0]["embeddings"])
     assert manifest["inputs"]["source"] is None  # outside the project: never an absolute path
     assert manifest["predictors"]["aesthetic"]["file"] == "data/models/sa_0_4_vit_l_14_linear.pth"
-    assert manifest["predictors"]["aesthetic"]["identity"].startswith("v1-linear@sha256:2cd4e60f")
+    assert manifest["predictors"]["aesthetic"]["identity"] == str(load_predictor(V1_WEIGHTS).identity)
+    assert manifest["predictors"]["aesthetic"]["file_sha256"] == file_sha256(V1_WEIGHTS)
     rows = manifest["files"]["data/laion_art/part-00000.parquet"]["rows"]
     assert rows == pq.ParquetFile(summary.path / "data/laion_art/part-00000.parquet").metadata.num_rows > 0
     kv = manifest["files"]["kv/aesthetic.kv"]

@@ -5,8 +5,15 @@ import polars as pl
 import pytest
 import torch
 
+from laion_assets.active import activate, read_active, write_active
+from laion_assets.embeddings import open_embeddings
 from laion_assets.errors import BadInputError
-from laion_assets.predictors import V2_MLP_LINEAR, detect_kind, load_predictor
+from laion_assets.layout import discover_parts
+from laion_assets.outputs import OutputLayout
+from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS, resolve
+from laion_assets.pipeline import build_shards
+from laion_assets.predictors import V2_MLP_LINEAR, detect_kind, load_for_column, load_predictor
+from laion_assets.rescoring import CURRENT, shard_states
 from laion_assets.training import (
     RatingsTable,
     TrainConfig,
@@ -160,3 +167,25 @@ def test_metrics_and_split():
     assert split(1000, 0.05) == 950 and split(10, 0.05) == 9 and split(2, 0.05) == 1
     with pytest.raises(BadInputError, match="val_fraction"):
         split(10, 0)
+
+
+def test_retraining_to_identical_tensors_keeps_identity_file_and_shards_current(small_sample_session, tmp_path):
+    parts = discover_parts(small_sample_session)
+    emb = np.asarray(open_embeddings(parts[0].embeddings), dtype=np.float32)[:300]
+    table = RatingsTable(emb, 0.5 * load_predictor(V2_WEIGHTS).score(emb) + 3.0, "ratings")
+    recipe = TrainConfig(epochs=2, batch_size=64, seed=11, threads=1)
+    # Two runs, two folders, two names: the same tensors must give the same bytes and the same identity.
+    first = save_predictor(train_v2(table, recipe).state_dict, tmp_path / "run1" / "trained.pth")
+    second = save_predictor(train_v2(table, recipe).state_dict, tmp_path / "run2" / "retrained.pth")
+    assert first.read_bytes() == second.read_bytes()
+    identity = load_for_column(first, "AESTHETIC_SCORE").identity
+    assert identity.kind == V2_MLP_LINEAR and load_for_column(second, "AESTHETIC_SCORE").identity == identity
+    # Shards scored with the first file stay current when the second becomes the active V2.
+    layout = OutputLayout(tmp_path / "out")
+    build_shards(parts, layout, {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": first}, 768)
+    config = write_active({**read_active(), "AESTHETIC_SCORE": str(first)}, tmp_path / "predictors.yaml")
+    activate("AESTHETIC_SCORE", str(second), config)
+    active = {column: load_for_column(resolve(path), column).identity for column, path in read_active(config).items()}
+    assert active["AESTHETIC_SCORE"] == identity
+    states = shard_states([p.key for p in parts], layout, active)
+    assert [(s.key, s.status) for s in states] == [(p.key, CURRENT) for p in parts]

@@ -1,9 +1,21 @@
+import hashlib
+import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from laion_assets.cli import main as cli_main
+from laion_assets.embeddings import open_embeddings
 from laion_assets.errors import BadInputError
+from laion_assets.layout import discover_parts
+from laion_assets.manifest import load_manifest
+from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
+from laion_assets.pipeline import rebuild
+from laion_assets.predictors import load_predictor
+from laion_assets.release import release_from_layout
+from laion_assets.training import RatingsTable, TrainConfig, save_predictor, train_v2
 from laion_assets.verify import verify_release
 from laion_assets_tests.release_helpers import build, copy_sample
 
@@ -67,3 +79,54 @@ def test_verify_refuses_other_inputs(release: tuple[Path, Path], tmp_path: Path)
     (folder / "extra.txt").write_text("x")
     report = verify_release(folder, source)
     assert report.differing == {"extra.txt": "in the release folder: not listed in the manifest"}
+
+
+def trained_weights(source: Path, path: Path) -> Path:
+    """A V2 head trained (tiny recipe) on the sample's embeddings, saved as the training asset saves it."""
+    emb = np.asarray(open_embeddings(discover_parts(source)[0].embeddings), dtype=np.float32)[:200]
+    table = RatingsTable(emb, 0.5 * load_predictor(V2_WEIGHTS).score(emb) + 3.0, "ratings")
+    return save_predictor(train_v2(table, TrainConfig(epochs=1, batch_size=64, threads=1)).state_dict, path)
+
+
+def test_verify_finds_a_trained_predictor_under_the_data_root(small_sample_session, tmp_path, monkeypatch):
+    monkeypatch.delenv("LAION_ASSETS_DATA_ROOT", raising=False)
+    source = copy_sample(small_sample_session, tmp_path / "source", keep_parts=1)
+    root = tmp_path / "out"
+    weights = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": trained_weights(source, root / "predictors" / "t.pth")}
+    layout = rebuild(source, root, weights)
+    folder = release_from_layout(layout, "v0.1.0", source, discover_parts(source), weights, 768).path
+    manifest = load_manifest(folder)
+    assert manifest["predictors"]["AESTHETIC_SCORE"]["file"] == "t.pth"  # outside the project: its name only
+    assert manifest["predictors"]["AESTHETIC_SCORE"]["forced"] is False
+    report = verify_release(folder, source)  # no weights given: found in <data_root>/predictors/ by identity
+    assert report.ok, report.text()
+    # A copy of the release elsewhere finds them through LAION_ASSETS_DATA_ROOT, and says where it looked without.
+    moved = tmp_path / "elsewhere" / "v0.1.0"
+    shutil.copytree(folder, moved)
+    with pytest.raises(BadInputError) as info:
+        verify_release(moved, source)
+    identity = manifest["predictors"]["AESTHETIC_SCORE"]["identity"]
+    assert f"no weights file with identity {identity} for 'AESTHETIC_SCORE' in t.pth (recorded), " in str(info.value)
+    assert "pass --weights AESTHETIC_SCORE=PATH" in str(info.value)
+    monkeypatch.setenv("LAION_ASSETS_DATA_ROOT", str(root))
+    assert verify_release(moved, source).ok
+    # An explicit --weights that is not the predictor that scored the column is named, not silently passed over.
+    with pytest.raises(BadInputError, match=re.escape(f"{V2_WEIGHTS}: its weights are v2-mlp-linear@sha256:")):
+        verify_release(moved, source, {"AESTHETIC_SCORE": V2_WEIGHTS})
+
+
+def test_a_forced_release_says_so_and_verifies_forced(small_sample_session, tmp_path):
+    source = copy_sample(small_sample_session, tmp_path / "source", keep_parts=1)
+    swapped = {"aesthetic": V2_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}  # the V2 head scoring the V1 column
+    with pytest.raises(BadInputError, match="refused as the predictor of 'aesthetic': its kind is v2-mlp-linear"):
+        rebuild(source, tmp_path / "refused", swapped)
+    layout = rebuild(source, tmp_path / "out", swapped, forced=["aesthetic"])
+    folder = release_from_layout(layout, "v0.1.0", source, discover_parts(source), swapped, 768).path
+    entry = load_manifest(folder)["predictors"]["aesthetic"]
+    assert entry["forced"] is True and entry["misfit"] == ["its kind is v2-mlp-linear, but 'aesthetic' takes v1-linear"]
+    assert entry["file_sha256"] == hashlib.sha256(V2_WEIGHTS.read_bytes()).hexdigest()
+    assert load_manifest(folder)["predictors"]["AESTHETIC_SCORE"]["forced"] is False
+    card = (folder / "README.md").read_text()
+    assert "> **Warning: `aesthetic` was scored by a forced predictor**" in card
+    assert "Warning: `AESTHETIC_SCORE`" not in card
+    assert verify_release(folder, source).ok  # verify rebuilds with the same force

@@ -75,9 +75,24 @@ def test_trained_predictor_becomes_active_and_outdates_every_shard(small_sample,
         assert histogram["predictor_changed"].value == ["AESTHETIC_SCORE"]
         assert histogram["predictor/AESTHETIC_SCORE"].value == meta["predictor"].value
         document = json.loads(storage.layout.histogram_history_path.read_text())
-        assert document["previous"]["identities"]["AESTHETIC_SCORE"].startswith("v2-mlp-linear@sha256:21dd590f")
+        assert document["previous"]["identities"]["AESTHETIC_SCORE"] == str(load_predictor(V2_WEIGHTS).identity)
         assert document["previous"]["counts"]["AESTHETIC_SCORE"] != document["counts"]["AESTHETIC_SCORE"]
         assert Image.open(histogram["plot_path"].value).format == "PNG"
+
+        # Retraining with the same ratings and seed writes the same file (same name, same bytes, same identity),
+        # so nothing becomes stale.
+        trained_bytes = open(weights, "rb").read()
+        again = dg.materialize(
+            [aesthetic_predictor_trained],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"aesthetic_predictor_trained": {"config": train}}, **QUIET},
+        )
+        assert again.success
+        assert latest(instance, "aesthetic_predictor_trained")["path"].value == weights
+        assert latest(instance, "aesthetic_predictor_trained")["predictor"].value == meta["predictor"].value
+        assert open(weights, "rb").read() == trained_bytes
+        assert stale_shards(keys, storage.layout, predictors.identities()) == []
 
 
 def test_sac_database_needs_its_embeddings(tmp_path):

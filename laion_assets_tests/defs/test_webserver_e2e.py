@@ -14,7 +14,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from laion_assets.paths import PROJECT_DIR
+from laion_assets.paths import PROJECT_DIR, V2_WEIGHTS
+from laion_assets.predictors import load_predictor
 from laion_assets.sample import SampleSpec, write_sample
 from laion_assets.shards import read_identities
 
@@ -165,7 +166,7 @@ def test_backfill_through_the_webserver(tmp_path):
         for key in keys:
             entries = {e["label"]: e.get("text", e.get("intValue")) for e in by_partition[key]["metadataEntries"]}
             assert entries["dagster/row_count"] == 300
-            assert entries["predictor/AESTHETIC_SCORE"].startswith("v2-mlp-linear@sha256:21dd590f")
+            assert entries["predictor/AESTHETIC_SCORE"] == str(load_predictor(V2_WEIGHTS).identity)
             recorded = read_identities(data_root / "shards" / key / "scores.parquet")
             assert str(recorded["AESTHETIC_SCORE"]) == entries["predictor/AESTHETIC_SCORE"]
     finally:

@@ -10,7 +10,7 @@ from laion_assets.defs.resources import StorageResource
 from laion_assets.errors import BadInputError
 from laion_assets.paths import resolve
 from laion_assets.plots import png_markdown, predicted_vs_true
-from laion_assets.predictors import V2_MLP_LINEAR, file_sha256, load_predictor
+from laion_assets.predictors import V2_MLP_LINEAR, load_for_column, weights_sha256
 from laion_assets.training import (
     RatingsTable,
     TrainConfig,
@@ -55,7 +55,7 @@ def load_ratings(config: TrainingConfig) -> RatingsTable:
 @dg.asset(
     group_name="predictors",
     kinds={"pytorch"},
-    code_version="1",
+    code_version="2",
     description="A V2 aesthetic predictor (LAION's MLP, MSE, Adam 1e-3, batch 256, 50 epochs, last 5% validation, "
     "best checkpoint) trained on a ratings table; make it active with `laion-assets activate AESTHETIC_SCORE PATH`.",
 )
@@ -77,11 +77,11 @@ def aesthetic_predictor_trained(
         table = load_ratings(config)
         context.log.info(f"training on {len(table)} rated rows from {table.source}")
         result = train_v2(table, recipe)
-        staged = save_predictor(result.state_dict, folder / ".trained.pth")
-        digest = file_sha256(staged)
-        weights = folder / f"aesthetic_predictor_trained-{digest[:12]}.pth"
-        staged.replace(weights)
-        identity = load_predictor(weights, table.embeddings.shape[1]).identity  # proves it loads as V2
+        # Named by the identity digest (the tensors), so retraining to the same weights rewrites the same file.
+        digest = weights_sha256(result.state_dict)
+        weights = save_predictor(result.state_dict, folder / f"aesthetic_predictor_trained-{digest[:12]}.pth")
+        # Proves it loads back as a head that fits AESTHETIC_SCORE (V2 kind, finite weights).
+        identity = load_for_column(weights, "AESTHETIC_SCORE", table.embeddings.shape[1]).identity
     png = predicted_vs_true(
         result.val_true, result.val_pred, f"validation: {result.val_rows} rows, MSE {result.val_mse:.4f}"
     )
