@@ -94,7 +94,7 @@ def test_verify_finds_a_trained_predictor_under_the_data_root(small_sample_sessi
     root = tmp_path / "out"
     weights = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": trained_weights(source, root / "predictors" / "t.pth")}
     layout = rebuild(source, root, weights)
-    folder = release_from_layout(layout, "v0.1.0", source, discover_parts(source), weights, 768).path
+    folder = release_from_layout(layout, "v0.1.0", source, weights, 768).path
     manifest = load_manifest(folder)
     assert manifest["predictors"]["AESTHETIC_SCORE"]["file"] == "t.pth"  # outside the project: its name only
     assert manifest["predictors"]["AESTHETIC_SCORE"]["forced"] is False
@@ -121,7 +121,7 @@ def test_a_forced_release_says_so_and_verifies_forced(small_sample_session, tmp_
     with pytest.raises(BadInputError, match="refused as the predictor of 'aesthetic': its kind is v2-mlp-linear"):
         rebuild(source, tmp_path / "refused", swapped)
     layout = rebuild(source, tmp_path / "out", swapped, forced=["aesthetic"])
-    folder = release_from_layout(layout, "v0.1.0", source, discover_parts(source), swapped, 768).path
+    folder = release_from_layout(layout, "v0.1.0", source, swapped, 768).path
     entry = load_manifest(folder)["predictors"]["aesthetic"]
     assert entry["forced"] is True and entry["misfit"] == ["its kind is v2-mlp-linear, but 'aesthetic' takes v1-linear"]
     assert entry["file_sha256"] == hashlib.sha256(V2_WEIGHTS.read_bytes()).hexdigest()
