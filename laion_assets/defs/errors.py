@@ -18,7 +18,9 @@ def as_failure(step: str = "") -> Iterator[None]:
     try:
         yield
     except LaionAssetsError as exc:
-        raise dg.Failure(description=f"{prefix}{exc}", allow_retries=False) from exc
+        text = str(exc)
+        named = text if step and text.startswith(step.split(" ")[0]) else f"{prefix}{text}"
+        raise dg.Failure(description=named, allow_retries=False) from exc
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
         raise dg.Failure(description=f"{prefix}{exc}{where}", allow_retries=False) from exc
