@@ -290,10 +290,13 @@ def _signal_group(group: int, sig: signal.Signals) -> None:
 def _clear_group(group: int) -> None:
     """Give the rest of the child's process group a moment to exit on its own, then kill what is left."""
     end = time.monotonic() + _SWEEP_GRACE
+    killed = False
     while _group_alive(group):
         if time.monotonic() >= end:
+            if killed:
+                return  # stuck in the kernel; nothing more a signal can do
             _signal_group(group, signal.SIGKILL)
-            return
+            killed, end = True, time.monotonic() + _SWEEP_GRACE
         time.sleep(0.02)
 
 
