@@ -5,18 +5,31 @@ of the file it came from) and one ``attempt-NNN/`` folder per img2dataset run, e
 layout (``00000.tar``, ``00000.parquet``, ``00000_stats.json``). The first attempt downloads every row; a later
 one downloads only the rows that no attempt has fetched yet, so the union of the attempts' tars holds every
 success exactly once. A shard with nothing left to fetch is not downloaded again. Attempts are written to a
-temporary folder and renamed when img2dataset has finished, so a killed run leaves nothing half-written.
+temporary folder and renamed when img2dataset has finished, so a killed run leaves nothing half-written, and the
+next run of that shard removes the temporary folders a killed run could not.
+
+Every download is bounded: each URL by bytes (``max_url_bytes``) and by time for the whole transfer
+(``url_deadline``), enforced inside img2dataset's own worker threads (:mod:`laion_assets.url_fetch`), and each
+attempt by ``shard_timeout``: img2dataset runs in a process group of its own, which is stopped as a whole when the
+time is up (the sub-shards img2dataset had finished are kept, so the next run goes on from there).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -24,18 +37,42 @@ import pyarrow.parquet as pq
 
 from laion_assets.atomic import atomic_dir, write_parquet
 from laion_assets.errors import BadInputError, LaionAssetsError
+from laion_assets.url_fetch import UrlLimits
 from laion_assets.url_sources import ROW_COLUMN
 
 SOURCE_FILE = "source.parquet"
 FINGERPRINT_KEY = "laion_assets.url_source"
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
-# Run img2dataset in a child process: it installs a SIGINT handler (main thread only) and starts a spawn pool.
-_RUNNER = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
+LOG_FILE = "img2dataset.log"
+RUN_FILE = "run.json"
+# Run img2dataset in a child process: it installs a SIGINT handler (main thread only) and starts a spawn pool; in a
+# process group of its own, so that a timeout stops the child, its pool workers and its logger process together.
+_RUNNER = "from laion_assets.url_fetch import main; main()"
+_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a child that overran shard_timeout
+_SWEEP_GRACE = 2.0  # seconds the rest of the group gets to exit after the child (multiprocessing's resource tracker)
+_BOUNDS = ("max_url_bytes", "url_deadline", "shard_timeout")  # ours, not img2dataset's
+_TMP_NAME = r"\.[A-Za-z0-9_]+\.tmp"  # atomic_dir's temporary folders: .NAME.XXXXXXXX.tmp
+
+
+class ShardTimeoutError(LaionAssetsError):
+    """A shard's download attempt overran ``shard_timeout`` and was stopped."""
+
+    def __init__(self, message: str, process_group: int) -> None:
+        super().__init__(message)
+        self.process_group = process_group
 
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    """img2dataset settings; the defaults are LAION's (keep-ratio resize to 384, no re-encode when smaller)."""
+    """img2dataset settings (LAION's by default: keep-ratio resize to 384, no re-encode) and our download bounds.
+
+    ``timeout`` is img2dataset's: seconds one socket operation may wait. ``max_url_bytes`` caps one response (32 MiB
+    keeps practically every web image; worst case a process holds 2 x ``thread_count`` of them), ``url_deadline``
+    bounds one URL's whole transfer, and ``shard_timeout`` one attempt of a shard: img2dataset's README reports
+    100M URLs in 20 h on one 16-process machine (~90 URLs/s per process), so a 1M-row shard (this project's
+    partition) takes ~1.5 h with the default 2 processes and 6 h leaves room for slow links; a timed-out attempt
+    keeps its finished sub-shards, so a rerun goes on from there.
+    """
 
     image_size: int = 384
     resize_mode: str = "keep_ratio"
@@ -50,12 +87,27 @@ class DownloadOptions:
     distributor: str = "multiprocessing"
     min_image_size: int = 0
     user_agent_token: str | None = None
+    max_url_bytes: int = 32 * 1024 * 1024
+    url_deadline: float = 60.0
+    shard_timeout: float = 6 * 3600.0
+
+    def validate(self) -> None:
+        """Refuse settings img2dataset or the bounds cannot work with."""
+        if self.distributor not in DISTRIBUTORS:
+            raise BadInputError(f"distributor {self.distributor!r} is not one of {DISTRIBUTORS}")
+        for name in _BOUNDS:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise BadInputError(f"downloader {name} must be a number > 0, got {value!r}")
+
+    def url_limits(self) -> UrlLimits:
+        """The per-URL bounds that img2dataset's workers enforce."""
+        return UrlLimits(max_bytes=int(self.max_url_bytes), deadline=float(self.url_deadline))
 
     def img2dataset_args(self, url_list: Path, output: Path, carried: list[str]) -> dict:
         """Keyword arguments of ``img2dataset.download`` for one attempt."""
-        if self.distributor not in DISTRIBUTORS:
-            raise BadInputError(f"distributor {self.distributor!r} is not one of {DISTRIBUTORS}")
-        args = asdict(self)
+        self.validate()
+        args = {k: v for k, v in asdict(self).items() if k not in _BOUNDS}
         return {
             **args,
             "url_list": str(url_list),
@@ -80,6 +132,7 @@ class AttemptStats:
     failed_to_resize: int = 0
     duration: float = 0.0
     status: dict[str, int] = field(default_factory=dict)
+    peak_rss_bytes: int | None = None  # of the img2dataset child and its workers (None for older attempts)
 
     @property
     def failures(self) -> int:
@@ -98,6 +151,7 @@ class ShardDownload:
     last: AttemptStats | None
     failures_by_reason: dict[str, int]
     tars: list[Path]
+    removed_leftovers: list[Path] = field(default_factory=list)  # temporary folders of killed runs, removed now
 
     @property
     def failures(self) -> int:
@@ -137,6 +191,8 @@ def read_stats(folder: Path) -> AttemptStats:
             status.update({str(k): int(v) for k, v in stats.get("status_dict", {}).items()})
         except (ValueError, KeyError, TypeError) as exc:
             raise BadInputError(f"{path}: not an img2dataset stats file: {exc}") from exc
+    run = folder / RUN_FILE
+    peak = json.loads(run.read_text()).get("peak_rss_bytes") if run.is_file() else None
     return AttemptStats(
         count=totals["count"],
         successes=totals["successes"],
@@ -144,6 +200,7 @@ def read_stats(folder: Path) -> AttemptStats:
         failed_to_resize=totals["failed_to_resize"],
         duration=max(ends) - min(starts),
         status=dict(status.most_common()),
+        peak_rss_bytes=peak,
     )
 
 
@@ -179,26 +236,220 @@ def _is_new_source(source: Path, shard_dir: Path) -> bool:
     return True
 
 
-def _run_img2dataset(args: dict, log: Path) -> None:
+@dataclass(frozen=True)
+class ChildRun:
+    """How the img2dataset child process of one attempt ended."""
+
+    exit_code: int
+    seconds: float
+    peak_rss_bytes: int  # the child's and its workers' peak resident memory, from wait4
+    timed_out: bool
+    process_group: int
+
+
+def _reap(pid: int, deadline: float) -> tuple[int, os.struct_rusage] | None:
+    """Wait for child ``pid`` until ``deadline`` (monotonic); its wait status and resource usage, or None."""
+    pause = 0.01
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.5)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of process group ``group`` is still running (a zombie waiting for init is not)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():  # no procfs: ask the kernel, zombies included
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        try:  # fields after "(comm)": state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rpartition(")")[2].split() if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if fields and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _clear_group(group: int) -> None:
+    """Give the rest of the child's process group a moment to exit on its own, then kill what is left."""
+    end = time.monotonic() + _SWEEP_GRACE
+    killed = False
+    while _group_alive(group):
+        if time.monotonic() >= end:
+            if killed:
+                return  # stuck in the kernel; nothing more a signal can do
+            _signal_group(group, signal.SIGKILL)
+            killed, end = True, time.monotonic() + _SWEEP_GRACE
+        time.sleep(0.02)
+
+
+def _run_img2dataset(spec: dict, log: Path, limit: float) -> ChildRun:
+    """Run img2dataset in a process group of its own for at most ``limit`` seconds; never leaves a process behind."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    start = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.run(
-            [sys.executable, "-c", _RUNNER, json.dumps(args)], stdout=out, stderr=subprocess.STDOUT, env=env
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER, json.dumps(spec)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
-    if proc.returncode != 0:
-        tail = log.read_text()[-2000:]
-        raise LaionAssetsError(
-            f"img2dataset failed (exit {proc.returncode}) for {args['url_list']}; log {log}:\n{tail}"
-        )
+    group = proc.pid  # start_new_session: the child leads a new session and process group
+    ended = None
+    timed_out = False
+    try:
+        ended = _reap(proc.pid, start + limit)
+        if ended is None:
+            timed_out = True
+            _signal_group(group, signal.SIGTERM)
+            ended = _reap(proc.pid, time.monotonic() + _KILL_GRACE)
+    finally:
+        if ended is None:  # deaf to SIGTERM, or this step itself was interrupted: nothing may outlive it
+            _signal_group(group, signal.SIGKILL)
+            ended = os.wait4(proc.pid, 0)[1:]
+        _clear_group(group)
+    status, usage = ended
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
+    return ChildRun(
+        exit_code=proc.returncode,
+        seconds=time.monotonic() - start,
+        peak_rss_bytes=usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024),  # bytes on macOS, KiB on Linux
+        timed_out=timed_out,
+        process_group=group,
+    )
 
 
-def _attempt(pending: pl.DataFrame, carried: list[str], options: DownloadOptions, target: Path) -> None:
+def _keep_finished(folder: Path) -> int:
+    """Delete what a stopped img2dataset left unfinished in ``folder``; returns the rows of the sub-shards kept."""
+    finished: dict[str, int] = {}
+    for stats in folder.glob("*_stats.json"):
+        try:  # img2dataset writes a sub-shard's stats after closing its tar and parquet: stats mean finished
+            finished[stats.name.partition("_")[0]] = int(json.loads(stats.read_text())["count"])
+        except (ValueError, KeyError, TypeError):
+            stats.unlink()  # cut while being written
+    for path in folder.iterdir():
+        if path.name == LOG_FILE or path.name.partition("_")[0].partition(".")[0] in finished:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return sum(finished.values())
+
+
+def failure_log(shard_dir: Path) -> Path:
+    """Where the img2dataset log of a shard's last failed attempt is kept (its attempt folder is gone)."""
+    return shard_dir.parent / f"{shard_dir.name}.failed.log"
+
+
+def _attempt(
+    pending: pl.DataFrame, carried: list[str], options: DownloadOptions, target: Path, source: Path, kept_log: Path
+) -> ShardTimeoutError | None:
+    """Download ``pending`` into ``target``; returns the timeout to raise once a partly finished attempt is kept."""
     with atomic_dir(target) as tmp:
         url_list = tmp / "_input.parquet"
         write_parquet(pending.to_arrow(), url_list)
-        _run_img2dataset(options.img2dataset_args(url_list, tmp, carried), tmp / "img2dataset.log")
-        url_list.unlink()
-        read_stats(tmp)  # an attempt without stats did not finish: do not keep it
+        log = tmp / LOG_FILE
+        spec = {
+            "img2dataset": options.img2dataset_args(url_list, tmp, carried),
+            "limits": asdict(options.url_limits()),
+        }
+        run = _run_img2dataset(spec, log, options.shard_timeout)
+        timed_out = None
+        try:
+            if run.timed_out:
+                kept = _keep_finished(tmp)
+                outcome = (
+                    f"kept the {kept} rows of the sub-shards it had finished, the next run downloads the rest"
+                    if kept
+                    else "it had finished no sub-shard, nothing is kept"
+                )
+                timed_out = ShardTimeoutError(
+                    f"downloading URL shard {source} took longer than shard_timeout={options.shard_timeout:g} s; "
+                    f"stopped img2dataset and all its processes; {outcome}; log {kept_log}",
+                    process_group=run.process_group,
+                )
+                if not kept:
+                    raise timed_out
+            elif run.exit_code != 0:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise LaionAssetsError(
+                    f"img2dataset failed (exit {run.exit_code}) for URL shard {source}; log {kept_log}:\n{tail}"
+                )
+            else:
+                url_list.unlink()
+            (tmp / RUN_FILE).write_text(json.dumps(asdict(run)) + "\n")
+            try:
+                read_stats(tmp)  # an attempt without stats did not finish: do not keep it
+            except BadInputError as exc:
+                raise LaionAssetsError(f"img2dataset did not finish URL shard {source}: {exc}; log {kept_log}") from exc
+        except BaseException:
+            if log.is_file():
+                shutil.copyfile(log, kept_log)  # the attempt folder is about to go
+            raise
+        if timed_out is not None:
+            shutil.copyfile(log, kept_log)
+    return timed_out
+
+
+@contextmanager
+def shard_lock(shard_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a shard's downloads; a second download of the same shard fails at once."""
+    lock = shard_dir.parent / f".{shard_dir.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LaionAssetsError(
+                f"{shard_dir} is being downloaded by another process right now (lock {lock}); wait for it to end"
+            ) from None
+        yield  # closing the file releases the lock, also when this process is killed
+
+
+def remove_leftovers(shard_dir: Path) -> list[Path]:
+    """Remove the temporary folders that a killed download of this shard left behind (atomic_dir's); returns them.
+
+    Only this shard's: ``.<shard>.*.tmp`` beside its folder and ``.attempt-NNN.*.tmp`` inside it (plus atomic_dir's
+    ``.<shard>.old-PID`` when the folder itself is in place). Call it holding :func:`shard_lock`.
+    """
+    name = re.escape(shard_dir.name)
+    places = [
+        (shard_dir.parent, re.compile(rf"\.{name}{_TMP_NAME}")),
+        (shard_dir, re.compile(rf"\.attempt-\d{{3}}{_TMP_NAME}")),
+    ]
+    if shard_dir.is_dir():
+        places.append((shard_dir.parent, re.compile(rf"\.{name}\.old-\d+")))
+    removed = []
+    for folder, pattern in places:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if pattern.fullmatch(path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
 
 
 def download_shard(
@@ -206,20 +457,30 @@ def download_shard(
 ) -> ShardDownload:
     """Download the rows of a URL shard (from :func:`read_url_shard`) not fetched yet into ``shard_dir``."""
     options = options or DownloadOptions()
+    options.validate()
     carried = [c for c in frame.columns if c not in ("URL", "TEXT")]
-    if _is_new_source(source, shard_dir):
-        # A new or replaced URL shard: start over in a fresh folder, swapped in only when the attempt finished.
-        with atomic_dir(shard_dir) as tmp:
-            write_parquet(frame.to_arrow(), tmp / SOURCE_FILE, {FINGERPRINT_KEY: fingerprint(source)})
-            _attempt(frame, carried, options, tmp / "attempt-000")
-        downloaded_now = frame.height
-    else:
-        done = row_status(shard_dir).filter(pl.col("status") == "success")[ROW_COLUMN]
-        pending = frame.filter(~pl.col(ROW_COLUMN).is_in(done.implode()))
-        downloaded_now = pending.height
-        if pending.height:
-            _attempt(pending, carried, options, shard_dir / f"attempt-{len(attempt_dirs(shard_dir)):03d}")
-    return summarize(shard_dir, frame.height, downloaded_now)
+    kept_log = failure_log(shard_dir)
+    with shard_lock(shard_dir):
+        removed = remove_leftovers(shard_dir)
+        timed_out = None
+        if _is_new_source(source, shard_dir):
+            # A new or replaced URL shard: start over in a fresh folder, swapped in only when the attempt finished.
+            with atomic_dir(shard_dir) as tmp:
+                write_parquet(frame.to_arrow(), tmp / SOURCE_FILE, {FINGERPRINT_KEY: fingerprint(source)})
+                timed_out = _attempt(frame, carried, options, tmp / "attempt-000", source, kept_log)
+            downloaded_now = frame.height
+        else:
+            done = row_status(shard_dir).filter(pl.col("status") == "success")[ROW_COLUMN]
+            pending = frame.filter(~pl.col(ROW_COLUMN).is_in(done.implode()))
+            downloaded_now = pending.height
+            if pending.height:
+                target = shard_dir / f"attempt-{len(attempt_dirs(shard_dir)):03d}"
+                timed_out = _attempt(pending, carried, options, target, source, kept_log)
+        if timed_out is not None:
+            raise timed_out
+        if downloaded_now:
+            kept_log.unlink(missing_ok=True)  # the log of an earlier failure no longer describes this shard
+        return replace(summarize(shard_dir, frame.height, downloaded_now), removed_leftovers=removed)
 
 
 def summarize(shard_dir: Path, rows: int, downloaded_now: int = 0) -> ShardDownload:

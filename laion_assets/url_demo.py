@@ -3,7 +3,11 @@
 The server answers ``/img/NAME`` with the file, and simulates the web's failures on purpose:
 ``/missing/NAME`` is a 404, ``/corrupt/NAME`` returns bytes that are not an image, ``/slow/NAME`` answers after
 ``slow_seconds``, and ``/flaky/NAME`` fails with a 503 the first time it is asked for, then succeeds.
-Every request path is recorded, so a caller can tell exactly which URLs were fetched.
+Hostile servers too: ``/trickle/NAME`` sends its headers, then the file one byte every ``trickle_seconds``;
+``/trickle-head/NAME`` trickles its headers the same way; ``/huge/NAME`` sends ``huge_bytes`` (2 GiB by default,
+generated on the fly) with a ``Content-Length``, ``/huge-unsized/NAME`` the same without one.
+Every request path is recorded, so a caller can tell exactly which URLs were fetched, and so is the number of bytes
+each trickle or huge URL managed to send (after its status line) before the client hung up.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import polars as pl
 from PIL import Image
 
 CORRUPT_BYTES = b"\xff\xd8\xff\xe0 this is not really a jpeg " * 8
+HUGE_BYTES = 2 * 1024**3
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 def write_images(folder: str | Path, count: int, seed: int = 0) -> list[str]:
@@ -49,13 +55,21 @@ class ImageServer:
 
     base_url: str
     requests: list[str] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)  # bytes sent by trickle/huge URLs, by request path
 
     def url(self, name: str, kind: str = "img") -> str:
-        """URL of an image (``kind`` img, missing, corrupt, slow or flaky)."""
+        """URL of an image (``kind`` img, missing, corrupt, slow, flaky, trickle, trickle-head, huge, huge-unsized)."""
         return f"{self.base_url}/{kind}/{name}"
 
 
-def _handler(folder: Path, server: ImageServer, slow_seconds: float) -> type[BaseHTTPRequestHandler]:
+@dataclass(frozen=True)
+class _Hostile:
+    trickle_seconds: float
+    huge_bytes: int
+    stop: threading.Event  # set when the server shuts down, so no trickle outlives it
+
+
+def _handler(folder: Path, server: ImageServer, slow_seconds: float, hostile: _Hostile) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
     asked: set[str] = set()
 
@@ -74,7 +88,43 @@ def _handler(folder: Path, server: ImageServer, slow_seconds: float) -> type[Bas
             if kind == "slow":
                 time.sleep(slow_seconds)
             body = CORRUPT_BYTES if kind == "corrupt" else path.read_bytes()
-            self._send(200, body, "image/png" if name.endswith(".png") else "image/jpeg")
+            content_type = "image/png" if name.endswith(".png") else "image/jpeg"
+            try:
+                if kind in ("trickle", "trickle-head"):
+                    return self._trickle(body, content_type, head=kind == "trickle-head")
+                if kind in ("huge", "huge-unsized"):
+                    return self._huge(content_type, sized=kind == "huge")
+            except _GONE:
+                return None  # the client gave up, as it should
+            self._send(200, body, content_type)
+
+        def _count(self, sent: int) -> None:
+            with lock:
+                server.sent[self.path] = sent
+
+        def _trickle(self, body: bytes, content_type: str, head: bool) -> None:
+            headers = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            self.wfile.write(b"HTTP/1.0 200 OK\r\n" + (b"" if head else headers))
+            slow = headers + body if head else body  # then the rest, one byte at a time
+            for sent in range(len(slow)):
+                if hostile.stop.wait(hostile.trickle_seconds):
+                    return
+                self.wfile.write(slow[sent : sent + 1])
+                self._count(sent + 1)
+
+        def _huge(self, content_type: str, sized: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            if sized:
+                self.send_header("Content-Length", str(hostile.huge_bytes))
+            self.end_headers()  # without a Content-Length the body ends when the connection closes (HTTP/1.0)
+            block = bytes(1 << 20)
+            sent = 0
+            while sent < hostile.huge_bytes and not hostile.stop.is_set():
+                chunk = block[: hostile.huge_bytes - sent]
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                self._count(sent)
 
         def _send(self, code: int, body: bytes, kind: str) -> None:
             self.send_response(code)
@@ -90,10 +140,13 @@ def _handler(folder: Path, server: ImageServer, slow_seconds: float) -> type[Bas
 
 
 @contextmanager
-def serve_images(folder: str | Path, slow_seconds: float = 1.0) -> Iterator[ImageServer]:
+def serve_images(
+    folder: str | Path, slow_seconds: float = 1.0, trickle_seconds: float = 2.0, huge_bytes: int = HUGE_BYTES
+) -> Iterator[ImageServer]:
     """Serve ``folder`` on 127.0.0.1 (a free port) in a background thread for the duration of the block."""
     state = ImageServer(base_url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Path(folder), state, slow_seconds))
+    hostile = _Hostile(trickle_seconds, huge_bytes, threading.Event())
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Path(folder), state, slow_seconds, hostile))
     httpd.daemon_threads = True
     state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -101,6 +154,7 @@ def serve_images(folder: str | Path, slow_seconds: float = 1.0) -> Iterator[Imag
     try:
         yield state
     finally:
+        hostile.stop.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

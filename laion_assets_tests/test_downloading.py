@@ -1,9 +1,17 @@
 """img2dataset for real against a server on 127.0.0.1: good JPEG/PNG files, a 404, a corrupt file, a slow
-response and a flaky URL (503 once, then fine), downloaded twice to check that only the failures are retried."""
+response and a flaky URL (503 once, then fine), downloaded twice to check that only the failures are retried;
+then hostile servers (a trickle, 2 GiB bodies), a step killed mid-download and an attempt over its time limit."""
 
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,19 +20,31 @@ import pytest
 from PIL import Image
 
 from laion_assets.downloading import (
+    LOG_FILE,
+    RUN_FILE,
     DownloadOptions,
     ShardDownload,
+    ShardTimeoutError,
     _is_new_source,
+    _keep_finished,
     download_shard,
+    failure_log,
     read_stats,
     row_status,
+    shard_lock,
 )
-from laion_assets.errors import BadInputError
-from laion_assets.url_demo import serve_images, url_frame, write_images
+from laion_assets.errors import BadInputError, LaionAssetsError
+from laion_assets.url_demo import ImageServer, serve_images, url_frame, write_images
+from laion_assets.url_fetch import check_img2dataset
 from laion_assets.url_sources import ROW_COLUMN, read_url_shard
 
 OPTIONS = DownloadOptions(processes_count=1, thread_count=8, timeout=5)
 GOOD = 6
+MIB = 1024 * 1024
+# A killed step's leftovers, named the way atomic_dir names its temporary folders.
+KILLED_LATER_ATTEMPT = ".attempt-001.k1ll3d_x.tmp"
+KILLED_FIRST_ATTEMPT = ".00000.x7f3q2ab.tmp"
+OTHER_SHARDS_TMP = ".00001.abcdefgh.tmp"
 
 
 @dataclass
@@ -36,6 +56,7 @@ class Downloads:
     second: ShardDownload
     first_requests: list[str]
     second_requests: list[str]
+    planted: list[Path]
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +78,14 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Downloads:
         first = download_shard(frame, source, shard_dir, OPTIONS)
         first_requests = list(server.requests)
         server.requests.clear()
+        # What a SIGKILLed step leaves (its finally never ran): half-written attempts of this shard, of another.
+        planted = [shard_dir / KILLED_LATER_ATTEMPT, shard_dir.parent / KILLED_FIRST_ATTEMPT]
+        for folder in [*planted, shard_dir.parent / OTHER_SHARDS_TMP]:
+            (folder / "00000.tar").parent.mkdir(parents=True)
+            (folder / "00000.tar").write_bytes(b"half a tar")
         second = download_shard(frame, source, shard_dir, OPTIONS)
         second_requests = list(server.requests)
-    return Downloads(shard_dir, source, frame, first, second, first_requests, second_requests)
+    return Downloads(shard_dir, source, frame, first, second, first_requests, second_requests, planted)
 
 
 def _tar_samples(tar: Path) -> dict[str, dict[str, bytes]]:
@@ -119,6 +145,22 @@ def test_second_attempt_fetches_only_the_failed_urls_and_merges(downloads: Downl
     assert status.filter(pl.col("status") != "success")[ROW_COLUMN].to_list() == [GOOD, GOOD + 1]
 
 
+def test_the_next_run_removes_the_temporary_folders_a_killed_run_left(downloads: Downloads) -> None:
+    assert sorted(downloads.second.removed_leftovers) == sorted(downloads.planted)
+    assert not any(p.exists() for p in downloads.planted)
+    assert (downloads.shard_dir.parent / OTHER_SHARDS_TMP / "00000.tar").is_file()  # another shard's: not ours
+    assert [p.name for p in downloads.shard_dir.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in downloads.shard_dir.parent.iterdir()) == [".00000.lock", OTHER_SHARDS_TMP, "00000"]
+    assert downloads.first.removed_leftovers == []
+
+
+def test_attempts_record_the_peak_memory_of_img2dataset(downloads: Downloads) -> None:
+    run = json.loads((downloads.shard_dir / "attempt-000" / RUN_FILE).read_text())
+    assert run["exit_code"] == 0 and not run["timed_out"]
+    assert downloads.first.last is not None and downloads.first.last.peak_rss_bytes == run["peak_rss_bytes"]
+    assert 20 * MIB < run["peak_rss_bytes"] < 4096 * MIB  # a python process with img2dataset imported
+
+
 def test_a_replaced_url_shard_starts_over(downloads: Downloads, tmp_path: Path) -> None:
     assert not _is_new_source(downloads.source, downloads.shard_dir)
     other = tmp_path / "part-00000.parquet"
@@ -138,3 +180,213 @@ def test_stats_files_are_checked(tmp_path: Path) -> None:
 def test_unknown_distributor_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="distributor 'dask'"):
         DownloadOptions(distributor="dask").img2dataset_args(tmp_path / "in.parquet", tmp_path, [])
+
+
+def test_download_bounds_are_checked(tmp_path: Path) -> None:
+    for field in ("max_url_bytes", "url_deadline", "shard_timeout"):
+        with pytest.raises(BadInputError, match=f"downloader {field} must be a number > 0, got 0"):
+            DownloadOptions(**{field: 0}).img2dataset_args(tmp_path / "in.parquet", tmp_path, [])
+    args = DownloadOptions().img2dataset_args(tmp_path / "in.parquet", tmp_path, [])
+    assert not {"max_url_bytes", "url_deadline", "shard_timeout"} & set(args)  # ours, not img2dataset's
+
+
+def test_a_shard_being_downloaded_elsewhere_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "part-00000.parquet"
+    url_frame(["http://127.0.0.1:9/a.jpg"]).write_parquet(source)
+    shard_dir = tmp_path / "images" / "00000"
+    with shard_lock(shard_dir):
+        with pytest.raises(LaionAssetsError, match="being downloaded by another process right now"):
+            download_shard(read_url_shard(source), source, shard_dir, OPTIONS)
+    assert not shard_dir.exists()
+
+
+# Hostile servers: with these bounds, the test shard takes seconds; unbounded, the trickles alone take hours.
+BOUNDED = DownloadOptions(processes_count=1, thread_count=8, timeout=5, url_deadline=3, max_url_bytes=1 * MIB)
+TRICKLE_SECONDS = 1.0  # under img2dataset's per-operation timeout, so only url_deadline can stop a trickle
+HOSTILE = ["trickle", "trickle-head", "huge", "huge-unsized"]
+
+
+@dataclass
+class Hostile:
+    server: ImageServer
+    frame: pl.DataFrame
+    result: ShardDownload
+    status: dict[str, tuple[str, str | None]]  # by URL kind: (status, error_message)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+    root = tmp_path_factory.mktemp("hostile")
+    names = write_images(root / "served", 3 + len(HOSTILE), seed=4)
+    with serve_images(root / "served", trickle_seconds=TRICKLE_SECONDS) as server:
+        urls = [server.url(n) for n in names[:3]] + [server.url(n, k) for n, k in zip(names[3:], HOSTILE, strict=True)]
+        source = root / "part-00000.parquet"
+        url_frame(urls).write_parquet(source)
+        frame = read_url_shard(source)
+        result = download_shard(frame, source, root / "images" / "00000", BOUNDED)
+    rows = row_status(root / "images" / "00000").join(frame.select(ROW_COLUMN, "URL"), on=ROW_COLUMN)
+    status = {url.split("/")[3]: (st, err) for url, st, err in rows.select("URL", "status", "error_message").rows()}
+    return Hostile(server, frame, result, status)
+
+
+def test_trickling_urls_fail_at_url_deadline_while_the_others_succeed(hostile: Hostile) -> None:
+    assert hostile.status["img"] == ("success", None)
+    assert hostile.result.successes == 3 and hostile.result.attempts == 1
+    for kind in ("trickle", "trickle-head"):  # body trickled, or the headers themselves
+        assert hostile.status[kind] == ("failed_to_download", "took longer than url_deadline=3 s")
+        path = next(p for p in hostile.server.requests if p.startswith(f"/{kind}/"))
+        # cut after ~3 s, i.e. ~3 bytes at one a second (the file is thousands of bytes)
+        assert hostile.server.sent.get(path, 0) <= 3 / TRICKLE_SECONDS + 2
+    assert hostile.result.last is not None and hostile.result.last.duration < 20  # not the hours a trickle takes
+
+
+def test_oversized_urls_fail_at_max_url_bytes_in_small_memory(hostile: Hostile, downloads: Downloads) -> None:
+    assert hostile.status["huge"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (Content-Length)")
+    assert hostile.status["huge-unsized"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (body)")
+    sent = {p.split("/")[1]: n for p, n in hostile.server.sent.items()}
+    assert sent["huge-unsized"] < 64 * MIB  # the reader hung up after 1 MiB (the rest is socket buffers), not 2 GiB
+    assert hostile.result.failures_by_reason == {
+        "took longer than url_deadline=3 s": 2,
+        f"larger than max_url_bytes={MIB} (Content-Length)": 1,
+        f"larger than max_url_bytes={MIB} (body)": 1,
+    }
+    # img2dataset's child and workers peak at about what an ordinary shard costs, far from the 2 GiB served
+    peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
+    assert peak is not None and ordinary is not None
+    assert peak - ordinary < 256 * MIB and peak < 2048 * MIB
+
+
+def test_a_stopped_attempt_keeps_only_the_sub_shards_img2dataset_finished(downloads: Downloads, tmp_path: Path) -> None:
+    attempt = tmp_path / "attempt"
+    shutil.copytree(downloads.shard_dir / "attempt-000", attempt)
+    (attempt / RUN_FILE).unlink()  # written after img2dataset, so never there when it was stopped
+    (attempt / "00001.tar").write_bytes(b"half a tar")  # sub-shard 1 was being written
+    (attempt / "00001.parquet").write_bytes(b"PAR1")
+    (attempt / "00002_stats.json").write_text('{"count": 1')  # cut while being written
+    (attempt / "_tmp").mkdir()  # img2dataset's sharded input
+    (attempt / "_tmp" / "2.feather").write_bytes(b"rows")
+    (attempt / "_input.parquet").write_bytes(b"PAR1")
+    assert _keep_finished(attempt) == GOOD + 4
+    assert sorted(p.name for p in attempt.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json", LOG_FILE]
+    assert read_stats(attempt).count == GOOD + 4
+
+
+def _live_members(group: int) -> list[str]:
+    """Processes of process group ``group`` that are not zombies (read from /proc, independently of the code)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state, _, pgrp = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == group and state != "Z":
+            members.append(f"{entry.name} {(entry / 'cmdline').read_bytes()[:120]!r}")
+    return members
+
+
+def _img2dataset_child(marker: str) -> int:
+    """Pid of the img2dataset child whose command line names ``marker`` (a test's own folder)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "laion_assets.url_fetch" in cmdline and marker in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no img2dataset child for {marker}")
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+STEP = """import sys
+from pathlib import Path
+from laion_assets.downloading import DownloadOptions, download_shard
+from laion_assets.url_sources import read_url_shard
+source, shard_dir = Path(sys.argv[1]), Path(sys.argv[2])
+options = DownloadOptions(processes_count=1, thread_count=4, timeout=5, url_deadline=600)
+download_shard(read_url_shard(source), source, shard_dir, options)
+"""
+
+
+@dataclass
+class Stopped:
+    images: Path
+    group_of_killed: int
+    left_by_kill: list[str]
+    members_after_kill: list[str]
+    error: ShardTimeoutError
+    members_after_timeout: list[str]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> Stopped:
+    """A step SIGKILLed while img2dataset's workers fetch a trickle, then a run of the shard over its time limit."""
+    root = tmp_path_factory.mktemp("stopped")
+    names = write_images(root / "served", 2, seed=6)
+    images = root / "images"
+    with serve_images(root / "served", trickle_seconds=TRICKLE_SECONDS) as server:
+        source = root / "part-00000.parquet"
+        url_frame([server.url(names[0]), server.url(names[1], "trickle")]).write_parquet(source)
+        step = subprocess.Popen([sys.executable, "-c", STEP, str(source), str(images / "00000")])
+        try:
+            assert _wait_for(lambda: any(p.startswith("/trickle/") for p in server.requests), 120)
+            group = os.getpgid(_img2dataset_child(str(root)))  # its workers are fetching now
+            step.send_signal(signal.SIGKILL)  # no finally, no atomic_dir cleanup: the way a step dies
+        finally:
+            step.kill()
+            step.wait()
+        _wait_for(lambda: not _live_members(group), 10)
+        members_after_kill = _live_members(group)
+        left_by_kill = sorted(p.name for p in images.iterdir())
+        with pytest.raises(ShardTimeoutError) as caught:
+            download_shard(
+                read_url_shard(source),
+                source,
+                images / "00000",
+                DownloadOptions(processes_count=1, thread_count=4, shard_timeout=3),
+            )
+    return Stopped(
+        images, group, left_by_kill, members_after_kill, caught.value, _live_members(caught.value.process_group)
+    )
+
+
+def test_a_killed_step_leaves_no_process_behind(stopped: Stopped) -> None:
+    assert stopped.members_after_kill == []  # img2dataset saw its parent die and killed its whole group
+    assert [n for n in stopped.left_by_kill if n.endswith(".tmp")] != []  # its temporary folder, for now
+
+
+def test_shard_timeout_stops_the_attempt_with_a_clear_error_and_nothing_left(stopped: Stopped) -> None:
+    message = str(stopped.error)
+    source = stopped.images.parent / "part-00000.parquet"
+    log = failure_log(stopped.images / "00000")
+    assert message.startswith(f"downloading URL shard {source} took longer than shard_timeout=3 s;")
+    assert "stopped img2dataset and all its processes" in message and message.endswith(f"; log {log}")
+    assert log.is_file()
+    assert stopped.members_after_timeout == []
+    # the killed step's temporary folder is gone, and so is this attempt's own (it had finished nothing)
+    assert sorted(p.name for p in stopped.images.iterdir()) == [".00000.lock", "00000.failed.log"]
+
+
+@pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")  # img2dataset's own import
+def test_an_img2dataset_that_no_longer_fetches_through_download_image_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import img2dataset.downloader as downloader
+
+    check_img2dataset()  # the pinned version: its threads call download_image_with_retry -> download_image
+
+    def fetch_some_other_way(row: tuple[int, str], *args: object) -> tuple[int, None, str]:
+        return row[0], None, "fetched without download_image"
+
+    monkeypatch.setattr(downloader, "download_image_with_retry", fetch_some_other_way)
+    with pytest.raises(LaionAssetsError) as caught:
+        check_img2dataset()
+    assert "download_image_with_retry no longer calls download_image" in str(caught.value)
+    assert "max_url_bytes, url_deadline" in str(caught.value) and "img2dataset==1.47.0" in str(caught.value)

@@ -13,6 +13,7 @@ from laion_assets.defs.assets.images import image_embeddings
 from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
 from laion_assets.defs.sensors import new_shards_sensor
+from laion_assets.downloading import DownloadOptions
 from laion_assets.layout import discover_parts
 from laion_assets.paths import MODELS_DIR
 from laion_assets.url_demo import ImageServer, serve_images, url_frame, write_images
@@ -175,3 +176,10 @@ def test_missing_images_name_the_command(tmp_path: Path, chain: Chain) -> None:
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert "images for shard 00003 is not materialized yet" in failure.step_failure_data.error.message
+
+
+def test_downloader_bounds_reach_the_download_options() -> None:
+    assert DownloaderResource().options() == DownloadOptions()  # one source of truth for the defaults
+    options = DownloaderResource(max_url_bytes=1234, url_deadline=2.5, shard_timeout=90).options()
+    assert (options.max_url_bytes, options.url_deadline, options.shard_timeout) == (1234, 2.5, 90)
+    assert options.url_limits().too_large("body") == "larger than max_url_bytes=1234 (body)"

@@ -19,7 +19,23 @@ class DownloaderResource(dg.ConfigurableResource):
     encode_format: str = _DEFAULTS.encode_format
     processes_count: int = _DEFAULTS.processes_count
     thread_count: int = _DEFAULTS.thread_count
-    timeout: int = Field(default=_DEFAULTS.timeout, description="seconds before a slow URL counts as failed")
+    timeout: int = Field(
+        default=_DEFAULTS.timeout,
+        description="img2dataset's timeout: seconds one socket operation (connect, one read) may wait",
+    )
+    max_url_bytes: int = Field(
+        default=_DEFAULTS.max_url_bytes,
+        description="largest response kept for one URL (bytes); a larger Content-Length is refused before reading",
+    )
+    url_deadline: float = Field(
+        default=_DEFAULTS.url_deadline,
+        description="seconds one URL may take in all (connect, headers, body), however slowly the server sends",
+    )
+    shard_timeout: float = Field(
+        default=_DEFAULTS.shard_timeout,
+        description="seconds one download attempt of a shard may take; then img2dataset and all its processes are "
+        "stopped, the sub-shards it finished are kept and the step fails",
+    )
     retries: int = _DEFAULTS.retries
     number_sample_per_shard: int = _DEFAULTS.number_sample_per_shard
     distributor: str = Field(default=_DEFAULTS.distributor, description="multiprocessing, pyspark or ray")
@@ -39,6 +55,9 @@ class DownloaderResource(dg.ConfigurableResource):
             processes_count=self.processes_count,
             thread_count=self.thread_count,
             timeout=self.timeout,
+            max_url_bytes=self.max_url_bytes,
+            url_deadline=self.url_deadline,
+            shard_timeout=self.shard_timeout,
             retries=self.retries,
             number_sample_per_shard=self.number_sample_per_shard,
             distributor=self.distributor,
