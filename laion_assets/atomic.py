@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from laion_assets.errors import LaionAssetsError, OutputWriteError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
 PARQUET_OPTIONS: dict = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 
 
@@ -33,8 +36,13 @@ def naming_write_errors(path: Path) -> Iterator[None]:
         yield
     except LaionAssetsError:
         raise
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    except Exception as exc:
+        # Rust-backed writers (polars) report the OS error inside their own exception: "... (os error 28)".
+        rust = _RUST_OS_ERROR.search(str(exc)) if not isinstance(exc, OSError) else None
+        if not isinstance(exc, OSError) and rust is None:
+            raise
+        code = exc.errno if isinstance(exc, OSError) else int(rust.group(1))  # type: ignore[union-attr]
+        reason = os.strerror(code) if code else str(exc)
         detail = "" if reason in str(exc) else f" ({exc})"
         raise OutputWriteError(f"{path}: writing failed: {reason}{detail}; nothing was replaced") from exc
 

@@ -74,6 +74,13 @@ def run_graph(
     return counts
 
 
+def _root_message(error: object) -> str:
+    """The innermost cause's message ("Error occurred while executing op" wraps the one that says what failed)."""
+    while getattr(error, "cause", None) is not None and getattr(error, "cls_name", "").startswith("DagsterExecution"):
+        error = error.cause  # type: ignore[attr-defined]
+    return getattr(error, "message", "").strip()
+
+
 def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
     """Exit with every failed check and step, one per line, when a run did not succeed."""
     failed = [
@@ -82,7 +89,7 @@ def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
         if not e.passed
     ]
     errors = [
-        f"step {e.step_key}: {e.step_failure_data.error.message.strip() if e.step_failure_data.error else ''}"
+        f"step {e.step_key}: {_root_message(e.step_failure_data.error)}"
         for e in result.all_events
         if e.is_step_failure
         and not (e.step_failure_data.error and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")

@@ -245,9 +245,10 @@ def content_differences(old: Mapping[str, object], new: Mapping[str, object]) ->
     """Names of the files and manifest fields whose content differs between two manifests."""
     a, b = release_content(old), release_content(new)
     files_a, files_b = a.pop("files"), b.pop("files")
-    differing = sorted(rel for rel in set(files_a) | set(files_b) if files_a.get(rel) != files_b.get(rel))
-    differing += [f"manifest {name}" for name in CONTENT_FIELDS if a[name] != b[name]]
-    return differing
+    files = [rel for rel in set(files_a) | set(files_b) if files_a.get(rel) != files_b.get(rel)]
+    fields = [f"manifest {name}" for name in CONTENT_FIELDS if a[name] != b[name]]
+    # The subsets first: they are what a user compares releases by.
+    return sorted(files, key=lambda rel: (not rel.startswith("data/"), rel)) + fields
 
 
 def build_release(

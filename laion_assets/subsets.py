@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from laion_assets.atomic import atomic_dir
+from laion_assets.atomic import atomic_dir, naming_write_errors
+from laion_assets.errors import OutputWriteError
 from laion_assets.metadata import missing_url
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS
 from laion_assets.thresholds import ENGLISH, PUNSAFE_MAX, PWATERMARK_MAX, V1Subset, V2Subset
@@ -95,7 +96,12 @@ SUBSET_FILE = "part-00000.parquet"
 def write_subset(query: pl.LazyFrame, folder: Path) -> Path:
     """Stream a subset query into ``folder/part-00000.parquet``; the folder is replaced only on success."""
     with atomic_dir(folder) as tmp:
-        query.sink_parquet(tmp / SUBSET_FILE, compression="zstd", compression_level=3, statistics=True)
+        target = tmp / SUBSET_FILE
+        try:
+            with naming_write_errors(target):
+                query.sink_parquet(target, compression="zstd", compression_level=3, statistics=True)
+        except pl.exceptions.ComputeError as exc:  # a full disk can also surface as a broken parquet footer
+            raise OutputWriteError(f"{target}: writing failed: {exc}; nothing was replaced") from exc
     return folder / SUBSET_FILE
 
 

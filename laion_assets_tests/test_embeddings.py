@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,21 @@ def test_chunks_cover_every_row_once():
 def test_l2_normalize_guards_zero_rows():
     out = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
     assert np.allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("rows", [0, 50, 70_000])  # empty, one chunk, two chunks
+def test_validation_hashes_the_whole_file_in_the_same_pass(tmp_path, rows):
+    path = write(tmp_path, unit(rows, 8) if rows else np.zeros((0, 8), np.float16))
+    with open(path, "ab") as f:
+        f.write(b"trailing bytes the header does not count")  # still part of the file's identity
+    stats = validate_embeddings(path, 8, rows)
+    assert stats.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_streamed_part_hashes_the_same(tmp_path):
+    from upath import UPath
+
+    path = write(tmp_path, unit(30, 16, np.float32))
+    remote = UPath(f"memory://hash-test-{tmp_path.name}/img_emb_0.npy")
+    remote.write_bytes(path.read_bytes())
+    assert validate_embeddings(remote, 16, 30).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -7,10 +7,19 @@ import pytest
 from laion_assets.errors import BadInputError
 from laion_assets.locations import file_sha256
 from laion_assets.manifest import load_manifest
-from laion_assets.paths import V1_WEIGHTS
+from laion_assets.paths import V1_WEIGHTS, V2_RELU_WEIGHTS
+from laion_assets.pipeline import rebuild
 from laion_assets.predictors import load_predictor
-from laion_assets.release import check_version, version_key
-from laion_assets_tests.release_helpers import build, copy_sample, tree_hashes
+from laion_assets.release import (
+    AUTO,
+    FIRST_VERSION,
+    ReleaseExistsError,
+    check_version,
+    next_version,
+    release_from_layout,
+    version_key,
+)
+from laion_assets_tests.release_helpers import WEIGHTS, build, copy_sample, tree_hashes
 
 # Files the issue asks to be byte-identical across rebuilds, below the data root.
 DATA_FILES = ("tags", "subsets", "kv", "buckets", "stats")
@@ -92,3 +101,50 @@ def test_missing_upstream_is_named(small_sample_session: Path, tmp_path: Path) -
 
     with pytest.raises(FileNotFoundError, match="aesthetic_kv is not materialized yet .*safety.kv"):
         release_sources(layout)
+
+
+def test_a_version_is_never_rewritten_with_other_contents(small_sample_session: Path, tmp_path: Path) -> None:
+    partial = copy_sample(small_sample_session, tmp_path / "partial", keep_parts=2)
+    layout, first = build(partial, tmp_path / "out", "v0.1.0")
+    before = tree_hashes(first.path)
+    with pytest.raises(ReleaseExistsError, match=r"release v0\.1\.0 already exists with other contents \(data/"):
+        build(small_sample_session, tmp_path / "out", "v0.1.0")
+    assert tree_hashes(first.path) == before
+    assert sorted(p.name for p in layout.releases_dir.iterdir()) == ["v0.1.0"]  # no temporary folder left
+    # The same contents again: a no-op that leaves the folder (and its files' times) as they were.
+    mtimes = {p: p.stat().st_mtime_ns for p in first.path.rglob("*")}
+    again = build(partial, tmp_path / "out", "v0.1.0")[1]
+    assert again.unchanged and again.path == first.path
+    assert {p: p.stat().st_mtime_ns for p in first.path.rglob("*")} == mtimes
+
+
+def test_auto_version_is_the_newest_when_unchanged_else_the_next(small_sample_session: Path, tmp_path: Path) -> None:
+    partial = copy_sample(small_sample_session, tmp_path / "partial", keep_parts=2)
+    out = tmp_path / "out"
+    assert build(partial, out, AUTO)[1].version == FIRST_VERSION == "v0.1.0"
+    unchanged = build(partial, out, AUTO)[1]
+    assert unchanged.unchanged and unchanged.version == "v0.1.0"
+    grown = build(small_sample_session, out, AUTO)[1]
+    assert grown.version == "v0.1.1" and not grown.unchanged
+    inputs_change = grown.manifest["changelog"]["inputs"]
+    assert inputs_change["parts_added"] == ["00002"] and "parts_changed" not in inputs_change
+    # Re-scored with another V2 predictor: a new version whose changelog names both identities.
+    layout = rebuild(small_sample_session, out, {**WEIGHTS, "AESTHETIC_SCORE": V2_RELU_WEIGHTS})
+    rescored = release_from_layout(layout, AUTO, small_sample_session,
+                                   {**WEIGHTS, "AESTHETIC_SCORE": V2_RELU_WEIGHTS}, 768)  # fmt: skip
+    assert rescored.version == "v0.1.2"
+    change = rescored.manifest["changelog"]["predictors"]["AESTHETIC_SCORE"]
+    assert change == {"before": str(load_predictor(WEIGHTS["AESTHETIC_SCORE"]).identity),
+                      "after": str(load_predictor(V2_RELU_WEIGHTS).identity)}  # fmt: skip
+    assert "`AESTHETIC_SCORE` re-scored:" in (rescored.path / "README.md").read_text()
+    assert sorted(p.name for p in out.joinpath("releases").iterdir()) == ["v0.1.0", "v0.1.1", "v0.1.2"]
+
+
+def test_next_version() -> None:
+    assert next_version("v0.1.0") == "v0.1.1"
+    assert next_version("v0.1.9") == "v0.1.10"
+    assert next_version("v2") == "v3"
+    assert next_version("2024-06-rc1") == "2024-06-rc2"
+    assert next_version("beta") == "beta.1"
+    with pytest.raises(BadInputError, match="release version 'auto'"):
+        check_version(AUTO)
