@@ -11,7 +11,7 @@ import polars as pl
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource
-from laion_assets.downloading import SOURCE_FILE, download_shard, summarize
+from laion_assets.downloading import SOURCE_FILE, ShardTimeoutError, download_shard, summarize
 from laion_assets.errors import BadInputError
 from laion_assets.image_embeddings import embed_shard
 from laion_assets.outputs import require
@@ -52,12 +52,16 @@ def images(
             check_results=[dg.AssetCheckResult(check_name="success_rate", passed=True, metadata={"mode": STORED_MODE})],
         )
     out = storage.layout.images_dir(key)
-    with as_failure():
+    with as_failure(f"images (shard {key})"):
         storage.pull(out)  # earlier attempts: only what failed there is downloaded again
         shard = find_url_shard(storage.urls_path, key)
         frame = read_url_shard(shard.path, storage.swap_width_height)
-        result = download_shard(frame, shard.path, out, downloader.options())
-    storage.push(out)
+        try:
+            result = download_shard(frame, shard.path, out, downloader.options())
+        except ShardTimeoutError:
+            storage.push(out)  # the sub-shards img2dataset finished are kept: a remote root must keep them too
+            raise
+        storage.push(out)
     context.log.info(
         f"shard {key}: {result.successes}/{result.rows} fetched after {result.attempts} attempt(s), "
         f"{result.downloaded_now} URL(s) tried now"
@@ -70,6 +74,7 @@ def images(
         "success_rate": result.success_rate,
         "attempts": result.attempts,
         "downloaded_now": result.downloaded_now,
+        "removed_leftovers": dg.MetadataValue.json([str(p) for p in result.removed_leftovers]),
         "failures_by_reason": dg.MetadataValue.json(result.failures_by_reason),
         "tars": len(result.tars),
         "url_shard": dg.MetadataValue.path(str(shard.path)),
@@ -83,6 +88,7 @@ def images(
                 "attempt/failed_to_download": result.last.failed_to_download,
                 "attempt/failed_to_resize": result.last.failed_to_resize,
                 "attempt/duration_s": result.last.duration,
+                "attempt/peak_rss_bytes": result.last.peak_rss_bytes,
                 "attempt/status": dg.MetadataValue.json(result.last.status),
             }
         )
@@ -115,7 +121,7 @@ def image_embeddings(
     if not storage.url_mode:
         return dg.MaterializeResult(metadata={"mode": STORED_MODE})
     shard_dir = storage.layout.images_dir(key)
-    with as_failure():
+    with as_failure(f"image_embeddings (shard {key})"):
         storage.pull(shard_dir)
         source = require(
             shard_dir / SOURCE_FILE,
