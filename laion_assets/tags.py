@@ -48,7 +48,10 @@ def build_tags(
     without a caption are counted, and so are repeated hashes, within a shard and across the whole table.
     """
     if not validations:
-        raise BadInputError("no shards are registered: register the source's parts first (`make demo` does)")
+        raise BadInputError(
+            "no shards are registered: register the source's parts first (`laion-assets register SOURCE`, "
+            "or turn on new_shards_sensor)"
+        )
     per_shard: dict[str, dict[str, int]] = {}
     identities: dict[str, str] = {}
     totals = dict.fromkeys(("rows", "safety", "url", "caption", "dups"), 0)

@@ -193,9 +193,7 @@ def hf_release(
         folder = release_dir_for(storage.layout, release_config.version)
         if not hf.repo_id:
             raise BadInputError("hf.repo_id is not set: configure the HfResource with the dataset repo to push to")
-        require(
-            folder / MANIFEST, f"release {release_config.version}", "materialize `release` first (`make demo` does)"
-        )
+        require(folder / MANIFEST, f"release {release_config.version}", "materialize `release` first")
         result = push_release(folder, hf.repo_id, hf.token, hf.endpoint, hf.private, hf.dry_run)
     plan = result.plan
     context.log.info(plan.text())

@@ -1,0 +1,17 @@
+from laion_assets.hints import DEMO_HINT, build_hint
+from laion_assets.paths import DEFAULT_DATA_ROOT, DEFAULT_SOURCE
+
+
+def test_make_demo_only_for_the_shipped_sample_in_data_out():
+    assert build_hint("data/sample", "data/out") == DEMO_HINT
+    assert build_hint(str(DEFAULT_SOURCE), str(DEFAULT_DATA_ROOT)) == DEMO_HINT
+
+
+def test_a_custom_setup_gets_its_own_command():
+    hint = build_hint("/laion/embeddings", "/big disk/out")
+    assert "make demo" not in hint
+    assert "`laion-assets demo --source /laion/embeddings --data-root '/big disk/out'`" in hint
+    remote = build_hint("s3://bucket/laion2B-en", "data/out")
+    assert "--source s3://bucket/laion2B-en --data-root data/out" in remote
+    urls = build_hint("data/sample", "data/out", urls="/laion/url-shards")
+    assert "make demo" not in urls and "images,image_embeddings,clip_embeddings,aesthetic_scores" in urls
