@@ -61,25 +61,33 @@ def score_column(rule: V1Subset | V2Subset) -> str:
     return "AESTHETIC_SCORE" if isinstance(rule, V2Subset) else "aesthetic"
 
 
-def expected_digest(tags_files: Sequence[Path], rule: V1Subset | V2Subset) -> RowDigest:
-    """Recount a subset from the tags parts with polars, straight from LAION's rule."""
-    digest = RowDigest()
+def _v2_keeps(rule: V2Subset) -> pl.Expr:
+    score = pl.col(score_column(rule))
+    return (pl.col("LANGUAGE") == ENGLISH) & _url_present() & (score >= rule.threshold)
+
+
+def _v1_rows(tags_files: Sequence[Path], rule: V1Subset) -> pl.LazyFrame:
     score = score_column(rule)
-    if isinstance(rule, V2Subset):
-        keep = (pl.col("LANGUAGE") == ENGLISH) & _url_present() & (pl.col(score) >= rule.threshold)
-        for path in tags_files:  # no state across parts: one part in memory at a time
-            rows = pl.scan_parquet(path).filter(keep).select("hash", score).collect()
-            digest.add(rows["hash"].to_numpy(), rows[score].to_numpy())
-        return digest
     safe = (pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX) & _url_present()
-    rows = (
+    return (
         pl.scan_parquet(list(tags_files))
         .filter(safe)
         .select("hash", score)
         .unique(subset="hash", keep="first", maintain_order=True)
         .filter(pl.col(score) > rule.threshold)
-        .collect(engine="streaming")
     )
+
+
+def expected_digest(tags_files: Sequence[Path], rule: V1Subset | V2Subset) -> RowDigest:
+    """Recount a subset from the tags parts with polars, straight from LAION's rule."""
+    digest = RowDigest()
+    score = score_column(rule)
+    if isinstance(rule, V2Subset):
+        for path in tags_files:  # no state across parts: one part in memory at a time
+            rows = pl.scan_parquet(path).filter(_v2_keeps(rule)).select("hash", score).collect()
+            digest.add(rows["hash"].to_numpy(), rows[score].to_numpy())
+        return digest
+    rows = _v1_rows(tags_files, rule).collect(engine="streaming")
     digest.add(rows["hash"].to_numpy(), rows[score].to_numpy())
     return digest
 
@@ -134,17 +142,9 @@ def _differences(tags_files: Sequence[Path], subset_files: Sequence[Path], rule:
     score = score_column(rule)
     actual = pl.scan_parquet(list(subset_files)).select("hash", score)
     if isinstance(rule, V2Subset):
-        keep = (pl.col("LANGUAGE") == ENGLISH) & _url_present() & (pl.col(score) >= rule.threshold)
-        expected = pl.scan_parquet(list(tags_files)).filter(keep).select("hash", score)
+        expected = pl.scan_parquet(list(tags_files)).filter(_v2_keeps(rule)).select("hash", score)
     else:
-        safe = (pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX) & _url_present()
-        expected = (
-            pl.scan_parquet(list(tags_files))
-            .filter(safe)
-            .select("hash", score)
-            .unique(subset="hash", keep="first", maintain_order=True)
-            .filter(pl.col(score) > rule.threshold)
-        )
+        expected = _v1_rows(tags_files, rule)
     missing = expected.join(actual, on=["hash", score], how="anti").collect()
     extra = actual.join(expected, on=["hash", score], how="anti").collect()
     parts = []
