@@ -31,6 +31,12 @@ def blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
+def token_forms(token: str) -> list[str]:
+    """The token as a careless server echoes it: plain, in its header, base64 of both, URL-encoded."""
+    header = f"Bearer {token}"
+    return [token, header, *(base64.b64encode(v.encode()).decode() for v in (token, header)), quote(header, safe="")]
+
+
 @dataclass
 class Repo:
     """One dataset repo: current files, commit history (oid, message, files after it) and tags."""

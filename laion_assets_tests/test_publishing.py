@@ -10,7 +10,7 @@ import pytest
 from laion_assets.errors import BadInputError
 from laion_assets.manifest import load_manifest
 from laion_assets.publishing import PublishError, git_blob_sha1, push_release, scrub, scrubbed_logs
-from laion_assets_tests.hub_server import FakeHub, blob_sha1
+from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_forms
 from laion_assets_tests.release_helpers import build, copy_sample
 
 TOKEN = "hf_test_secret_token_123"
@@ -154,12 +154,6 @@ def test_commit_payload_is_base64(online: None, releases: tuple[Path, Path]) -> 
     original = (first / "kv/aesthetic.kv").read_bytes()
     assert base64.b64encode(stored) == base64.b64encode(original)
     assert json.loads(hub.repos["laion/aesthetics"].files["manifest.json"])["version"] == "v0.1.0"
-
-
-def token_forms(token: str) -> list[str]:
-    """The token as a careless server echoes it: plain, in its header, base64 of both, URL-encoded."""
-    header = f"Bearer {token}"
-    return [token, header, *(base64.b64encode(v.encode()).decode() for v in (token, header)), quote(header, safe="")]
 
 
 def assert_no_token(text: str, token: str) -> None:

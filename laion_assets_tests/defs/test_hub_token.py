@@ -11,6 +11,7 @@ import secrets
 import string
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -20,8 +21,7 @@ from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.demo import run_graph
 from laion_assets.manifest import load_manifest
 from laion_assets.paths import PROJECT_DIR
-from laion_assets_tests.hub_server import FakeHub
-from laion_assets_tests.test_publishing import token_forms
+from laion_assets_tests.hub_server import FakeHub, token_forms
 
 BIN = Path(sys.executable).parent
 REPO = "org/name"
@@ -36,8 +36,7 @@ def built(small_sample_session: Path, tmp_path_factory: pytest.TempPathFactory) 
     return small_sample_session, data_root
 
 
-@pytest.fixture
-def token() -> str:
+def new_token() -> str:
     """A fresh secret shaped like a Hugging Face token."""
     return "hf_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(34))
 
@@ -55,14 +54,49 @@ def _env(token: str, home: Path | None = None, built: tuple[Path, Path] | None =
     return env
 
 
-def _materialize_hf_release(hub: FakeHub, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The README's command, with only ``repo_id`` (and the fake Hub's endpoint) in launch-time config."""
-    config = {"resources": {"hf": {"config": {"repo_id": REPO, "endpoint": hub.endpoint}}}}
+@dataclass
+class Push:
+    """One run of the README's ``dagster asset materialize --select hf_release`` command and what it left."""
+
+    token: str
+    home: Path
+    hub: FakeHub
+    stdout: str = ""
+    stderr: str = ""
+    returncode: int | None = None
+
+
+@pytest.fixture(scope="module")
+def pushes(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Push]:
+    """The command run twice, each with its own token and instance: against a Hub whose commit answers 500 echoing
+    the Authorization header ("failed"), and against a healthy one ("healthy"). Both run at once: each spends its
+    time starting Dagster's processes, not pushing.
+    """
+    root = tmp_path_factory.mktemp("pushes")
+    runs = {
+        "failed": Push(new_token(), root / "failed", FakeHub(fail={"commit"}, echo_authorization=True)),
+        "healthy": Push(new_token(), root / "healthy", FakeHub()),
+    }
     args = [str(BIN / "dagster"), "asset", "materialize", "-m", "laion_assets.definitions", "--select", "hf_release"]
-    return subprocess.run(
-        [*args, "--config-json", json.dumps(config)],
-        env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    with runs["failed"].hub, runs["healthy"].hub:
+        procs = {}
+        for name, push in runs.items():
+            # Only repo_id (and the fake Hub's endpoint) in launch-time config, as the README shows.
+            config = {"resources": {"hf": {"config": {"repo_id": REPO, "endpoint": push.hub.endpoint}}}}
+            procs[name] = subprocess.Popen(
+                [*args, "--config-json", json.dumps(config)], env=_env(push.token, push.home, built),
+                cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        try:
+            for name, proc in procs.items():
+                runs[name].stdout, runs[name].stderr = proc.communicate(timeout=300)
+                runs[name].returncode = proc.returncode
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:  # a command that hung: stop it rather than leave it running
+                    proc.kill()
+                    proc.communicate()
+    return runs
 
 
 def _leaks(token: str, home: Path, *outputs: str) -> list[str]:
@@ -73,16 +107,14 @@ def _leaks(token: str, home: Path, *outputs: str) -> list[str]:
     return found
 
 
-def test_failed_push_leaves_the_token_nowhere(built: tuple[Path, Path], token: str, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    with FakeHub(fail={"commit"}, echo_authorization=True) as hub:
-        done = _materialize_hf_release(hub, _env(token, home, built))
-        assert token in hub.tokens  # the Hub had the token, and echoed it in its 500 answer
-    output = done.stdout + done.stderr
-    assert done.returncode != 0, output[-3000:]
+def test_failed_push_leaves_the_token_nowhere(pushes: dict[str, Push]) -> None:
+    push = pushes["failed"]
+    assert push.token in push.hub.tokens  # the Hub had the token, and echoed it in its 500 answer
+    output = push.stdout + push.stderr
+    assert push.returncode != 0, output[-3000:]
     assert f"pushing release v0.1.0 to {REPO} failed while committing the release files" in output
     assert "Authorization: ***" in output and "still holds its previous release" in output
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dg.DagsterInstance.from_config(str(push.home)) as instance:
         (run,) = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.FAILURE
         (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
@@ -91,29 +123,26 @@ def test_failed_push_leaves_the_token_nowhere(built: tuple[Path, Path], token: s
         assert error.cls_name == "Failure" and error.cause.cls_name == "PublishError"
         assert error.cause.cause is None and error.cause.context is None
         assert "Authorization: ***" in error.message
-    logs = [p for p in home.rglob("compute_logs/*.err") if p.stat().st_size]
+    logs = [p for p in push.home.rglob("compute_logs/*.err") if p.stat().st_size]
     # The step's stderr holds huggingface_hub's warning that repeated the server's echo, scrubbed.
     assert logs and any("seen ***" in p.read_text() for p in logs)
-    assert not _leaks(token, home, done.stdout, done.stderr)
+    assert not _leaks(push.token, push.home, push.stdout, push.stderr)
 
 
-def test_materialize_with_launch_config_pushes_with_hf_token(
-    built: tuple[Path, Path], token: str, tmp_path: Path
-) -> None:
+def test_materialize_with_launch_config_pushes_with_hf_token(pushes: dict[str, Push], built: tuple[Path, Path]) -> None:
     """Launch-time ``hf`` config replaces the resource's bound values; the token still comes from HF_TOKEN."""
-    home = tmp_path / "home"
-    with FakeHub() as hub:
-        done = _materialize_hf_release(hub, _env(token, home, built))
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        repo = hub.repos[REPO]
-        assert set(hub.tokens) == {token}  # every call carried `Authorization: Bearer <token>`
+    push = pushes["healthy"]
+    assert push.returncode == 0, (push.stdout + push.stderr)[-3000:]
+    repo = push.hub.repos[REPO]
+    assert set(push.hub.tokens) == {push.token}  # every call carried `Authorization: Bearer <token>`
     folder = built[1] / "releases" / "v0.1.0"
     assert len(repo.commits) == 1 and repo.tags == {"v0.1.0": repo.commits[0]["oid"]}
     assert sorted(repo.files) == sorted([*load_manifest(folder)["files"], "manifest.json"])
-    assert not _leaks(token, home, done.stdout, done.stderr)
+    assert not _leaks(push.token, push.home, push.stdout, push.stderr)
 
 
-def test_cli_push_failure_is_scrubbed(built: tuple[Path, Path], token: str) -> None:
+def test_cli_push_failure_is_scrubbed(built: tuple[Path, Path]) -> None:
+    token = new_token()
     folder = built[1] / "releases" / "v0.1.0"
     with FakeHub(fail={"create"}, echo_authorization=True) as hub:
         args = [sys.executable, "-m", "laion_assets.cli", "push", str(folder), "--repo-id", REPO]
