@@ -1,7 +1,5 @@
 """The laion_assets code location: ``dagster dev`` and ``dagster asset materialize`` load ``defs`` from here."""
 
-import os
-
 import dagster as dg
 
 from laion_assets.defs.assets.images import image_embeddings, images
@@ -48,10 +46,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "storage": StorageResource(),
         "predictors": PredictorsResource(),
         "release_config": ReleaseResource(),
-        # The token is read from the environment at run time (never stored in config or logged); without HF_TOKEN
-        # the resource still loads, so sensors and the rest of the graph work, and hf_release pushes anonymously
-        # (which the Hub refuses with a clear error).
-        "hf": HfResource(token=dg.EnvVar("HF_TOKEN")) if os.environ.get("HF_TOKEN") else HfResource(),
+        # No token bound here: hf_release reads HF_TOKEN when it runs, so launch-time `hf` config (which replaces
+        # bound values) cannot drop it, and the token never enters stored run config.
+        "hf": HfResource(),
         "downloader": DownloaderResource(),
         "clip": ClipResource(),
     }

@@ -2,15 +2,26 @@
 
 Unchanged files are detected by comparing the remote tree's git blob ids (and LFS sha256) with the local files,
 so re-pushing an unchanged release makes no commit. A Hub commit is all-or-nothing: if any step fails the repo
-keeps its previous release and the error says which step failed and what to run again. The token is passed to
-huggingface_hub only and scrubbed from every message.
+keeps its previous release and the error says which step failed and what to run again.
+
+The token is passed to huggingface_hub only. A Hub answer may echo the request's Authorization header (in its body,
+its ``X-Error-Message`` or ``X-HF-Warning`` header), so every message we pass on is scrubbed of the token in each
+form it may take (plain, ``Bearer <token>``, URL-encoded, base64 at any alignment), our errors are raised with no
+exception chain (Dagster and tracebacks print ``__cause__`` and ``__context__``), and log records emitted during a
+push are scrubbed before any handler writes them.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from laion_assets.errors import BadInputError, LaionAssetsError
 from laion_assets.locations import file_sha256
@@ -84,8 +95,100 @@ class PushResult:
     dry_run: bool
 
 
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
+REDACTED = "***"
+# How much of a Hub error message is kept in ours (a server may answer with a whole page).
+MAX_DETAIL = 1500
+# Below this length a token's base64 fragments are too short to replace without hitting unrelated text.
+_MIN_B64_TOKEN = 8
+
+
+def _base64_fragments(secret: bytes) -> set[str]:
+    """The base64 characters that encode ``secret`` wherever it starts in a longer encoded string.
+
+    Base64 encodes 3 bytes as 4 characters, so ``secret`` can begin at one of 3 offsets within a group; at each,
+    the characters carrying only its bits are fixed whatever surrounds it. Replacing them removes the secret from
+    any base64 text (``Bearer <token>``, a whole header line, a JSON dump), standard or URL-safe alphabet.
+    """
+    fragments = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret).decode()
+        total = offset + len(secret)
+        core = encoded[math.ceil(8 * offset / 6) : (8 * total) // 6]
+        fragments |= {core, core.replace("+", "-").replace("/", "_")}
+    return fragments
+
+
+def secret_forms(token: str) -> list[str]:
+    """Every form of ``token`` a server or library may echo, longest first (so longer forms are replaced whole)."""
+    forms = {token, f"Bearer {token}", quote(token, safe=""), quote_plus(token)}
+    for value in (token, f"Bearer {token}"):
+        raw = value.encode()
+        forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    if len(token) >= _MIN_B64_TOKEN:
+        forms |= _base64_fragments(token.encode())
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def scrub(text: str, token: str | None) -> str:
+    """``text`` with every form of ``token`` replaced by ``***``."""
+    if not token:
+        return text
+    for form in secret_forms(token):
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def _describe(exc: BaseException, token: str | None) -> str:
+    """One scrubbed line naming a Hub error: its type and message, whitespace collapsed, cut to MAX_DETAIL."""
+    text = " ".join(scrub(f"{type(exc).__name__}: {exc}", token).split())
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + " …"
+
+
+class _ScrubFilter(logging.Filter):
+    """Replace the token in a log record's message, traceback and stack before any handler formats it."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: keep its template only
+            message = str(record.msg)
+        record.msg, record.args = scrub(message, self.token), None
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, scrub(text, self.token)
+        elif record.exc_text:
+            record.exc_text = scrub(record.exc_text, self.token)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info, self.token)
+        return True
+
+
+@contextmanager
+def scrubbed_logs(token: str | None) -> Iterator[None]:
+    """While pushing, scrub the token from every log record of every logger and handler that exists now.
+
+    A logger's filters see only records created at that logger, so the filter goes on each one; it also goes on
+    each handler, which catches records of loggers created during the push as they propagate.
+    """
+    if not token:
+        yield
+        return
+    scrubber = _ScrubFilter(token)
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers}.values()
+    targets: list[logging.Filterer] = [*loggers, *handlers]
+    for target in targets:
+        target.addFilter(scrubber)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(scrubber)
 
 
 def _api(endpoint: str | None, token: str | None):  # noqa: ANN202 - HfApi, imported lazily
@@ -105,19 +208,24 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
     plan = PushPlan(repo_id, version)
     api = _api(endpoint, token)
     remote: dict[str, RepoFile] = {}
-    try:
-        for item in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True):
-            if isinstance(item, RepoFile):
-                remote[item.path] = item
-        plan.repo_exists = True
-        plan.tag_exists = any(t.name == version for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags)
-    except RepositoryNotFoundError:
-        plan.repo_exists = False
-    except Exception as exc:
+    failure: str | None = None
+    with scrubbed_logs(token):
+        try:
+            for item in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True):
+                if isinstance(item, RepoFile):
+                    remote[item.path] = item
+            plan.repo_exists = True
+            plan.tag_exists = any(t.name == version for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags)
+        except RepositoryNotFoundError:
+            plan.repo_exists = False
+        except Exception as exc:
+            failure = _describe(exc, token)
+    # Raised here, after the except block, so that neither __cause__ nor __context__ holds the Hub's error.
+    if failure is not None:
         raise PublishError(
-            f"listing {REPO_TYPE} repo {repo_id} failed ({_scrub(str(exc), token)}); nothing was pushed: "
+            f"listing {REPO_TYPE} repo {repo_id} failed ({failure}); nothing was pushed: "
             "check the endpoint and token, then run the push again"
-        ) from exc
+        )
     for rel in paths:
         local = release_dir / rel
         theirs = remote.get(rel)
@@ -157,38 +265,42 @@ def push_release(
     retry = f"nothing was lost: run the push of {release_dir} again (hf_release / `laion-assets push`)"
     step = "creating the repo"
     commit_oid: str | None = None
-    try:
-        if not plan.repo_exists:
-            api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-        if plan.needs_commit:
-            step = "committing the release files"
-            operations = [
-                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(release_dir / rel)) for rel in plan.add
-            ]
-            operations += [CommitOperationDelete(path_in_repo=rel) for rel in plan.delete]
-            info = api.create_commit(
-                repo_id,
-                operations=operations,
-                commit_message=f"Release {plan.version}",
-                commit_description=f"{len(plan.add)} file(s) added or updated, {len(plan.delete)} deleted.",
-                repo_type=REPO_TYPE,
-            )
-            commit_oid = info.oid
-        if not plan.tag_exists:
-            step = f"tagging the commit {plan.version}"
-            api.create_tag(
-                repo_id, tag=plan.version, revision=commit_oid or "main", repo_type=REPO_TYPE, exist_ok=False
-            )
-    except Exception as exc:
+    failure: str | None = None
+    with scrubbed_logs(token):
+        try:
+            if not plan.repo_exists:
+                api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+            if plan.needs_commit:
+                step = "committing the release files"
+                operations = [
+                    CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(release_dir / rel)) for rel in plan.add
+                ]
+                operations += [CommitOperationDelete(path_in_repo=rel) for rel in plan.delete]
+                info = api.create_commit(
+                    repo_id,
+                    operations=operations,
+                    commit_message=f"Release {plan.version}",
+                    commit_description=f"{len(plan.add)} file(s) added or updated, {len(plan.delete)} deleted.",
+                    repo_type=REPO_TYPE,
+                )
+                commit_oid = info.oid
+            if not plan.tag_exists:
+                step = f"tagging the commit {plan.version}"
+                api.create_tag(
+                    repo_id, tag=plan.version, revision=commit_oid or "main", repo_type=REPO_TYPE, exist_ok=False
+                )
+        except Exception as exc:
+            failure = _describe(exc, token)
+    # Raised after the except block: the Hub's error (whose text may hold the token) is no part of the chain.
+    if failure is not None:
         state = (
             f"the commit {commit_oid} holds release {plan.version} but is not tagged yet"
             if commit_oid
             else "the repo still holds its previous release (a Hub commit is all-or-nothing)"
         )
         raise PublishError(
-            f"pushing release {plan.version} to {repo_id} failed while {step}: {_scrub(str(exc), token)}; "
-            f"{state}; {retry}"
-        ) from exc
+            f"pushing release {plan.version} to {repo_id} failed while {step}: {failure}; {state}; {retry}"
+        )
     return PushResult(
         plan, committed=commit_oid is not None, tagged=not plan.tag_exists, commit_oid=commit_oid, dry_run=False
     )

@@ -2,6 +2,10 @@
 
 It implements the calls huggingface_hub 2.4.0 makes for a release push: repo create, tree listing, refs,
 preupload, commit (NDJSON with base64 file contents, deletions) and tag, keeping repos in memory.
+
+``fail`` names calls that answer HTTP 500 (or ``fail_status``); with ``echo_authorization`` those answers repeat
+the request's Authorization header (plain, base64 and URL-encoded, in the body, ``X-Error-Message`` and
+``X-HF-Warning``) as a careless server might.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 
@@ -24,6 +29,12 @@ _REPO_CALL = re.compile(r"^/api/datasets/([^/]+/[^/]+)/(tree|refs|preupload|comm
 def blob_sha1(data: bytes) -> str:
     """Git blob id of ``data``."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def token_forms(token: str) -> list[str]:
+    """The token as a careless server echoes it: plain, in its header, base64 of both, URL-encoded."""
+    header = f"Bearer {token}"
+    return [token, header, *(base64.b64encode(v.encode()).decode() for v in (token, header)), quote(header, safe="")]
 
 
 @dataclass
@@ -42,13 +53,17 @@ class Repo:
 
 
 class FakeHub:
-    """Serve a Hub subset on 127.0.0.1 in a thread; ``fail_commits`` makes commits answer 500."""
+    """Serve a Hub subset on 127.0.0.1 in a thread; calls named in ``fail`` answer ``fail_status`` (500)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail: set[str] | None = None, echo_authorization: bool = False, fail_status: int = 500) -> None:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.tokens: list[str | None] = []
-        self.fail_commits = False
+        # Calls that answer fail_status: "create", "tree", "refs", "preupload", "commit", "tag". huggingface_hub
+        # retries a 500 on tree, refs and preupload for ~30 s, so tests fail those with a status it does not retry.
+        self.fail: set[str] = set(fail or ())
+        self.fail_status = fail_status
+        self.echo_authorization = echo_authorization
         self.validated: list[dict] = []
         hub = self
 
@@ -75,6 +90,15 @@ class FakeHub:
         self.server.server_close()
         self.thread.join(timeout=5)
 
+    @property
+    def fail_commits(self) -> bool:
+        """Whether commits fail (answer ``fail_status``)."""
+        return "commit" in self.fail
+
+    @fail_commits.setter
+    def fail_commits(self, value: bool) -> None:
+        (self.fail.add if value else self.fail.discard)("commit")
+
     # -- HTTP plumbing -------------------------------------------------------------------------------------
     def _send(
         self, h: BaseHTTPRequestHandler, status: int, body: object, headers: dict[str, str] | None = None
@@ -99,11 +123,14 @@ class FakeHub:
         auth = h.headers.get("Authorization")
         self.tokens.append(auth.removeprefix("Bearer ") if auth else None)
         body = self._body(h) if method == "POST" else b""
+        match = _REPO_CALL.match(path)
+        call = "create" if path == "/api/repos/create" else match.group(2) if match else None
+        if call in self.fail:
+            return self._fail(h, call, auth)
         if method == "POST" and path == "/api/repos/create":
             return self._create(h, json.loads(body))
         if method == "POST" and path == "/api/validate-yaml":
             return self._validate_yaml(h, json.loads(body))
-        match = _REPO_CALL.match(path)
         if match is None:
             return self._send(h, 404, {"error": f"no route {method} {path}"})
         repo_id, call, rest = match.groups()
@@ -141,6 +168,22 @@ class FakeHub:
             return self._send(h, 200, {})
         return self._send(h, 405, {"error": f"{method} not allowed on {call}"})
 
+    def _fail(self, h: BaseHTTPRequestHandler, call: str, auth: str | None) -> None:
+        """Answer ``fail_status``; with ``echo_authorization`` repeat the Authorization header in several forms."""
+        if not self.echo_authorization:
+            return self._send(h, self.fail_status, {"error": f"internal error while answering {call}"})
+        auth = auth or ""
+        encoded = base64.b64encode(auth.encode()).decode()
+        errors = [
+            f"internal error while answering {call}; request headers: Authorization: {auth}",
+            f"debug: authorization (base64) {encoded}, url-encoded {quote(auth, safe='')}",
+        ]
+        # huggingface_hub logs each X-HF-Warning topic once per process: a fresh topic makes it log this one.
+        headers = {"X-Error-Message": f"echo {auth}", "X-HF-Warning": f"echo-{uuid.uuid4().hex}; seen {auth}"}
+        return self._send(
+            h, self.fail_status, {"error": errors, "request": {"headers": {"authorization": auth}}}, headers
+        )
+
     def _create(self, h: BaseHTTPRequestHandler, payload: dict) -> None:
         repo_id = f"{payload.get('organization')}/{payload['name']}"
         if payload.get("type") != "dataset":
@@ -165,8 +208,6 @@ class FakeHub:
         return self._send(h, 200, {"warnings": []})
 
     def _commit(self, h: BaseHTTPRequestHandler, repo_id: str, repo: Repo, body: bytes) -> None:
-        if self.fail_commits:
-            return self._send(h, 500, {"error": "internal error while committing"})
         files = dict(repo.files)
         message = ""
         for line in body.decode().splitlines():

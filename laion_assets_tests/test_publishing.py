@@ -1,14 +1,16 @@
 import base64
 import json
 import logging
+import traceback
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from laion_assets.errors import BadInputError
 from laion_assets.manifest import load_manifest
-from laion_assets.publishing import PublishError, git_blob_sha1, push_release
-from laion_assets_tests.hub_server import FakeHub, blob_sha1
+from laion_assets.publishing import PublishError, git_blob_sha1, push_release, scrub, scrubbed_logs
+from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_forms
 from laion_assets_tests.release_helpers import build, copy_sample
 
 TOKEN = "hf_test_secret_token_123"
@@ -152,3 +154,69 @@ def test_commit_payload_is_base64(online: None, releases: tuple[Path, Path]) -> 
     original = (first / "kv/aesthetic.kv").read_bytes()
     assert base64.b64encode(stored) == base64.b64encode(original)
     assert json.loads(hub.repos["laion/aesthetics"].files["manifest.json"])["version"] == "v0.1.0"
+
+
+def assert_no_token(text: str, token: str) -> None:
+    """Fail naming the form of the token found in ``text``."""
+    found = [form for form in token_forms(token) if form in text]
+    assert not found, f"token leaked as {found}"
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "step"),
+    [
+        ("tree", 403, "listing dataset repo laion/aesthetics failed"),  # plan_push (a 500 here is retried ~30 s)
+        ("create", 500, "failed while creating the repo"),
+        ("commit", 500, "failed while committing the release files"),
+        ("tag", 500, "failed while tagging the commit v0.1.0"),
+    ],
+)
+def test_hub_error_echoing_the_token_is_scrubbed_and_unchained(
+    online: None, releases: tuple[Path, Path], caplog: pytest.LogCaptureFixture, call: str, status: int, step: str
+) -> None:
+    """A Hub answer that echoes the Authorization header leaves the token in no message, chain or log record."""
+    first, _ = releases
+    caplog.set_level(logging.DEBUG)
+    with FakeHub(fail={call}, fail_status=status, echo_authorization=True) as hub:
+        with pytest.raises(PublishError) as raised:
+            push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        assert TOKEN in hub.tokens  # the Hub really had the token to echo
+    error = raised.value
+    message = str(error)
+    assert step in message and "Authorization: ***" in message  # the server's words survive, scrubbed
+    assert error.__cause__ is None and error.__context__ is None  # the Hub's error is no part of the chain
+    assert_no_token("".join(traceback.format_exception(error)), TOKEN)
+    # huggingface_hub logged the server's X-HF-Warning header (which echoed the header too), scrubbed.
+    assert any("seen ***" in record.getMessage() for record in caplog.records)
+    assert_no_token(caplog.text, TOKEN)
+
+
+def test_scrub_replaces_every_encoding_of_the_token() -> None:
+    token = "hf_Ab3/x+Yz=9QrStUvWxYz01"  # '/', '+' and '=' make the URL and base64 forms differ from the token
+    assert scrub(f"Authorization: Bearer {token}", token) == "Authorization: ***"
+    assert scrub(f"q={quote(token, safe='')}&x=1", token) == "q=***&x=1"
+    assert scrub("no secret here", token) == "no secret here" and scrub("x", None) == "x"
+    for prefix in ("", "a", "ab", "Authorization: Bearer "):  # every alignment within base64's 3-byte groups
+        raw = f"{prefix}{token} and more".encode()
+        for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+            cleaned = scrub(f"body {encoded} end", token)
+            assert "***" in cleaned and cleaned.startswith("body ") and cleaned.endswith(" end")
+            # What is left of the encoding decodes to at most a few bits of the token at each edge.
+            assert encoded not in cleaned and token not in cleaned
+
+
+def test_scrubbed_logs_cover_messages_arguments_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    log = logging.getLogger("huggingface_hub.some_module_made_for_this_test")
+    with scrubbed_logs(TOKEN):
+        log.warning("header %s", f"Bearer {TOKEN}")
+        try:
+            raise ValueError(f"echoed {TOKEN}")
+        except ValueError:
+            log.exception("request failed")
+        logging.getLogger("created.during.the.push").error("late logger %s", TOKEN)
+    assert caplog.text.count("***") == 3 and "echoed ***" in caplog.text
+    assert_no_token(caplog.text, TOKEN)
+    # Outside the push nothing is filtered any more.
+    log.warning("after %s", "the push")
+    assert not log.filters and caplog.records[-1].getMessage() == "after the push"

@@ -182,7 +182,7 @@ def release_matches_manifest(storage: StorageResource, release_config: ReleaseRe
     kinds={"huggingface"},
     code_version="1",
     description="Pushes the release to a Hugging Face dataset repo: creates it if needed, one commit holding every "
-    "changed file, tag = release version; an unchanged release makes no commit. Token from HF_TOKEN.",
+    "changed file, tag = release version; an unchanged release makes no commit. Token read from HF_TOKEN at run time.",
 )
 def hf_release(
     context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource, hf: HfResource
@@ -194,7 +194,8 @@ def hf_release(
         if not hf.repo_id:
             raise BadInputError("hf.repo_id is not set: configure the HfResource with the dataset repo to push to")
         require(folder / MANIFEST, f"release {release_config.version}", "materialize `release` first")
-        result = push_release(folder, hf.repo_id, hf.token, hf.endpoint, hf.private, hf.dry_run)
+        # The token is read here, at run time, and goes to push_release only (never to logs or metadata).
+        result = push_release(folder, hf.repo_id, hf.resolved_token(), hf.endpoint, hf.private, hf.dry_run)
     plan = result.plan
     context.log.info(plan.text())
     endpoint = (hf.endpoint or "https://huggingface.co").rstrip("/")

@@ -1,13 +1,29 @@
-"""The Hugging Face dataset repo a release is pushed to; the token comes from ``dg.EnvVar("HF_TOKEN")``."""
+"""The Hugging Face dataset repo a release is pushed to; the token is read from ``HF_TOKEN`` when the push runs."""
 
 import dagster as dg
+from pydantic import Field
+
+TOKEN_VARIABLE = "HF_TOKEN"
 
 
 class HfResource(dg.ConfigurableResource):
-    """Target repo, token and endpoint of ``hf_release``; ``dry_run`` only lists what would be committed."""
+    """Target repo, token and endpoint of ``hf_release``; ``dry_run`` only lists what would be committed.
 
-    repo_id: str = ""
-    token: str | None = None
-    endpoint: str | None = None
-    private: bool = True
-    dry_run: bool = False
+    Leave ``token`` unset: the push reads ``HF_TOKEN`` from the environment at run time, so launch-time config
+    (``--config-json``, the launchpad) that sets only ``repo_id`` keeps the token, and the token never enters the
+    run's stored config. ``{"env": "OTHER_VARIABLE"}`` names another variable; a literal token would be stored in
+    the run database, so never put one here.
+    """
+
+    repo_id: str = Field(default="", description="dataset repo to push to, ORG/NAME")
+    token: str | None = Field(
+        default=None,
+        description='leave unset to read HF_TOKEN at run time, or {"env": "VARIABLE"}; never a literal token',
+    )
+    endpoint: str | None = Field(default=None, description="Hub URL (default https://huggingface.co)")
+    private: bool = Field(default=True, description="create the repo private")
+    dry_run: bool = Field(default=False, description="only list what would be committed")
+
+    def resolved_token(self) -> str | None:
+        """The token to push with: ``token`` when set, else ``HF_TOKEN`` read now (None when neither is set)."""
+        return self.token or dg.EnvVar(TOKEN_VARIABLE).get_value() or None
