@@ -71,6 +71,10 @@ def run_graph(
         mat = event.event_specific_data.materialization
         rows = mat.metadata.get("dagster/row_count")
         counts[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
+        if mat.asset_key.to_user_string() == "release":
+            version, unchanged = mat.metadata["version"].value, mat.metadata["unchanged"].value
+            note = "unchanged: it already held exactly these contents" if unchanged else "written"
+            print(f"release {version} ({note}) in {mat.metadata['path'].value}", flush=True)
     return counts
 
 
