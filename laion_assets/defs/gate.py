@@ -67,8 +67,8 @@ def gate_tags(
     keys = released_keys(instance, release_config)
     parts = storage.parts(keys)
     known = orchestration_problems(instance, keys, storage.url_mode)
+    _pull_shards(storage, keys)  # a no-op for a local root; a remote one gives each shard's recorded validation
     if known:  # raises, naming every shard (with what the files say too)
-        _pull_shards(storage, keys)
         gate_shards(keys, storage.layout, parts, storage.shard_settings, step, known)
     storage.pull(storage.layout.tags_dir)
     return check_tags_current(storage.layout, keys, parts, step)
