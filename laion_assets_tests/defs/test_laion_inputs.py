@@ -12,6 +12,7 @@ import pytest
 from upath import UPath
 
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
+from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.demo import run_graph
 from laion_assets.hashing import laion_hashes
@@ -151,7 +152,14 @@ def test_source_and_data_root_through_fsspec_urls(small_sample_session, tmp_path
         ).read_bytes()
     # A fresh working copy (another machine) pulls what it needs and rebuilds a subset from the remote root alone.
     elsewhere = StorageResource(source=str(bucket / "src"), data_root=str(bucket / "out"), staging=str(tmp_path / "b"))
-    result = dg.materialize([*ASSETS, *CHECKS], selection=["subset_6_5plus"], resources={
-        **default_resources(), "storage": elsewhere, "predictors": PredictorsResource()})  # fmt: skip
+    instance = dg.DagsterInstance.ephemeral()
+    register_shards(instance, elsewhere.source_path)
+    # It passes the release gate from the remote root alone (each shard's recorded validation is pulled) and
+    # finds the release already holds these contents.
+    result = dg.materialize([*ASSETS, *CHECKS], selection=["subset_6_5plus", "bucket_embeddings", "release"],
+                            instance=instance, resources={**default_resources(), "storage": elsewhere,
+                                                          "predictors": PredictorsResource()})  # fmt: skip
     assert result.success
+    release = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("release"))
+    assert release.materialization.metadata["unchanged"].value is True
     bucket.fs.rm(bucket.path, recursive=True)
