@@ -81,12 +81,12 @@ def run_graph(
 def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home: Setting) -> dict:
     """Build the sample if the source is a missing local folder, then run the whole graph in the instance."""
     start = time.perf_counter()
+    use_instance(dagster_home)  # first: a wrong instance folder is refused before any work
     folder = source.location
     if is_local(folder) and not folder.exists():
         print(f"building the sample in {folder}", flush=True)
         write_sample(folder, SampleSpec())
     storage = StorageResource(source=str(folder), data_root=data_root.value, safety=safety.value)
-    use_instance(dagster_home)
     print(
         f"source {source.describe()}, data root {data_root.describe()}, instance {dagster_home.describe()}",
         flush=True,

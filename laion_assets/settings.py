@@ -36,13 +36,19 @@ class Spec:
     env: str
     default: str
     help: str
+    default_help: str = ""  # how --help shows the default, when not simply as ``default``
 
 
 SOURCE = Spec("source", "--source", "LAION_ASSETS_SOURCE", "data/sample", "clip-retrieval folder or URL")
 DATA_ROOT = Spec("data root", "--data-root", "LAION_ASSETS_DATA_ROOT", "data/out", "output folder or URL")
 SAFETY = Spec("safety table", "--safety", "LAION_ASSETS_SAFETY", "", "safety-tags table (folder, file or URL)")
 DAGSTER_HOME = Spec(
-    "Dagster instance", "--dagster-home", "DAGSTER_HOME", ".dagster", "Dagster instance folder (must exist)"
+    "Dagster instance",
+    "--dagster-home",
+    "DAGSTER_HOME",
+    ".dagster",
+    "Dagster instance folder, an existing one",
+    ".dagster/ in the project, created with a link to dagster.yaml",
 )
 PRECEDENCE = (
     "Each setting comes from its flag, else its environment variable, else its default; relative paths are "
@@ -135,7 +141,7 @@ def new_sample_folder(setting: Setting) -> Path:
 
 def flag_help(spec: Spec) -> str:
     """The ``--help`` text of a flag, saying where the value comes from when the flag is not given."""
-    return f"{spec.help} (default: ${spec.env}, else {spec.default or 'none'})"
+    return f"{spec.help} (default: ${spec.env}, else {spec.default_help or spec.default or 'none'})"
 
 
 def add_flags(parser: argparse.ArgumentParser, *specs: Spec) -> None:
