@@ -87,6 +87,7 @@ def make_venv(root: Path) -> Path:
 def user_env(**extra: str) -> dict[str, str]:
     """A user's shell environment: no venv active, none of our settings, no test paths; plus ``extra``."""
     drop = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "DAGSTER_HOME", "DAGSTER_MODULE_NAME", "DAGSTER_PACKAGE_NAME")
+    drop += ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # under `make test`: the copy's make is a user's, not a sub-make
     env = {
         k: v
         for k, v in os.environ.items()
