@@ -2,7 +2,7 @@
 # Both create .venv with the pinned stack first if it is missing.
 # Settings come from the environment as for every `laion-assets` command (LAION_ASSETS_SOURCE,
 # LAION_ASSETS_DATA_ROOT, LAION_ASSETS_SAFETY, DAGSTER_HOME), else the defaults: data/sample, data/out and the
-# project's instance .dagster/ (laion_assets/settings.py). Nothing here overrides a DAGSTER_HOME you set.
+# project's instance .dagster/ (laion_assets/settings.py). Only demo-urls sets its own DAGSTER_HOME.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
