@@ -1,30 +1,31 @@
 # laion-assets: `make demo` builds the whole graph from the sample, `make test` runs the suite.
 # Both create .venv with the pinned stack first if it is missing.
+# Settings come from the environment as for every `laion-assets` command (LAION_ASSETS_SOURCE,
+# LAION_ASSETS_DATA_ROOT, LAION_ASSETS_SAFETY, DAGSTER_HOME), else the defaults: data/sample, data/out and the
+# project's instance .dagster/ (laion_assets/settings.py). Only demo-urls sets its own DAGSTER_HOME.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME := $(CURDIR)/.dagster
-export DAGSTER_MODULE_NAME := laion_assets.definitions
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo demo-urls test lint clean-out instance
+.PHONY: venv demo demo-urls test lint clean-out
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(VENV)/.activate-patched
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[images,hub,dev]'
-	bash scripts/patch-activate.sh $(VENV)/bin/activate
 	touch $@
 
-instance:
-	mkdir -p $(DAGSTER_HOME)
-	ln -sf ../dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+# Applied again whenever the script changes, so an existing venv gets the current activation.
+$(VENV)/.activate-patched: scripts/patch-activate.sh $(VENV)/.installed
+	bash scripts/patch-activate.sh $(BIN)/activate
+	touch $@
 
-demo: venv instance
-	$(BIN)/python -m laion_assets.demo
+demo: venv
+	$(BIN)/laion-assets demo
 
 # The from-URLs chain on images served from 127.0.0.1 with a tiny CLIP; its own instance keeps its shards apart.
 demo-urls: venv
@@ -39,5 +40,6 @@ lint: venv
 	$(BIN)/ruff check laion_assets laion_assets_tests bench
 	$(BIN)/ruff format --check laion_assets laion_assets_tests bench
 
+# Only the project's own outputs and instances: never a data root or DAGSTER_HOME set in the environment.
 clean-out:
-	rm -rf data/out $(DAGSTER_HOME) data/demo-urls .dagster-urls
+	rm -rf data/out .dagster data/demo-urls .dagster-urls

@@ -1,29 +1,83 @@
-"""The ``laion-assets`` command: build the sample, register shards, run the demo, look up KV, verify and push."""
+"""The ``laion-assets`` command: build the sample, register shards, run the demo, look up KV, verify and push.
+
+Every subcommand finds the source, the data root, the safety table and the Dagster instance the same way: the
+flag, else the environment variable, else the project's default (``laion_assets/settings.py``).
+"""
+
+from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING
+
+from laion_assets.settings import (
+    DAGSTER_HOME,
+    DATA_ROOT,
+    PRECEDENCE,
+    SAFETY,
+    SOURCE,
+    Setting,
+    Spec,
+    add_flags,
+    resolve_setting,
+)
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+
+def _source_argument(args: argparse.Namespace) -> Setting:
+    """The source from the positional folder or ``--source`` (they are one flag), else the environment/default."""
+    if args.folder and args.source and args.folder != args.source:
+        sys.exit(f"error: two sources given ({args.folder} and --source {args.source}); give one")
+    return resolve_setting(SOURCE, args.folder or args.source)
+
+
+def _instance(args: argparse.Namespace) -> tuple[Setting, dg.DagsterInstance]:
+    """The resolved instance setting and the Dagster instance it names (exported as DAGSTER_HOME for children)."""
+    from laion_assets.settings import use_instance
+
+    setting = resolve_setting(DAGSTER_HOME, args.dagster_home)
+    use_instance(setting)  # refuses a folder that does not exist before the slow import below
+    import dagster as dg
+
+    return setting, dg.DagsterInstance.get()
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from laion_assets.sample import main as sample_main
+    from laion_assets.settings import new_sample_folder
 
-    sample_main([args.out, "--parts", str(args.parts), "--rows-per-part", str(args.rows_per_part)])
+    out = _source_argument(args)
+    folder = new_sample_folder(out)
+    from laion_assets.sample import SampleSpec, write_sample  # slow (torch): only for a folder we may write
+
+    spec = SampleSpec(parts=args.parts, rows_per_part=args.rows_per_part, seed=args.seed)
+    write_sample(folder, spec)
+    print(f"wrote {spec.parts} parts x {spec.rows_per_part} rows to {out.describe()}")
 
 
 def _register(args: argparse.Namespace) -> None:
-    import dagster as dg
-
     from laion_assets.defs.partitions import register_shards
-    from laion_assets.locations import location
 
-    new = register_shards(dg.DagsterInstance.get(), location(args.source))
-    print(f"registered {len(new)} new shard(s): {', '.join(new) or '-'}")
+    source = _source_argument(args)
+    home, instance = _instance(args)
+    new = register_shards(instance, source.location)
+    print(
+        f"registered {len(new)} new shard(s) of {source.describe()} in instance {home.describe()}: "
+        f"{', '.join(new) or '-'}"
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from laion_assets.demo import main as demo_main
+    from laion_assets.demo import run_demo
 
-    demo_main(["--source", args.source, "--data-root", args.data_root])
+    run_demo(
+        resolve_setting(SOURCE, args.source),
+        resolve_setting(DATA_ROOT, args.data_root),
+        resolve_setting(SAFETY, args.safety),
+        resolve_setting(DAGSTER_HOME, args.dagster_home),
+    )
 
 
 def _kv_lookup(args: argparse.Namespace) -> None:
@@ -31,10 +85,15 @@ def _kv_lookup(args: argparse.Namespace) -> None:
 
     from laion_assets.errors import BadInputError
     from laion_assets.kv import KV_FILES, MissingKeyError, OnDiskKV
+    from laion_assets.locations import is_local
     from laion_assets.paths import resolve
 
-    path = resolve(args.kv or f"{args.data_root}/kv/{'safety.kv' if args.safety else 'aesthetic.kv'}")
-    fmt, columns = KV_FILES.get(path.name, KV_FILES["safety.kv" if args.safety else "aesthetic.kv"])
+    kv_file = "safety.kv" if args.safety else "aesthetic.kv"
+    root = resolve_setting(DATA_ROOT, args.data_root)
+    if not args.kv and not is_local(root.location):
+        raise BadInputError(f"the data root {root.describe()} is remote; pass --kv with a local copy of {kv_file}")
+    path = resolve(args.kv) if args.kv else root.location / "kv" / kv_file
+    fmt, columns = KV_FILES.get(path.name, KV_FILES[kv_file])
     try:
         keys = np.array([int(h) for h in args.hashes], dtype=np.int64)
     except (ValueError, OverflowError) as exc:
@@ -53,10 +112,18 @@ def _kv_lookup(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from laion_assets.manifest import load_manifest
     from laion_assets.verify import verify_release
 
+    # The manifest names the exact inputs, so it beats the environment; a flag still beats both. The environment
+    # only fills in what the manifest could not record (a folder outside the project).
+    inputs = load_manifest(Path(args.release_dir))["inputs"]
+    source = args.source or (None if inputs.get("source") else os.environ.get(SOURCE.env) or None)
+    safety = args.safety
+    if not safety and inputs.get("safety") is not None and not inputs["safety"].get("source"):
+        safety = os.environ.get(SAFETY.env) or None
     weights = dict(w.split("=", 1) for w in args.weights)
-    report = verify_release(args.release_dir, args.source, {k: Path(v) for k, v in weights.items()}, safety=args.safety)
+    report = verify_release(args.release_dir, source, {k: Path(v) for k, v in weights.items()}, safety=safety)
     print(report.text())
     if not report.ok:
         sys.exit(1)
@@ -90,17 +157,40 @@ def _activate(args: argparse.Namespace) -> None:
     print(f"{args.column} is now {predictor.identity} ({args.weights}) in {config}; run `laion-assets rescore`")
 
 
-def _stale(args: argparse.Namespace) -> None:
-    import dagster as dg
+def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting, list[str]]:
+    """The instance and its registered shards; exits naming both settings when none of them has outputs here.
 
-    from laion_assets.defs.resources import PredictorsResource, StorageResource
+    A command pointed at the wrong data root or instance would otherwise report nothing to do and exit 0.
+    """
+    from laion_assets.outputs import OutputLayout
+
+    home, instance = _instance(args)
+    keys = sorted(instance.get_dynamic_partitions("shards"))
+    if not keys:
+        sys.exit(
+            f"error: no shards are registered in the Dagster instance {home.describe()}: "
+            f"{home.how_to_change()} to the instance they were registered in, or register them with "
+            "`laion-assets register SOURCE`"
+        )
+    remote = OutputLayout(root.location)  # the data root itself, not a local working copy of a remote one
+    if not any(remote.shard_dir(key).is_dir() for key in keys):
+        sys.exit(
+            f"error: none of the {len(keys)} shard(s) registered in instance {home.describe()} has outputs under "
+            f"the data root {root.describe()}: {root.how_to_change()} to the data root they were built in"
+        )
+    return home, keys
+
+
+def _stale(args: argparse.Namespace) -> None:
+    root = resolve_setting(DATA_ROOT, args.data_root)
+    home, keys = _registered_shards(args, root)
+    from laion_assets.defs.resources import PredictorsResource, StorageResource  # slow (torch): settings are right
     from laion_assets.rescoring import shard_states
 
-    storage = StorageResource(source=args.source, data_root=args.data_root)
+    storage = StorageResource(data_root=root.value)
+    storage.pull(*(p for key in keys for p in (storage.layout.shard_metadata(key), storage.layout.shard_scores(key))))
     active = PredictorsResource().identities(storage.embedding_dim)
-    keys = sorted(dg.DagsterInstance.get().get_dynamic_partitions("shards"))
-    if not keys:
-        print("no shards registered in this instance (`laion-assets register SOURCE` or `make demo` registers them)")
+    print(f"shards of instance {home.describe()} in data root {root.describe()}:")
     for state in shard_states(keys, storage.layout, active):
         print(f"{state.key}  {state.status:<9}  {state.reason}")
 
@@ -108,9 +198,23 @@ def _stale(args: argparse.Namespace) -> None:
 def _rescore(args: argparse.Namespace) -> None:
     import dagster as dg
 
-    from laion_assets.definitions import defs
+    settings = {
+        "source": resolve_setting(SOURCE, args.source),
+        "data_root": resolve_setting(DATA_ROOT, args.data_root),
+        "safety": resolve_setting(SAFETY, args.safety),
+    }
+    home, _ = _registered_shards(args, settings["data_root"])
+    from laion_assets.definitions import defs  # slow (torch): only once the settings are known to be right
 
-    result = defs.resolve_job_def("rescore").execute_in_process(instance=dg.DagsterInstance.get())
+    # Given as run config (absolute paths), so the run records where it read and wrote.
+    config = {k: str(s.location) if s.value else "" for k, s in settings.items()}
+    print(
+        f"rescore in instance {home.describe()}: "
+        + ", ".join(f"{s.spec.name} {s.describe()}" for s in settings.values())
+    )
+    result = defs.resolve_job_def("rescore").execute_in_process(
+        run_config={"resources": {"storage": {"config": config}}}, instance=dg.DagsterInstance.get()
+    )
     rescored = [
         e.event_specific_data.materialization.partition
         for e in result.get_asset_materialization_events()
@@ -123,33 +227,49 @@ def _rescore(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one subcommand."""
-    parser = argparse.ArgumentParser(prog="laion-assets", description="LAION-Aesthetics as a Dagster asset graph.")
+    parser = argparse.ArgumentParser(
+        prog="laion-assets", description=f"LAION-Aesthetics as a Dagster asset graph. {PRECEDENCE}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sample", help="build the deterministic demo sample (clip-retrieval layout)")
-    p.add_argument("out", nargs="?", default="data/sample")
+
+    def command(name: str, summary: str, *specs: Spec) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {PRECEDENCE}")
+        add_flags(p, *specs)
+        return p
+
+    p = command(
+        "sample", "build the deterministic demo sample (clip-retrieval layout) in a new or empty folder", SOURCE
+    )
+    p.add_argument("folder", nargs="?", metavar="FOLDER", help="where to write it: the same as --source")
     p.add_argument("--parts", type=int, default=4)
     p.add_argument("--rows-per-part", type=int, default=2500)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_sample)
-    p = sub.add_parser("register", help="register a source folder's parts as shard partitions in $DAGSTER_HOME")
-    p.add_argument("source", nargs="?", default="data/sample")
+    p = command("register", "register a source folder's parts as shard partitions", SOURCE, DAGSTER_HOME)
+    p.add_argument("folder", nargs="?", metavar="SOURCE", help="the same as --source")
     p.set_defaults(func=_register)
-    p = sub.add_parser("demo", help="materialize the whole graph (what `make demo` runs)")
-    p.add_argument("--source", default="data/sample")
-    p.add_argument("--data-root", default="data/out")
+    p = command("demo", "materialize the whole graph (what `make demo` runs)", SOURCE, DATA_ROOT, SAFETY, DAGSTER_HOME)
     p.set_defaults(func=_demo)
     p = sub.add_parser("kv", help="LAION's on-disk KV files")
     kv_sub = p.add_subparsers(dest="kv_command", required=True)
-    p = kv_sub.add_parser("lookup", help="print the score(s) of each hash; exits non-zero naming missing hashes")
+    summary = "print the score(s) of each hash; exits non-zero naming missing hashes"
+    p = kv_sub.add_parser("lookup", help=summary, description=f"{summary[0].upper()}{summary[1:]}. {PRECEDENCE}")
+    add_flags(p, DATA_ROOT)
     p.add_argument("hashes", nargs="+", help="signed int64 LAION hashes")
     p.add_argument("--kv", help="KV file (default DATA_ROOT/kv/aesthetic.kv, or safety.kv with --safety)")
     p.add_argument("--safety", action="store_true", help="look up punsafe and pwatermark in safety.kv")
-    p.add_argument("--data-root", default="data/out")
     p.set_defaults(func=_kv_lookup)
-    p = sub.add_parser("verify", help="rebuild a release from its manifest's inputs and name every differing file")
+    p = sub.add_parser(
+        "verify",
+        help="rebuild a release from its manifest's inputs and name every differing file",
+        description="Rebuild a release from its manifest's inputs and name every differing file. The source and "
+        "the safety table come from the flag, else the folder the manifest records (inside the project, or a URL), "
+        "else $LAION_ASSETS_SOURCE / $LAION_ASSETS_SAFETY; every file is checked against the recorded sha256.",
+    )
     p.add_argument("release_dir")
-    p.add_argument("--source", help="clip-retrieval folder (default: the one recorded in the manifest)")
+    p.add_argument("--source", help="clip-retrieval folder (default: the manifest's, else $LAION_ASSETS_SOURCE)")
     p.add_argument("--weights", action="append", default=[], metavar="COLUMN=PATH", help="weights of a score column")
-    p.add_argument("--safety", help="safety-tags table (default: the one recorded in the manifest, if any)")
+    p.add_argument("--safety", help="safety-tags table (default: the manifest's, else $LAION_ASSETS_SAFETY)")
     p.set_defaults(func=_verify)
     p = sub.add_parser("push", help="push a release folder to a Hugging Face dataset repo (token from HF_TOKEN)")
     p.add_argument("release_dir")
@@ -170,11 +290,18 @@ def main(argv: list[str] | None = None) -> None:
         "with them say they were forced",
     )
     p.set_defaults(func=_activate)
-    p = sub.add_parser("stale", help="list each registered shard and whether the active predictors outdate it")
-    p.add_argument("--source", default="data/sample")
-    p.add_argument("--data-root", default="data/out")
+    p = command(
+        "stale", "list each registered shard and whether the active predictors outdate it", DATA_ROOT, DAGSTER_HOME
+    )
     p.set_defaults(func=_stale)
-    p = sub.add_parser("rescore", help="run the rescore job in $DAGSTER_HOME: re-score stale shards, rebuild release")
+    p = command(
+        "rescore",
+        "run the rescore job: re-score the stale shards, then rebuild the tags and everything after them",
+        SOURCE,
+        DATA_ROOT,
+        SAFETY,
+        DAGSTER_HOME,
+    )
     p.set_defaults(func=_rescore)
     args = parser.parse_args(argv)
     try:

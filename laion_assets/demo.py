@@ -1,12 +1,11 @@
 """``make demo``: build the sample if needed, register its shards and materialize the whole graph.
 
-Runs go to the Dagster instance in ``$DAGSTER_HOME`` (``.dagster/`` in the repo when started from make), so
-``dagster dev`` shows them afterwards. Usage: ``python -m laion_assets.demo [--source DIR] [--data-root DIR]``.
+Runs go to the Dagster instance (``--dagster-home``, else ``$DAGSTER_HOME``, else ``.dagster/`` in the project),
+so ``dagster dev`` shows them afterwards. Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
+DIR] [--dagster-home DIR]`` (or ``python -m laion_assets.demo``); see ``laion_assets/settings.py``.
 """
 
 import argparse
-import os
-import sys
 import time
 
 import dagster as dg
@@ -15,9 +14,19 @@ from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, defs
 from laion_assets.defs.assets.release import hf_release
 from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
-from laion_assets.locations import is_local, location
-from laion_assets.paths import DEFAULT_SOURCE
+from laion_assets.locations import is_local
 from laion_assets.sample import SampleSpec, write_sample
+from laion_assets.settings import (
+    DAGSTER_HOME,
+    DATA_ROOT,
+    PRECEDENCE,
+    SAFETY,
+    SOURCE,
+    Setting,
+    add_flags,
+    resolve_setting,
+    use_instance,
+)
 
 SHARD_SELECTION = ["clip_embeddings", "aesthetic_scores"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -102,29 +111,39 @@ def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
         raise SystemExit(f"{what} failed:\n  " + "\n  ".join(failed + errors))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point of the demo."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=str(DEFAULT_SOURCE), help="clip-retrieval folder (built if missing)")
-    parser.add_argument("--data-root", default="data/out")
-    args = parser.parse_args(argv)
+def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home: Setting) -> dict:
+    """Build the sample if the source is a missing local folder, then run the whole graph in the instance."""
     start = time.perf_counter()
-    source = location(args.source)
-    if is_local(source) and not source.exists():
-        print(f"building the sample in {source}", flush=True)
-        write_sample(source, SampleSpec())
-    storage = StorageResource(source=str(source), data_root=args.data_root)
-    if os.environ.get("DAGSTER_HOME"):
-        instance = dg.DagsterInstance.get()
-    else:
-        print("DAGSTER_HOME is not set: runs go to a throwaway instance", file=sys.stderr)
-        instance = dg.DagsterInstance.ephemeral()
+    use_instance(dagster_home)  # first: a wrong instance folder is refused before any work
+    folder = source.location
+    if is_local(folder) and not folder.exists():
+        print(f"building the sample in {folder}", flush=True)
+        write_sample(folder, SampleSpec())
+    storage = StorageResource(source=str(folder), data_root=data_root.value, safety=safety.value)
+    print(
+        f"source {source.describe()}, data root {data_root.describe()}, instance {dagster_home.describe()}",
+        flush=True,
+    )
     assert defs is not None  # the code location the UI loads is the same one
-    counts = run_graph(instance, storage, PredictorsResource())
+    counts = run_graph(dg.DagsterInstance.get(), storage, PredictorsResource())
     width = max(map(len, counts))
     for name, rows in counts.items():
         print(f"  {name:<{width}}  {rows if rows is not None else '-'} rows")
     print(f"demo done in {time.perf_counter() - start:.1f} s; outputs in {storage.layout.root}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point of the demo (``laion-assets demo`` takes the same flags)."""
+    parser = argparse.ArgumentParser(description=f"{__doc__.splitlines()[0]} {PRECEDENCE}")
+    add_flags(parser, SOURCE, DATA_ROOT, SAFETY, DAGSTER_HOME)
+    args = parser.parse_args(argv)
+    run_demo(
+        resolve_setting(SOURCE, args.source),
+        resolve_setting(DATA_ROOT, args.data_root),
+        resolve_setting(SAFETY, args.safety),
+        resolve_setting(DAGSTER_HOME, args.dagster_home),
+    )
 
 
 if __name__ == "__main__":

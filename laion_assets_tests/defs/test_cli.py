@@ -1,4 +1,12 @@
-"""The user's commands, run as a user runs them: the dagster CLI with no -m flag, on a persistent instance."""
+"""Every ``laion-assets`` subcommand finds the source, data root and instance the same way: flag > environment.
+
+The real CLI runs in subprocesses. Two demos build two data roots with their instances, one from flags, one from
+the environment; then each subcommand runs once with flags (the environment pointing at decoys that would make it
+fail) and once from the environment alone. The defaults (no flag, no variable) are tested on a fresh copy of the
+project in ``test_quickstart.py``. Independent commands run side by side to keep the test short.
+"""
+
+from __future__ import annotations
 
 import os
 import subprocess
@@ -6,63 +14,190 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
+import polars as pl
 
 from laion_assets.paths import PROJECT_DIR
+from laion_assets.sample import SampleSpec, write_sample
+from laion_assets_tests.fresh_copy import failed, ok, run_all, user_env
 
 BIN = Path(sys.executable).parent
+CLI, DAGSTER = str(BIN / "laion-assets"), str(BIN / "dagster")
+TINY = SampleSpec(parts=1, rows_per_part=400, seed=5)
 
 
-@pytest.fixture
-def env(tmp_path, small_sample):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_MODULE_NAME": "laion_assets.definitions",
-        "LAION_ASSETS_SOURCE": str(small_sample),
-        "LAION_ASSETS_DATA_ROOT": str(tmp_path / "out"),
-        "PYTHONPATH": str(PROJECT_DIR),
-    }
+def env_with(**settings: str) -> dict[str, str]:
+    """A clean environment (none of our settings inherited) that runs this checkout, plus ``settings``."""
+    return user_env(PYTHONPATH=str(PROJECT_DIR), **settings)
 
 
-def run(args, env, cwd=PROJECT_DIR):
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+def shards_of(home: Path) -> list[str]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return sorted(instance.get_dynamic_partitions("shards"))
 
 
-def test_materialize_subset_without_m_flag(env, tmp_path):
-    select = [str(BIN / "dagster"), "asset", "materialize", "--select", "subset_6_5plus"]
-    # Nothing materialized yet: one clear sentence naming what is missing and the command that builds it.
-    first = run(select, env)
-    assert first.returncode != 0
-    assert "aesthetic_tags is not materialized yet" in first.stdout + first.stderr
-    assert "run `make demo`" in first.stdout + first.stderr
-
-    demo = run([sys.executable, "-m", "laion_assets.demo", "--source", env["LAION_ASSETS_SOURCE"], "--data-root",
-                env["LAION_ASSETS_DATA_ROOT"]], env)  # fmt: skip
-    assert demo.returncode == 0, demo.stderr[-3000:]
-    assert "subset_6_5plus" in demo.stdout
-
-    second = run(select, env)
-    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    # Runs persist in DAGSTER_HOME: the demo's materialization and the CLI's are both recorded there.
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        records = instance.fetch_materializations(dg.AssetKey("subset_6_5plus"), limit=10).records
-        assert len(records) == 2
-    assert (tmp_path / "out" / "subsets" / "subset_6_5plus" / "part-00000.parquet").is_file()
+def rescore_config(home: Path) -> dict:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run_,) = instance.get_runs(dg.RunsFilter(job_name="rescore"))
+        return run_.run_config["resources"]["storage"]["config"]
 
 
-def test_activate_script_points_the_cli_at_the_project(tmp_path):
+def release_of(root: Path) -> Path:
+    (manifest,) = (root / "releases").glob("*/manifest.json")
+    return manifest.parent
+
+
+def test_every_subcommand_takes_the_flag_else_the_environment(tmp_path: Path):
+    source = tmp_path / "sample"
+    write_sample(source, TINY)
+    flag_root, env_root, empty_root = tmp_path / "out-flag", tmp_path / "out-env", tmp_path / "empty"
+    flag_home, env_home, empty_home = (tmp_path / n for n in ("home-flag", "home-env", "home-empty"))
+    for folder in (empty_root, flag_home, env_home, empty_home):
+        folder.mkdir()
+    decoy_source = tmp_path / "decoy" / "sample"  # would be built (and checked for) if the flag lost
+    # With flags given, the environment names places where the command would fail or that must stay untouched.
+    decoys = env_with(LAION_ASSETS_SOURCE=str(decoy_source), LAION_ASSETS_DATA_ROOT=str(empty_root),
+                      DAGSTER_HOME=str(empty_home))  # fmt: skip
+    from_env = env_with(LAION_ASSETS_SOURCE=str(source), LAION_ASSETS_DATA_ROOT=str(env_root),
+                        DAGSTER_HOME=str(env_home))  # fmt: skip
+    flags = ["--data-root", str(flag_root), "--dagster-home", str(flag_home)]
+
+    demos = run_all(
+        {
+            "flags": ([CLI, "demo", "--source", str(source), *flags], decoys),
+            "env": ([CLI, "demo"], from_env),
+        },
+        workers=2,
+    )
+    for name, root, home in (("flags", flag_root, flag_home), ("env", env_root, env_home)):
+        out = ok(demos[name])
+        assert (root / "subsets" / "subset_6_5plus" / "part-00000.parquet").is_file(), name
+        assert (root / "shards" / "00000" / "scores.parquet").is_file(), name
+        assert shards_of(home) == ["00000"], name
+        assert f"instance {home} (from {'--dagster-home' if name == 'flags' else 'DAGSTER_HOME'})" in out
+    assert not decoy_source.parent.exists() and not any(empty_root.iterdir()) and shards_of(empty_home) == []
+
+    some_hash = pl.read_parquet(flag_root / "tags" / "part-00000.parquet")["hash"][0]
+    new_samples = tmp_path / "new-flag", tmp_path / "new-env"
+    sample_args = ["sample", "--parts", "1", "--rows-per-part", "20"]
+    register_homes = tmp_path / "register-flag", tmp_path / "register-env"
+    wrong_root = env_with(LAION_ASSETS_DATA_ROOT=str(empty_root), DAGSTER_HOME=str(flag_home))
+    source_files = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+    for home in register_homes:
+        home.mkdir()
+    results = run_all(
+        {
+            "stale flags": ([CLI, "stale", *flags], decoys),
+            # Pointed at a data root without outputs (the flag's, then the variable's): a clear error, not "nothing".
+            "stale flag root": ([CLI, "stale", "--data-root", str(empty_root)], env_with(DAGSTER_HOME=str(flag_home))),
+            "stale env root": ([CLI, "stale"], wrong_root),
+            "stale no shards": ([CLI, "stale", "--data-root", str(flag_root)], decoys),
+            # The issue's case: after `demo --data-root X`, a plain `rescore` must not exit 0 having found nothing.
+            "rescore env root": ([CLI, "rescore"], wrong_root),
+            "rescore flags": ([CLI, "rescore", "--source", str(source), *flags], decoys),
+            "rescore env": ([CLI, "rescore"], from_env),
+            "kv flags": ([CLI, "kv", "lookup", str(some_hash), "--data-root", str(flag_root)], decoys),
+            "kv env": ([CLI, "kv", "lookup", str(some_hash)], from_env),
+            "register flags": (
+                [CLI, "register", "--source", str(source), "--dagster-home", str(register_homes[0])],
+                decoys,
+            ),
+            "register env": (
+                [CLI, "register"],
+                env_with(LAION_ASSETS_SOURCE=str(source), DAGSTER_HOME=str(register_homes[1])),
+            ),
+            "verify flags": ([CLI, "verify", str(release_of(flag_root)), "--source", str(source)], decoys),
+            "verify env": ([CLI, "verify", str(release_of(env_root))], from_env),
+            "sample flags": ([CLI, *sample_args, "--source", str(new_samples[0])], decoys),
+            "sample env": ([CLI, *sample_args], env_with(LAION_ASSETS_SOURCE=str(new_samples[1]))),
+            "sample over parts": ([CLI, *sample_args, str(source)], decoys),
+            # dagster's own CLI: the storage resource's defaults come from the same environment variables.
+            "dagster env": (
+                [DAGSTER, "asset", "materialize", "-m", "laion_assets.definitions", "--select", "subset_6_5plus"],
+                env_with(LAION_ASSETS_DATA_ROOT=str(empty_root), DAGSTER_HOME=str(empty_home)),
+            ),
+        }
+    )
+
+    assert "00000  current" in ok(results["stale flags"])
+    for name, origin in (("stale flag root", "--data-root"), ("stale env root", "LAION_ASSETS_DATA_ROOT"),
+                         ("rescore env root", "LAION_ASSETS_DATA_ROOT")):  # fmt: skip
+        wrong = failed(results[name])
+        assert f"registered in instance {flag_home} (from DAGSTER_HOME)" in wrong, name
+        assert f"has outputs under the data root {empty_root} (from {origin})" in wrong, name
+        assert "pass --data-root or set LAION_ASSETS_DATA_ROOT" in wrong, name
+    no_shards = failed(results["stale no shards"])
+    assert f"no shards are registered in the Dagster instance {empty_home} (from DAGSTER_HOME)" in no_shards
+
+    # The rescore runs record where they read and wrote, in the instance each was pointed at.
+    ok(results["rescore flags"])
+    ok(results["rescore env"])
+    assert rescore_config(flag_home) == {"source": str(source), "data_root": str(flag_root), "safety": ""}
+    assert rescore_config(env_home) == {"source": str(source), "data_root": str(env_root), "safety": ""}
+
+    for name in ("kv flags", "kv env"):
+        assert ok(results[name]).split("\t")[0] == str(some_hash), name
+    ok(results["register flags"])
+    ok(results["register env"])
+    assert [shards_of(h) for h in register_homes] == [["00000"], ["00000"]]
+    assert shards_of(empty_home) == []
+    for name in ("verify flags", "verify env"):
+        assert "): OK" in ok(results[name]), name
+
+    ok(results["sample flags"])
+    ok(results["sample env"])
+    for folder in new_samples:
+        assert sorted(p.name for p in (folder / "img_emb").iterdir()) == ["img_emb_0.npy"]
+    assert not decoy_source.parent.exists()
+    refused = failed(results["sample over parts"])
+    assert f"{source} (from --source) holds parts" in refused
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == source_files  # untouched
+
+    nothing = failed(results["dagster env"])
+    assert "aesthetic_tags is not materialized yet" in nothing and str(empty_root / "tags") in nothing
+
+
+def activate_script(tmp_path: Path) -> Path:
     venv = tmp_path / "repo" / ".venv"
     (venv / "bin").mkdir(parents=True)
     activate = venv / "bin" / "activate"
     activate.write_text(f'VIRTUAL_ENV="{venv}"\nexport VIRTUAL_ENV\n')
+    return activate
+
+
+def patch(activate: Path) -> None:
     subprocess.run(["bash", str(PROJECT_DIR / "scripts" / "patch-activate.sh"), str(activate)], check=True)
-    subprocess.run(["bash", str(PROJECT_DIR / "scripts" / "patch-activate.sh"), str(activate)], check=True)
+
+
+SHOW = 'echo "$DAGSTER_HOME"; echo "${DAGSTER_MODULE_NAME-unset}"; echo "$DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME"'
+
+
+def test_activate_keeps_a_preset_dagster_home_and_exports_no_module_name(tmp_path: Path):
+    activate = activate_script(tmp_path)
+    patch(activate)
+    patch(activate)
     assert activate.read_text().count("laion-assets: dagster project and instance") == 1  # idempotent
-    out = subprocess.run(["bash", "-c", f". {activate} && echo $DAGSTER_MODULE_NAME $DAGSTER_HOME"],
-                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    assert out == ["laion_assets.definitions", str(tmp_path / "repo" / ".dagster")]
-    assert (tmp_path / "repo" / ".dagster" / "dagster.yaml").is_symlink()
+
+    def activated(script: str, **env: str) -> list[str]:
+        done = subprocess.run(["bash", "-c", f". {activate}\n{script}"], env=user_env(**env), capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        return done.stdout.splitlines()
+
+    project_home = tmp_path / "repo" / ".dagster"
+    assert activated(SHOW) == [str(project_home), "unset", "laion_assets.definitions"]
+    assert os.readlink(project_home / "dagster.yaml") == "../dagster.yaml"
+    mine = tmp_path / "mine"
+    assert activated(SHOW, DAGSTER_HOME=str(mine)) == [str(mine), "unset", "laion_assets.definitions"]
+    # Activating again keeps a DAGSTER_HOME set in between, and replaces only the value activation itself set.
+    assert activated(f"export DAGSTER_HOME={mine}\n. {activate}\n{SHOW}")[0] == str(mine)
+    assert activated(f". {activate}\n{SHOW}")[0] == str(project_home)
+
+
+def test_patching_replaces_an_older_activation_block(tmp_path: Path):
+    activate = activate_script(tmp_path)
+    venv_part = activate.read_text()
+    old = "\n# laion-assets: dagster project and instance\nexport DAGSTER_MODULE_NAME=laion_assets.definitions\n"
+    activate.write_text(venv_part + old)
+    patch(activate)
+    text = activate.read_text()
+    assert text.startswith(venv_part) and "DAGSTER_MODULE_NAME=" not in text
+    assert "export DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME=laion_assets.definitions" in text

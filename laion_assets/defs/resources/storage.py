@@ -1,7 +1,6 @@
 """Where the stored embeddings (and optional safety tags) are read from and where every asset writes."""
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from laion_assets.locations import Location, is_local, location
 from laion_assets.mirror import Mirror
 from laion_assets.outputs import OutputLayout
 from laion_assets.predictors import CLIP_L14_DIM
+from laion_assets.settings import DATA_ROOT, SAFETY, SOURCE, resolve_setting
 from laion_assets.thresholds import ENGLISH
 
 
@@ -30,9 +30,9 @@ class StorageResource(dg.ConfigurableResource):
     URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never from this config.
     """
 
-    source: str = os.environ.get("LAION_ASSETS_SOURCE", "data/sample")
-    data_root: str = os.environ.get("LAION_ASSETS_DATA_ROOT", "data/out")
-    safety: str = os.environ.get("LAION_ASSETS_SAFETY", "")
+    source: str = resolve_setting(SOURCE).value
+    data_root: str = resolve_setting(DATA_ROOT).value
+    safety: str = resolve_setting(SAFETY).value
     staging: str = ""
     swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
