@@ -274,3 +274,33 @@ def test_every_subcommand_defaults_to_the_project(demo_repo: Path):
     assert "): OK" in ok(results["verify"])
     assert f"{sample} (from default) holds parts" in failed(results["sample"])
     assert {p: p.stat().st_mtime_ns for p in sample.rglob("*")} == sample_before
+
+
+def section_commands(title: str, readme: Path = PROJECT_DIR / "README.md") -> list[str]:
+    """The command lines of the bash blocks in the README section whose heading starts with ``title``."""
+    section = re.search(rf"^## {re.escape(title)}.*?\n(.*?)(?=^## )", readme.read_text(), re.S | re.M)
+    assert section, f"{readme}: no section '{title}'"
+    blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", section.group(1), re.S | re.M)
+    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_rescoring_commands_work_as_written(demo_repo: Path):
+    """The README's re-scoring block, line by line in an activated shell: a new predictor, then a new version."""
+    repo = demo_repo
+    lines = section_commands("Re-scoring")
+    assert [line.split()[:2] for line in lines] == [
+        ["laion-assets", "stale"], ["laion-assets", "activate"], ["laion-assets", "rescore"], ["dagster", "job"],
+    ]  # fmt: skip
+    releases = repo / "data" / "out" / "releases"
+    before = {p.name for p in releases.iterdir()}
+    outputs = []
+    for line in lines:
+        done = bash(f". .venv/bin/activate\n{line}", repo, user_env())
+        outputs.append(done.stdout + done.stderr)
+        assert done.returncode == 0, f"`{line}` failed ({done.returncode}):\n{outputs[-1][-4000:]}"
+    assert "AESTHETIC_SCORE is now v2-mlp-relu@sha256:" in outputs[1]
+    assert "rescore: re-scored 4 shard(s): 00000, 00001, 00002, 00003" in outputs[2]
+    (new,) = {p.name for p in releases.iterdir()} - before  # the re-score made a new version, the old one stays
+    changelog = json.loads((releases / new / "manifest.json").read_text())["changelog"]
+    assert set(changelog["predictors"]) == {"AESTHETIC_SCORE"} and changelog["previous"] in before
+    assert "RUN_SUCCESS" in outputs[3]  # dagster's own CLI runs the job too; nothing is stale any more
