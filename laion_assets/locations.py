@@ -74,37 +74,45 @@ def file_sha256(path: str | Location) -> str:
     return digest.hexdigest()
 
 
-# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference.
+# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference (S3, GCS, Azure,
+# HTTP, the Hub's blob id, local-like filesystems).
 _VERSION_KEYS = (
-    "ETag",
-    "etag",
-    "md5Hash",
-    "generation",
-    "version_id",
-    "mtime",
-    "LastModified",
-    "last_modified",
-    "created",
-)
+    "ETag", "etag", "md5Hash", "generation", "version_id", "blob_id", "mtime", "LastModified", "Last-Modified",
+    "last_modified", "created",
+)  # fmt: skip
 
 
 def stat_fingerprint(path: Location) -> dict[str, object]:
-    """Size plus what changes on a rewrite (mtime in ns locally, etag/mtime remotely): a cheap "has it changed" key."""
+    """Size plus what changes on a rewrite: a cheap "has it changed" key.
+
+    Locally: size, mtime and ctime in ns (ctime cannot be set back by ``touch -r`` or ``cp -p``). Remotely: size and
+    the first version key ``info()`` offers (etag, generation, Last-Modified, ...), or ``None`` when it offers none,
+    in which case only the content can tell (:func:`changed_fields` then hashes it).
+    """
     if is_local(path):
         st = Path(path).stat()
-        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
     info = path.fs.info(path.path)
     key = next((k for k in _VERSION_KEYS if info.get(k) is not None), None)
     return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
 
 
 def changed_fields(recorded: dict[str, object], path: Location) -> list[str]:
-    """What differs between a recorded :func:`stat_fingerprint` and the file now (``["missing"]`` when it is gone)."""
+    """What differs between a recorded :func:`stat_fingerprint` (with the file's ``sha256``) and the file now.
+
+    ``["missing"]`` when it is gone. A remote file whose filesystem gives no version information is hashed again
+    and compared by content, so a rewrite of the same size is never taken for the validated file.
+    """
     try:
         now = stat_fingerprint(path)
     except (OSError, KeyError):
         return ["missing"]
-    return [f"{k} {recorded.get(k)} -> {now[k]}" for k in now if recorded.get(k) != now[k]]
+    changed = [f"{k} {recorded.get(k)} -> {now[k]}" for k in now if recorded.get(k) != now[k]]
+    if not changed and not is_local(path) and now.get("version") is None and recorded.get("sha256"):
+        digest = file_sha256(path)
+        if digest != recorded["sha256"]:
+            changed.append(f"sha256 {recorded['sha256']} -> {digest} (its filesystem gives no version to compare)")
+    return changed
 
 
 def list_files(folder: Location, suffix: str) -> list[Location]:

@@ -18,6 +18,7 @@ from laion_assets.errors import BadInputError
 from laion_assets.locations import Location, file_sha256, is_local, list_files
 from laion_assets.paths import PROJECT_DIR
 from laion_assets.predictors import inspect_weights
+from laion_assets.safety import SafetySource
 from laion_assets.shards import Validation
 
 MANIFEST = "manifest.json"
@@ -74,16 +75,25 @@ def source_entry(source: Location, validations: Mapping[str, Validation]) -> dic
     return {"source": project_relative(source), "parts": entries}
 
 
-def safety_entry(safety: Location | None) -> dict[str, object] | None:
-    """The separate safety-tags table a release joined (project-relative folder or URL, each file's sha256)."""
+def safety_entry(safety: Location | None, joined: SafetySource | None = None) -> dict[str, object] | None:
+    """The separate safety-tags table a release joined (project-relative folder or URL, each file's sha256).
+
+    ``joined`` is what ``safety_tags`` recorded when it indexed the table (the files and hashes actually joined);
+    without it the table is hashed as it is now.
+    """
     if safety is None:
         return None
-    files = list_files(safety, ".parquet") if safety.is_dir() else [safety]
+    if joined is not None:
+        files = [
+            {"path": str(f["path"]), "sha256": str(f["sha256"])} for f in sorted(joined.files, key=lambda f: f["path"])
+        ]
+        return {"source": project_relative(safety), "files": files}
+    found = list_files(safety, ".parquet") if safety.is_dir() else [safety]
     return {
         "source": project_relative(safety),
         "files": [
             {"path": f.relative_to(safety).as_posix() if f != safety else f.name, "sha256": file_sha256(f)}
-            for f in files
+            for f in found
         ],
     }
 

@@ -23,10 +23,18 @@ from laion_assets.layout import Part, discover_parts
 from laion_assets.locations import Location
 from laion_assets.outputs import OutputLayout
 from laion_assets.predictors import CLIP_L14_DIM, load_for_column
-from laion_assets.safety import SafetyIndex, build_safety_index
+from laion_assets.safety import NO_SAFETY_ID, SafetyIndex, build_safety_index, check_safety_current
 from laion_assets.shards import Validation, check_source_unchanged, index_part, score_part
 from laion_assets.subsets import write_rule
-from laion_assets.tags import build_tags, scan_tags, tag_files
+from laion_assets.tags import (
+    BUILT_FROM,
+    build_tags,
+    built_from_path,
+    recorded_ids,
+    scan_tags,
+    tag_files,
+    write_built_from,
+)
 from laion_assets.thresholds import ENGLISH, V1_SUBSETS, V2_SUBSETS
 
 V1_COLUMN = "aesthetic"
@@ -68,8 +76,11 @@ def build_subsets(layout: OutputLayout) -> dict[str, Path]:
 
 
 def build_histogram(layout: OutputLayout) -> Path:
-    """Write ``stats/score_histogram.json`` from the tags table."""
-    return write_histogram(histogram_document(scan_tags(layout), SCORE_COLUMNS), layout.histogram_path)
+    """Write ``stats/score_histogram.json`` from the tags table, and which table it counted."""
+    tags_id = recorded_ids(tag_files(layout))
+    path = write_histogram(histogram_document(scan_tags(layout), SCORE_COLUMNS), layout.histogram_path)
+    write_built_from(built_from_path(path), tags_id)  # after the file: a crash in between leaves an old record
+    return path
 
 
 def build_buckets(
@@ -99,17 +110,23 @@ def build_buckets(
         accumulate_part(acc, embeddings, scores)
     with atomic_dir(layout.buckets_dir) as tmp:
         save_buckets(acc.vectors(), tmp)
+        write_built_from(tmp / BUILT_FROM, recorded_ids(tag_files(layout)))
     return acc.counts
 
 
 def build_kvs(layout: OutputLayout) -> dict[str, KVSummary]:
     """Write LAION's KV files (``aesthetic.kv`` ``<qe``, ``safety.kv`` ``<qee``) from the tags table, in shard order."""
     files = tag_files(layout)
+    tags_id = recorded_ids(files)
     layout.kv_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    record = built_from_path(layout.kv_dir)
+    record.unlink(missing_ok=True)  # while the files are being rewritten they describe no table
+    written = {
         name: write_kv(parquet_batches(files, columns), layout.kv_dir / name, fmt)
         for name, (fmt, columns) in KV_FILES.items()
     }
+    write_built_from(record, tags_id)
+    return written
 
 
 def rebuild(
@@ -130,11 +147,12 @@ def rebuild(
     layout = OutputLayout(Path(data_root))
     parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
     validations = build_shards(parts, layout, predictor_files, dim, swap_width_height, language, forced)
-    index = None
+    index, safety_id = None, NO_SAFETY_ID
     if safety is not None:
         build_safety_index(safety, layout.safety_dir)
         index = SafetyIndex.open(layout.safety_dir)
-    build_tags(validations, layout, index)
+        safety_id = check_safety_current(safety, layout.safety_dir)
+    build_tags(validations, layout, index, safety_id)
     build_subsets(layout)
     build_histogram(layout)
     build_buckets(layout, {p.key: p for p in parts}, dim, validations)

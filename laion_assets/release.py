@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from laion_assets.audit import SubsetAudit, audit_subset
 from laion_assets.buckets import N_BUCKETS
 from laion_assets.dataset_card import render_card, subset_path
-from laion_assets.errors import BadInputError, MissingUpstreamError
+from laion_assets.errors import BadInputError, MissingUpstreamError, SourceChangedError
 from laion_assets.gating import tags_validations
 from laion_assets.kv import KV_FILES, record_dtype
 from laion_assets.locations import Location
@@ -38,9 +38,10 @@ from laion_assets.manifest import (
     source_entry,
 )
 from laion_assets.outputs import OutputLayout
+from laion_assets.safety import SafetySource, check_safety_current
 from laion_assets.shards import IDENTITY_KEY, Validation
 from laion_assets.subsets import SUBSET_FILE, rule_funnel, subset_rows
-from laion_assets.tags import tag_files
+from laion_assets.tags import SAFETY_ID_KEY, read_built_from, recorded_ids, tag_files
 from laion_assets.thresholds import (
     ENGLISH,
     PUNSAFE_MAX,
@@ -362,6 +363,38 @@ def audit_subsets(layout: OutputLayout, funnels: Mapping[str, Mapping[str, int]]
     ]
 
 
+def check_release_inputs(layout: OutputLayout, safety: Location | None) -> str:
+    """The tags table every released output was computed from; raises naming each output that is not current.
+
+    The subsets, KV files, histogram and bucket embeddings each record the tags table they read
+    (``tags.read_built_from``); the tags record the safety table they joined, which must be the one ``safety_tags``
+    indexed from the configured table, unchanged since.
+    """
+    files = tag_files(layout)
+    tags_id = recorded_ids(files)
+    joined = recorded_ids(files, SAFETY_ID_KEY)
+    configured = check_safety_current(safety, layout.safety_dir)
+    if joined != configured:
+        raise SourceChangedError(
+            f"aesthetic_tags joined safety table {joined!r} but the configured one is {configured!r}; "
+            "re-materialize safety_tags and aesthetic_tags (and what follows them)"
+        )
+    outputs = [(rule.asset_name, layout.subset_dir(rule.asset_name)) for rule in (*V2_SUBSETS, *V1_SUBSETS)]
+    outputs += [("aesthetic_kv", layout.kv_dir), ("score_histogram", layout.histogram_path)]
+    outputs += [("bucket_embeddings", layout.buckets_dir)]
+    stale = []
+    for asset, output in outputs:
+        recorded = read_built_from(output)
+        if recorded != tags_id:
+            stale.append(f"{asset} ({'computed from another aesthetic_tags' if recorded else 'records no tags'})")
+    if stale:
+        raise BadInputError(
+            f"release stopped: {', '.join(stale)} not computed from the current aesthetic_tags ({tags_id}); "
+            "re-materialize them (everything downstream of aesthetic_tags)"
+        )
+    return tags_id
+
+
 def release_from_layout(
     layout: OutputLayout,
     version: str,
@@ -381,6 +414,7 @@ def release_from_layout(
     selects stops the release (nothing is written).
     """
     validations = validations if validations is not None else tags_validations(layout)
+    check_release_inputs(layout, safety)
     subsets = subsets_with_funnels(layout)
     failed = [a for a in audit_subsets(layout, {s["name"]: s["funnel"] for s in subsets}) if not a.passed]
     if failed:
@@ -390,7 +424,7 @@ def release_from_layout(
     inputs = {
         **source_entry(source, validations),
         "embedding_dim": dim,
-        "safety": safety_entry(safety),
+        "safety": safety_entry(safety, SafetySource.read(layout.safety_dir) if safety is not None else None),
         "swap_width_height": swap_width_height,
         "language": language,
         "excluded_shards": sorted(excluded_shards),

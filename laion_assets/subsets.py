@@ -13,6 +13,7 @@ from laion_assets.atomic import atomic_dir, naming_write_errors
 from laion_assets.errors import OutputWriteError
 from laion_assets.metadata import missing_url
 from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS
+from laion_assets.tags import BUILT_FROM, recorded_ids, write_built_from
 from laion_assets.thresholds import ENGLISH, PUNSAFE_MAX, PWATERMARK_MAX, V1Subset, V2Subset
 
 
@@ -93,8 +94,11 @@ def rule_funnel(files: Sequence[Path], rule: V1Subset | V2Subset, rows: int) -> 
 SUBSET_FILE = "part-00000.parquet"
 
 
-def write_subset(query: pl.LazyFrame, folder: Path) -> Path:
-    """Stream a subset query into ``folder/part-00000.parquet``; the folder is replaced only on success."""
+def write_subset(query: pl.LazyFrame, folder: Path, tags_id: str | None = None) -> Path:
+    """Stream a subset query into ``folder/part-00000.parquet``; the folder is replaced only on success.
+
+    ``tags_id`` (the tags table the query reads) is recorded beside the file, in the same folder swap.
+    """
     with atomic_dir(folder) as tmp:
         target = tmp / SUBSET_FILE
         try:
@@ -102,6 +106,8 @@ def write_subset(query: pl.LazyFrame, folder: Path) -> Path:
                 query.sink_parquet(target, compression="zstd", compression_level=3, statistics=True)
         except pl.exceptions.ComputeError as exc:  # a full disk can also surface as a broken parquet footer
             raise OutputWriteError(f"{target}: writing failed: {exc}; nothing was replaced") from exc
+        if tags_id is not None:
+            write_built_from(tmp / BUILT_FROM, tags_id)
     return folder / SUBSET_FILE
 
 
@@ -156,7 +162,7 @@ def v1_keep_rows(files: Sequence[Path], rule: V1Subset) -> list[np.ndarray]:
     return [keep[(keep >= lo) & (keep < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def write_v1_subset(files: Sequence[Path], rule: V1Subset, folder: Path) -> Path:
+def write_v1_subset(files: Sequence[Path], rule: V1Subset, folder: Path, tags_id: str | None = None) -> Path:
     """Write a V1 subset one tags file at a time (the same rows as :func:`v1_subset`), memory bounded by one part."""
     schema = pl.DataFrame(schema=V1_SUBSET_COLUMNS).to_arrow().schema
     with atomic_dir(folder) as tmp:
@@ -165,11 +171,17 @@ def write_v1_subset(files: Sequence[Path], rule: V1Subset, folder: Path) -> Path
                 if rows.size:
                     part = pl.read_parquet(path)[rows]
                     writer.write_table(v1_subset(part.lazy(), rule, filtered=True).collect().to_arrow().cast(schema))
+        if tags_id is not None:
+            write_built_from(tmp / BUILT_FROM, tags_id)
     return folder / SUBSET_FILE
 
 
 def write_rule(files: Sequence[Path], rule: V1Subset | V2Subset, folder: Path) -> Path:
-    """Write one subset of the tags table (given as its part files) into ``folder/part-00000.parquet``."""
+    """Write one subset of the tags table (given as its part files) into ``folder/part-00000.parquet``.
+
+    The folder also records which tags table it was cut from, so a release never pairs it with another one.
+    """
+    tags_id = recorded_ids(files)
     if isinstance(rule, V2Subset):
-        return write_subset(v2_subset(pl.scan_parquet(list(files)), rule), folder)
-    return write_v1_subset(files, rule, folder)
+        return write_subset(v2_subset(pl.scan_parquet(list(files)), rule), folder, tags_id)
+    return write_v1_subset(files, rule, folder, tags_id)

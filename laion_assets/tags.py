@@ -2,20 +2,63 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from laion_assets.atomic import atomic_dir, write_parquet
 from laion_assets.errors import BadInputError
 from laion_assets.metadata import missing_url
 from laion_assets.outputs import OutputLayout
-from laion_assets.safety import SafetyIndex
+from laion_assets.safety import NO_SAFETY_ID, SafetyIndex
 from laion_assets.schemas import TAGS_COLUMNS
 from laion_assets.shards import IDENTITY_KEY, VALIDATION_ID_KEY, Validation, read_identities
+
+# Every tags part records the id of the whole table (its shards' validations, the predictors and the safety table)
+# and of the safety table it joined; outputs computed from the tags record the table id they read (``built_from``).
+TAGS_ID_KEY = "laion_assets.tags_id"
+SAFETY_ID_KEY = "laion_assets.safety_id"
+BUILT_FROM = ".built-from"
+
+
+def tags_table_id(validation_ids: Mapping[str, str], identities: Mapping[str, str], safety_id: str) -> str:
+    """The id of a tags table: a digest of what it was built from (no paths or times, so rebuilds agree)."""
+    content = {"shards": dict(sorted(validation_ids.items())), "predictors": dict(sorted(identities.items())),
+               "safety": safety_id}  # fmt: skip
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_ids(files: Sequence[Path], key: str = TAGS_ID_KEY) -> str:
+    """The id every tags part records under ``key``; raises when a part records none or they disagree."""
+    found = {(pq.read_schema(f).metadata or {}).get(key.encode(), b"").decode() for f in files}
+    if len(found) != 1 or "" in found:
+        folder = Path(files[0]).parent if files else "aesthetic_tags"
+        raise BadInputError(
+            f"{folder}: the tags parts do not record one table id (built by an older laion-assets, or mixed); "
+            "re-materialize aesthetic_tags"
+        )
+    return found.pop()
+
+
+def built_from_path(output: Path) -> Path:
+    """Where an output records the tags table it was computed from: inside a folder, else a hidden sibling."""
+    return output / BUILT_FROM if output.is_dir() else output.with_name(f".{output.name}{BUILT_FROM}")
+
+
+def write_built_from(record: Path, tags_id: str) -> None:
+    """Record the tags table id an output was computed from (write it after the output it describes)."""
+    record.write_text(tags_id + "\n")
+
+
+def read_built_from(output: Path) -> str | None:
+    """The tags table id an output records, or None."""
+    record = built_from_path(output)
+    return record.read_text().strip() if record.is_file() else None
 
 
 def shard_hint(key: str) -> str:
@@ -38,7 +81,10 @@ class TagsSummary:
 
 
 def build_tags(
-    validations: Mapping[str, Validation], layout: OutputLayout, safety: SafetyIndex | None = None
+    validations: Mapping[str, Validation],
+    layout: OutputLayout,
+    safety: SafetyIndex | None = None,
+    safety_id: str = NO_SAFETY_ID,
 ) -> TagsSummary:
     """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``.
 
@@ -54,6 +100,15 @@ def build_tags(
         )
     per_shard: dict[str, dict[str, int]] = {}
     identities: dict[str, str] = {}
+    for key in sorted(validations):  # every shard must be scored by the same predictors; the table id names them
+        scores_path = layout.require(layout.shard_scores(key), f"aesthetic_scores for shard {key}")
+        for column, identity in read_identities(scores_path).items():
+            if identities.setdefault(column, str(identity)) != str(identity):
+                raise BadInputError(
+                    f"{scores_path}: {column} was scored by {identity} but other shards by "
+                    f"{identities[column]}; re-score the stale shards first"
+                )
+    table_id = tags_table_id({k: v.id for k, v in validations.items()}, identities, safety_id)
     totals = dict.fromkeys(("rows", "safety", "url", "caption", "dups"), 0)
     with atomic_dir(layout.tags_dir) as tmp:
         for key, validation in sorted(validations.items()):
@@ -71,17 +126,16 @@ def build_tags(
             if not meta["hash"].equals(scores["hash"]):
                 raise BadInputError(f"{scores_path}: hashes are not row-aligned with {meta_path}")
             shard_ids = {k: str(v) for k, v in read_identities(scores_path).items()}
-            for column, identity in shard_ids.items():
-                if identities.setdefault(column, identity) != identity:
-                    raise BadInputError(
-                        f"{scores_path}: {column} was scored by {identity} but other shards by "
-                        f"{identities[column]}; re-score the stale shards first"
-                    )
             table = meta.hstack(scores.drop("hash")).select(
                 [pl.col(name).cast(dtype) for name, dtype in TAGS_COLUMNS.items()]
             )
             # The validation's id only (content hashes and settings, no paths or times): tags stay reproducible.
-            recorded = {IDENTITY_KEY: json.dumps(shard_ids, sort_keys=True), VALIDATION_ID_KEY: validation.id}
+            recorded = {
+                IDENTITY_KEY: json.dumps(shard_ids, sort_keys=True),
+                VALIDATION_ID_KEY: validation.id,
+                TAGS_ID_KEY: table_id,
+                SAFETY_ID_KEY: safety_id,
+            }
             write_parquet(table.to_arrow(), tmp / f"part-{key}.parquet", recorded)
             counts = table.select(
                 pl.col("punsafe").is_null().sum().alias("without_safety_tags"),

@@ -3,12 +3,14 @@
 Acceptance 2 and 3 of issue 9, and the explicit way out (``release_config.exclude_shards``).
 """
 
+import hashlib
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 import laion_assets.defs.assets.subsets as subset_assets
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
@@ -17,20 +19,24 @@ from laion_assets.defs.resources import PredictorsResource, ReleaseResource, Sto
 from laion_assets.demo import run_graph
 from laion_assets.layout import discover_parts
 from laion_assets.manifest import load_manifest
+from laion_assets.paths import V1_WEIGHTS
 from laion_assets.subsets import SUBSET_FILE
+from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
 from laion_assets.verify import verify_release
+from laion_assets_tests.laion_release import write_laion_release
 from laion_assets_tests.release_helpers import tree_hashes
 
 RELEASE_LEVEL = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
 
 
-def run(selection, storage, instance, key=None, release_config=None):
+def run(selection, storage, instance, key=None, release_config=None, predictors=None):
+    resources = {**default_resources(), "storage": storage, "release_config": release_config or ReleaseResource()}
     return dg.materialize(
         [a for a in ASSETS if a is not hf_release] + CHECKS,
         selection=selection,
         partition_key=key,
         instance=instance,
-        resources={**default_resources(), "storage": storage, "release_config": release_config or ReleaseResource()},
+        resources={**resources, "predictors": predictors or PredictorsResource()},
         raise_on_error=False,
     )
 
@@ -152,3 +158,49 @@ def test_scores_made_before_a_revalidation_are_not_released(small_sample, tmp_pa
     assert "00000: its scores were made before clip_embeddings last validated it" in failures(result)
     assert run(["aesthetic_scores"], storage, instance, key=part.key).success
     assert run(["aesthetic_tags"], storage, instance).success
+
+
+def test_a_safety_table_changed_since_it_was_indexed_stops_the_release(tmp_path):
+    """Tags joined from an old index are never released with a manifest naming the new table."""
+    inputs = write_laion_release(tmp_path / "in", rows_per_part=120)
+    storage = StorageResource(source=str(inputs.embeddings), safety=str(inputs.joined), data_root=str(tmp_path / "out"))
+    instance = dg.DagsterInstance.ephemeral()
+    run_graph(instance, storage, PredictorsResource())
+    before = tree_hashes(storage.layout.releases_dir)
+    table = sorted(inputs.joined.glob("*.parquet"))[0]
+    pl.read_parquet(table).with_columns(pl.col("punsafe") * 0.5).write_parquet(table)
+
+    without_index = run(dg.AssetSelection.assets("aesthetic_tags").downstream(), storage, instance)
+    assert not without_index.success
+    assert f"the safety table changed since safety_tags indexed it ({table.name} changed (" in failures(without_index)
+    alone = run(["release"], storage, instance)
+    assert "the safety table changed since safety_tags indexed it" in failures(alone)
+    assert tree_hashes(storage.layout.releases_dir) == before
+
+    rebuilt = run(RELEASE_LEVEL, storage, instance)  # safety_tags first, then everything after it
+    assert rebuilt.success, failures(rebuilt)
+    manifest = load_manifest(storage.layout.release_dir("v0.1.1"))
+    recorded = {f["path"]: f["sha256"] for f in manifest["inputs"]["safety"]["files"]}
+    assert recorded[table.name] == hashlib.sha256(table.read_bytes()).hexdigest()
+    assert manifest["changelog"]["inputs"]["safety"]
+
+
+def test_outputs_computed_from_an_older_tags_table_stop_the_release(small_sample, tmp_path):
+    """Re-scored tags and subsets, but KV, histogram and buckets left from before: the release names them."""
+    instance = dg.DagsterInstance.ephemeral()
+    storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "out"))
+    run_graph(instance, storage, PredictorsResource())
+    before = tree_hashes(storage.layout.releases_dir)
+    state = torch.load(V1_WEIGHTS, map_location="cpu", weights_only=True)
+    shifted = tmp_path / "v1-shifted.pth"
+    torch.save({"weight": state["weight"], "bias": state["bias"] + 0.7}, shifted)
+    predictors = PredictorsResource(v1_weights=str(shifted))
+    for key in sorted(instance.get_dynamic_partitions("shards")):
+        assert run(["aesthetic_scores"], storage, instance, key=key, predictors=predictors).success
+    subsets = ["aesthetic_tags", *(r.asset_name for r in (*V2_SUBSETS, *V1_SUBSETS)), "release"]
+    result = run(subsets, storage, instance, predictors=predictors)
+    assert not result.success
+    text = failures(result)
+    assert "release stopped: aesthetic_kv (computed from another aesthetic_tags), score_histogram (computed" in text
+    assert "bucket_embeddings (computed from another aesthetic_tags) not computed from the current" in text
+    assert tree_hashes(storage.layout.releases_dir) == before

@@ -20,7 +20,7 @@ from laion_assets.paths import resolve
 from laion_assets.pipeline import build_kvs
 from laion_assets.publishing import push_release
 from laion_assets.release import release_dir_for, release_from_layout
-from laion_assets.tags import scan_tags
+from laion_assets.tags import built_from_path, scan_tags
 
 
 @dg.asset(
@@ -119,7 +119,8 @@ def release(
     layout = storage.layout
     with as_failure("release"):
         storage.pull(
-            layout.subsets_dir, layout.buckets_dir, layout.histogram_path, layout.kv_dir, layout.releases_dir,
+            layout.subsets_dir, layout.buckets_dir, layout.histogram_path, built_from_path(layout.histogram_path),
+            layout.kv_dir, layout.releases_dir, layout.safety_dir,
         )  # fmt: skip
         validations = gate_tags(context.instance, storage, release_config, "release")
         files = {column: resolve(path) for column, path in predictors.weights().items()}

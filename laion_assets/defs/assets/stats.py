@@ -13,7 +13,7 @@ from laion_assets.histogram_history import changed_columns, comparison_png, prev
 from laion_assets.pipeline import build_buckets
 from laion_assets.plots import png_markdown
 from laion_assets.shards import read_identities
-from laion_assets.tags import scan_tags
+from laion_assets.tags import built_from_path, recorded_ids, scan_tags, tag_files, write_built_from
 
 SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
 
@@ -77,9 +77,11 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
         with atomic_path(plot) as tmp:
             tmp.write_bytes(png)
         write_histogram(document, layout.histogram_path)
+        record = built_from_path(layout.histogram_path)
+        write_built_from(record, recorded_ids(tag_files(layout)))  # after the file it describes
         history = {"counts": counts, "identities": identities, "previous": previous}
         write_histogram(history, layout.histogram_history_path)
-        storage.push(layout.histogram_path, layout.histogram_history_path, plot)
+        storage.push(layout.histogram_path, record, layout.histogram_history_path, plot)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(

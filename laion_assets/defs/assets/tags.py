@@ -10,7 +10,7 @@ from laion_assets.defs.errors import as_failure
 from laion_assets.defs.gate import gate, released_keys
 from laion_assets.defs.resources import ReleaseResource, StorageResource
 from laion_assets.errors import BadInputError
-from laion_assets.safety import SafetyIndex, build_safety_index
+from laion_assets.safety import SafetyIndex, build_safety_index, check_safety_current
 from laion_assets.shards import read_validation
 from laion_assets.tags import build_tags, scan_tags
 
@@ -66,7 +66,9 @@ def aesthetic_tags(
         if storage.safety_path is not None:
             storage.pull(layout.safety_dir)
             safety = SafetyIndex.open(layout.safety_dir)
-        summary = build_tags(validations, layout, safety)
+        # The joined table must be the one safety_tags indexed: a table changed since stops the run.
+        safety_id = check_safety_current(storage.safety_path, layout.safety_dir)
+        summary = build_tags(validations, layout, safety, safety_id)
         storage.push(layout.tags_dir)
     stats = (
         scan_tags(storage.layout)
