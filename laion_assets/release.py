@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,12 +274,49 @@ def build_release(
     ``code`` and ``packages`` default to a fresh comparison with the previous release and the running code;
     ``verify`` passes the recorded ones so that only the data decides whether bytes match.
     """
+    if version != AUTO:
+        check_version(version)
+    with release_lock(layout):  # one build at a time decides the version and renames into place
+        return _build_release_locked(layout, version, inputs, predictors, name, subsets, changelog, code, packages)
+
+
+@contextmanager
+def release_lock(layout: OutputLayout) -> Iterator[None]:
+    """Hold an exclusive lock on the data root's releases (another build waits; the lock goes with the process).
+
+    The lock file sits beside ``releases/``, not in it, so mirroring that folder never touches it.
+    """
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.root / ".releases.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_release_locked(
+    layout: OutputLayout,
+    version: str,
+    inputs: dict,
+    predictors: Mapping[str, Mapping[str, object]],
+    name: str,
+    subsets: list[dict[str, object]] | None,
+    changelog: dict | None,
+    code: dict | None,
+    packages: dict | None,
+) -> ReleaseSummary:
     newest = newest_release(layout) if version == AUTO else None
     target_version = (next_version(newest.name) if newest else FIRST_VERSION) if version == AUTO else version
     check_version(target_version)
     existing = newest if version == AUTO else layout.release_dir(target_version)
     sources = release_sources(layout)
     target = layout.release_dir(target_version)
+    if target.exists() and not (target / MANIFEST).is_file():
+        raise ReleaseExistsError(
+            f"{target}: exists but is not a release (no manifest.json); it is never deleted: move it away or "
+            "choose another version"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target_version}.", suffix=".tmp", dir=target.parent))
     try:
@@ -318,9 +357,7 @@ def build_release(
         (tmp / CARD).write_text(render_card(manifest, histogram))
         manifest["files"][CARD] = file_entry(tmp / CARD)
         (tmp / MANIFEST).write_text(dumps(manifest))
-        if target.exists():  # an unfinished folder without a manifest (a killed build): never a release
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        os.rename(tmp, target)  # under the lock, and checked above: the target does not exist
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ReleaseSummary(target, target_version, manifest)

@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ from laion_assets.release import (
     AUTO,
     FIRST_VERSION,
     ReleaseExistsError,
+    build_release,
     check_version,
     next_version,
     release_from_layout,
@@ -148,3 +150,36 @@ def test_next_version() -> None:
     assert next_version("beta") == "beta.1"
     with pytest.raises(BadInputError, match="release version 'auto'"):
         check_version(AUTO)
+
+
+def test_concurrent_builds_get_their_own_versions(small_sample_session: Path, tmp_path: Path) -> None:
+    layout, first = build(small_sample_session, tmp_path / "out", AUTO)
+    inputs, predictors = first.manifest["inputs"], first.manifest["predictors"]
+    results: dict[str, object] = {}
+
+    def release(name: str) -> None:
+        results[name] = build_release(layout, AUTO, inputs=inputs, predictors=predictors, name=name)
+
+    threads = [threading.Thread(target=release, args=(name,)) for name in ("name-a", "name-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    versions = {name: summary.version for name, summary in results.items()}
+    assert sorted(versions.values()) == ["v0.1.1", "v0.1.2"]  # one waited for the other, then saw it
+    for name, version in versions.items():
+        assert load_manifest(layout.release_dir(version))["name"] == name
+    assert load_manifest(first.path)["name"] == first.manifest["name"]
+
+
+def test_a_folder_that_is_not_a_release_is_never_deleted(small_sample_session: Path, tmp_path: Path) -> None:
+    layout, _ = build(small_sample_session, tmp_path / "out", AUTO)
+    notes = layout.release_dir("v0.1.1") / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    with pytest.raises(ReleaseExistsError, match=r"v0\.1\.1: exists but is not a release \(no manifest\.json\)"):
+        build(small_sample_session, tmp_path / "out", "v0.1.1")
+    rescored = rebuild(small_sample_session, tmp_path / "out", {**WEIGHTS, "AESTHETIC_SCORE": V2_RELU_WEIGHTS})
+    with pytest.raises(ReleaseExistsError, match="is never deleted: move it away"):
+        release_from_layout(rescored, AUTO, small_sample_session, {**WEIGHTS, "AESTHETIC_SCORE": V2_RELU_WEIGHTS}, 768)
+    assert notes.read_text() == "mine"
