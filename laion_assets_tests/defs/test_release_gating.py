@@ -142,7 +142,24 @@ def test_exclude_shards_must_name_registered_shards(small_sample, tmp_path):
     storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "out"))
     run_graph(instance, storage, PredictorsResource())
     result = run(["aesthetic_tags"], storage, instance, release_config=ReleaseResource(exclude_shards=["00009"]))
-    assert "release_config.exclude_shards names ['00009'], which are not registered shards" in failures(result)
+    assert "release_config.exclude_shards names ['00009'], which are neither registered shards nor parts" in failures(
+        result
+    )
+
+
+def test_a_part_of_the_source_that_is_not_registered_is_never_dropped_silently(small_sample, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "out"))
+    run_graph(instance, storage, PredictorsResource())
+    instance.delete_dynamic_partition("shards", "00002")
+    result = run(RELEASE_LEVEL, storage, instance)
+    assert not result.success
+    text = failures(result)
+    assert f"1 part(s) of the source {small_sample} are not registered shards (00002)" in text
+    assert 'exclude_shards: ["00002"]' in text
+    leave_out = run(RELEASE_LEVEL, storage, instance, release_config=ReleaseResource(exclude_shards=["00002"]))
+    assert leave_out.success, failures(leave_out)
+    assert load_manifest(storage.layout.release_dir("v0.1.1"))["inputs"]["excluded_shards"] == ["00002"]
 
 
 def test_scores_made_before_a_revalidation_are_not_released(small_sample, tmp_path: Path):

@@ -136,7 +136,7 @@ def row_counts_conserved(
     layout = storage.layout
     storage.pull(layout.tags_dir)
     with as_failure("row_counts_conserved"):
-        keys = released_keys(context.instance, release_config)
+        keys = released_keys(context.instance, storage, release_config)
         validated: dict[str, int] = {}
         unvalidated: dict[str, str] = {}
         for key in keys:
