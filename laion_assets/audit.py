@@ -2,9 +2,10 @@
 
 The subset writers (``subsets.py``) pick rows with numpy masks and a part-by-part writer. This module recounts each
 subset by another code path - one polars query per rule over the tags parts, written from LAION's rules as they are
-stated, not from the writers' functions - and compares the two as multisets of (hash, score) rows: the same row count
-and the same order-independent 128-bit digest. A subset that lost, gained or changed a row fails; so does a subset
-that is empty while rows meet its score threshold (the failure says which filter dropped them).
+stated, not from the writers' functions - and compares the two as multisets of whole rows (every released column,
+cast to LAION's types): the same row count and the same order-independent 128-bit digest of the rows. A subset that
+lost, gained or changed a row (any column: URL, caption, safety values, score, ...) fails; so does a subset that is
+empty while rows meet its score threshold (the failure says which filter dropped them).
 
 Memory stays bounded per tags part for the V2 rules; the V1 rules de-duplicate by hash across the whole table, as
 LAION did, so they hold the surviving (hash, score) pairs.
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from laion_assets.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS
 from laion_assets.thresholds import ENGLISH, PUNSAFE_MAX, PWATERMARK_MAX, V1Subset, V2Subset
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -36,20 +38,32 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RowDigest:
-    """An order-independent digest of a multiset of (hash, score) rows: count plus two sums of mixed rows."""
+    """An order-independent digest of a multiset of rows: their count plus two sums of mixed row hashes."""
 
     rows: int = 0
     sums: tuple[int, int] = (0, 0)
 
-    def add(self, hashes: np.ndarray, scores: np.ndarray) -> None:
-        """Add rows (int64 hashes, float32 scores)."""
-        h = np.asarray(hashes, dtype=np.int64).view(np.uint64)
-        s = np.asarray(scores, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    def add(self, row_hashes: np.ndarray) -> None:
+        """Add rows given as one 64-bit hash each (of every column of the row)."""
+        h = np.asarray(row_hashes, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            row = _mix(h ^ _mix(s + np.uint64(1)))
-            sums = [int(_mix(row ^ salt).sum(dtype=np.uint64)) for salt in _SALTS]
+            sums = [int(_mix(h ^ salt).sum(dtype=np.uint64)) for salt in _SALTS]
         self.rows += int(h.size)
         self.sums = tuple((a + b) & int(_MASK) for a, b in zip(self.sums, sums, strict=True))  # type: ignore[assignment]
+
+
+# One seed for every row hash of a comparison: polars' hash is stable within a process, which is all a recount needs.
+_ROW_SEED = 0x5EED
+
+
+def _columns(rule: V1Subset | V2Subset) -> dict[str, pl.DataType]:
+    return V2_SUBSET_COLUMNS if isinstance(rule, V2Subset) else V1_SUBSET_COLUMNS
+
+
+def row_hash(rule: V1Subset | V2Subset) -> pl.Expr:
+    """One hash per row over every column the subset releases, cast to LAION's types."""
+    columns = [pl.col(name).cast(dtype) for name, dtype in _columns(rule).items()]
+    return pl.struct(columns).hash(seed=_ROW_SEED).alias("row")
 
 
 def _url_present() -> pl.Expr:
@@ -72,7 +86,7 @@ def _v1_rows(tags_files: Sequence[Path], rule: V1Subset) -> pl.LazyFrame:
     return (
         pl.scan_parquet(list(tags_files))
         .filter(safe)
-        .select("hash", score)
+        .select(list(V1_SUBSET_COLUMNS))
         .unique(subset="hash", keep="first", maintain_order=True)
         .filter(pl.col(score) > rule.threshold)
     )
@@ -81,25 +95,22 @@ def _v1_rows(tags_files: Sequence[Path], rule: V1Subset) -> pl.LazyFrame:
 def expected_digest(tags_files: Sequence[Path], rule: V1Subset | V2Subset) -> RowDigest:
     """Recount a subset from the tags parts with polars, straight from LAION's rule."""
     digest = RowDigest()
-    score = score_column(rule)
     if isinstance(rule, V2Subset):
         for path in tags_files:  # no state across parts: one part in memory at a time
-            rows = pl.scan_parquet(path).filter(_v2_keeps(rule)).select("hash", score).collect()
-            digest.add(rows["hash"].to_numpy(), rows[score].to_numpy())
+            rows = pl.scan_parquet(path).filter(_v2_keeps(rule)).select(row_hash(rule)).collect()
+            digest.add(rows["row"].to_numpy())
         return digest
-    rows = _v1_rows(tags_files, rule).collect(engine="streaming")
-    digest.add(rows["hash"].to_numpy(), rows[score].to_numpy())
+    rows = _v1_rows(tags_files, rule).select(row_hash(rule)).collect(engine="streaming")
+    digest.add(rows["row"].to_numpy())
     return digest
 
 
 def actual_digest(subset_files: Sequence[Path], rule: V1Subset | V2Subset) -> RowDigest:
     """Digest the rows of a written subset, one record batch at a time."""
     digest = RowDigest()
-    score = score_column(rule)
     for path in subset_files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["hash", score], batch_size=1 << 20):
-            frame = pl.from_arrow(batch)
-            digest.add(frame["hash"].to_numpy(), frame[score].fill_null(np.nan).to_numpy())
+        for batch in pq.ParquetFile(path).iter_batches(columns=list(_columns(rule)), batch_size=1 << 20):
+            digest.add(pl.from_arrow(batch).select(row_hash(rule))["row"].to_numpy())
     return digest
 
 
@@ -139,15 +150,21 @@ class SubsetAudit:
 
 def _differences(tags_files: Sequence[Path], subset_files: Sequence[Path], rule: V1Subset | V2Subset) -> str:
     """Which hashes are missing or extra (a few of each), computed only once the digests disagree."""
-    score = score_column(rule)
-    actual = pl.scan_parquet(list(subset_files)).select("hash", score)
+    actual = pl.scan_parquet(list(subset_files)).select("hash", row_hash(rule))
     if isinstance(rule, V2Subset):
-        expected = pl.scan_parquet(list(tags_files)).filter(_v2_keeps(rule)).select("hash", score)
+        expected = pl.scan_parquet(list(tags_files)).filter(_v2_keeps(rule)).select("hash", row_hash(rule))
     else:
-        expected = _v1_rows(tags_files, rule)
-    missing = expected.join(actual, on=["hash", score], how="anti").collect()
-    extra = actual.join(expected, on=["hash", score], how="anti").collect()
+        expected = _v1_rows(tags_files, rule).select("hash", row_hash(rule))
+    missing = expected.join(actual, on=["hash", "row"], how="anti").collect()
+    extra = actual.join(expected, on=["hash", "row"], how="anti").collect()
+    changed = set(missing["hash"].to_list()) & set(extra["hash"].to_list())
     parts = []
+    if changed:
+        parts.append(
+            f"{len(changed)} row(s) differ from the rule's row in some column (e.g. hash {sorted(changed)[:EXAMPLES]})"
+        )
+    missing = missing.filter(~pl.col("hash").is_in(list(changed)))
+    extra = extra.filter(~pl.col("hash").is_in(list(changed)))
     if missing.height:
         parts.append(
             f"{missing.height} row(s) meeting the rule are missing (e.g. hash {missing['hash'][:EXAMPLES].to_list()})"

@@ -3,8 +3,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from laion_assets.audit import RowDigest, audit_subset, audit_tags
+from laion_assets.atomic import write_parquet
+from laion_assets.audit import RowDigest, audit_subset, audit_tags, row_hash
 from laion_assets.subsets import write_rule
+from laion_assets.tags import TAGS_ID_KEY, read_built_from
 from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
 
 BASE = {"URL": "u", "TEXT": "t", "WIDTH": 1.0, "HEIGHT": 2.0, "similarity": 0.3, "punsafe": 0.1, "pwatermark": 0.1,
@@ -16,9 +18,10 @@ def write_tags(folder: Path, parts: list[list[dict]]) -> list[Path]:
     files = []
     for i, rows in enumerate(parts):
         path = folder / f"part-{i:05d}.parquet"
-        pl.DataFrame([{**BASE, **r} for r in rows]).with_columns(
+        frame = pl.DataFrame([{**BASE, **r} for r in rows]).with_columns(
             pl.col("punsafe", "pwatermark", "aesthetic", "AESTHETIC_SCORE").cast(pl.Float32)
-        ).write_parquet(path)
+        )
+        write_parquet(frame.to_arrow(), path, {TAGS_ID_KEY: "test-table"})  # as build_tags records it
         files.append(path)
     return files
 
@@ -41,33 +44,41 @@ def random_tags(tmp_path: Path, seed: int = 0) -> list[Path]:
     return write_tags(tmp_path / "tags", parts)
 
 
-def test_digest_ignores_order_but_sees_a_lost_row_a_repeat_or_a_changed_score() -> None:
-    hashes = np.arange(100, dtype=np.int64) * 7919 - 300
-    scores = np.linspace(0, 10, 100, dtype=np.float32)
+def test_digest_ignores_order_but_sees_a_lost_row_a_repeat_or_a_changed_value() -> None:
+    rule = V2_SUBSETS[0]
+    frame = pl.DataFrame(
+        [{**BASE, "hash": i * 7919 - 300, "AESTHETIC_SCORE": i / 10} for i in range(100)]
+    ).with_columns(pl.col("punsafe", "pwatermark", "AESTHETIC_SCORE").cast(pl.Float32))
 
-    def digest(h, s):
+    def digest(rows: pl.DataFrame) -> RowDigest:
         d = RowDigest()
-        d.add(h, s)
+        d.add(rows.select(row_hash(rule))["row"].to_numpy())
         return d
 
-    whole = digest(hashes, scores)
+    whole = digest(frame)
     order = np.random.default_rng(1).permutation(100)
     split = RowDigest()
-    split.add(hashes[order[:30]], scores[order[:30]])
-    split.add(hashes[order[30:]], scores[order[30:]])
+    split.add(frame[order[:30]].select(row_hash(rule))["row"].to_numpy())
+    split.add(frame[order[30:]].select(row_hash(rule))["row"].to_numpy())
     assert (split.rows, split.sums) == (whole.rows, whole.sums)
-    assert digest(hashes[1:], scores[1:]).sums != whole.sums
-    repeated = digest(np.append(hashes[:-1], hashes[0]), np.append(scores[:-1], scores[0]))
+    assert digest(frame.slice(1)).sums != whole.sums
+    repeated = digest(pl.concat([frame.head(5), frame.head(1), frame.slice(6)]))  # row 5 replaced by row 0
     assert repeated.rows == whole.rows and repeated.sums != whole.sums
-    changed = scores.copy()
-    changed[3] = np.nextafter(changed[3], np.float32(11))  # one ulp
-    assert digest(hashes, changed).sums != whole.sums
+    scores = frame["AESTHETIC_SCORE"].to_numpy().copy()
+    scores[3] = np.nextafter(scores[3], np.float32(11))  # one ulp
+    one_ulp = frame.with_columns(pl.Series("AESTHETIC_SCORE", scores, dtype=pl.Float32))
+    assert digest(one_ulp).sums != whole.sums
+    caption = frame.with_columns(
+        pl.when(pl.col("hash") == frame["hash"][7]).then(pl.lit("other")).otherwise("TEXT").alias("TEXT")
+    )
+    assert digest(caption).sums != whole.sums
 
 
 def test_every_subset_written_by_the_writer_passes_its_independent_recount(tmp_path: Path) -> None:
     files = random_tags(tmp_path)
     for rule in (*V2_SUBSETS, *V1_SUBSETS):
         path = write_rule(files, rule, tmp_path / "subsets" / rule.asset_name)
+        assert read_built_from(path.parent) == "test-table"  # the subset names the tags table it was cut from
         result = audit_subset(rule.asset_name, files, [path], rule)
         assert result.passed, result.problems
         assert result.expected_rows == result.actual_rows > 0 and result.digests_match
@@ -86,7 +97,12 @@ def test_a_subset_missing_or_gaining_rows_fails_with_the_hashes(tmp_path: Path) 
     repeated = audit_subset(rule.asset_name, files, [path], rule)
     assert not repeated.passed and "differ in multiplicity" in repeated.problems[0]
     frame.with_columns(pl.col("aesthetic") + 0.5).write_parquet(path)  # the right hashes, wrong scores
-    assert not audit_subset(rule.asset_name, files, [path], rule).passed
+    changed = audit_subset(rule.asset_name, files, [path], rule)
+    assert (
+        not changed.passed and f"{frame.height} row(s) differ from the rule's row in some column" in changed.problems[0]
+    )
+    frame.with_columns(pl.lit(0.99, pl.Float32).alias("punsafe")).write_parquet(path)  # unsafe values, same scores
+    assert "differ from the rule's row in some column" in audit_subset(rule.asset_name, files, [path], rule).problems[0]
 
 
 def test_an_empty_subset_fails_when_rows_meet_its_threshold(tmp_path: Path) -> None:

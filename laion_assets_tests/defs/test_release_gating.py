@@ -88,6 +88,16 @@ def test_the_release_step_recounts_by_itself_when_run_alone(small_sample, tmp_pa
     assert not result.success
     assert "release stopped: laion_art has" in failures(result) and "rebuild the subsets" in failures(result)
     assert tree_hashes(storage.layout.releases_dir) == before  # no v0.2.0, v0.1.0 untouched
+    # The right rows with other values in columns the score does not touch (URL, caption, safety) are caught too.
+    frame.with_columns(pl.lit(0.97, pl.Float32).alias("punsafe")).write_parquet(path)
+    tampered = storage.layout.subset_dir("subset_6_5plus") / SUBSET_FILE
+    rows = pl.read_parquet(tampered)
+    rows.with_columns(pl.lit("TAMPERED").alias("TEXT")).write_parquet(tampered)
+    result = run(["release"], storage, instance)
+    text = failures(result)
+    assert f"laion_art has {frame.height} rows" in text and f"{frame.height} row(s) differ from the rule's row" in text
+    assert f"subset_6_5plus has {rows.height} rows" in text
+    assert tree_hashes(storage.layout.releases_dir) == before
 
 
 def test_a_shard_refused_for_nan_after_a_good_release_stops_the_release_level_run(small_sample, tmp_path):
