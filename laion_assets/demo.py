@@ -12,7 +12,7 @@ import dagster as dg
 
 from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, defs
 from laion_assets.defs.assets.release import hf_release
-from laion_assets.defs.partitions import register_shards
+from laion_assets.defs.partitions import register_shards, source_keys
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.locations import is_local
 from laion_assets.sample import SampleSpec, write_sample
@@ -45,6 +45,14 @@ def run_graph(
     """
     register_shards(instance, storage.shard_source)
     keys = sorted(instance.get_dynamic_partitions("shards"))
+    foreign = sorted(set(keys) - set(source_keys(storage.shard_source)))
+    if foreign:
+        raise SystemExit(
+            f"the instance registers shards this source ({storage.shard_source}) does not have: "
+            f"{', '.join(foreign[:10])}{' …' if len(foreign) > 10 else ''} (registered from another source?); use "
+            "another instance (--dagster-home / DAGSTER_HOME) and data root (--data-root / LAION_ASSETS_DATA_ROOT) "
+            "for this source"
+        )
     resources = {"storage": storage, "predictors": predictors, "release_config": ReleaseResource(), "hf": HfResource()}
     assets, selection = [*ASSETS, *CHECKS], SHARD_SELECTION
     if storage.url_mode:

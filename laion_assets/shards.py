@@ -117,6 +117,7 @@ def index_part(
     The files' fingerprints are taken before and after reading; a part that changes meanwhile (still being written)
     is refused rather than recorded with a mix of two versions.
     """
+    _refuse_another_source(part, out)
     before = {kind: stat_fingerprint(getattr(part, kind)) for kind in ("embeddings", "metadata")}
     meta = read_metadata(part.metadata, swap_width_height=swap_width_height, language=language)
     stats = validate_embeddings(part.embeddings, dim, meta.height, rows_from=part.metadata)
@@ -144,6 +145,28 @@ def index_part(
         rows_without_caption=int(meta["TEXT"].null_count()),
         validation=validation,
     )
+
+
+def _source_folder(embeddings: str | Location) -> str:
+    return str(embeddings).rsplit("/", 2)[0]  # <source>/img_emb/img_emb_N.npy
+
+
+def _refuse_another_source(part: Part, out: Path) -> None:
+    """A data root holds one source: indexing shard N of another source over it would mix two datasets."""
+    if not out.exists():
+        return
+    try:
+        previous = read_validation(out)
+    except (BadInputError, OSError):
+        return  # an older or unreadable record: indexing replaces it
+    before, now = _source_folder(str(previous.embeddings["path"])), _source_folder(part.embeddings)
+    if before != now:
+        raise BadInputError(
+            f"{out}: shard {part.key} of this data root was indexed from {before}, not {now}: a data root (and its "
+            "Dagster instance) holds one source; use another data root (--data-root / LAION_ASSETS_DATA_ROOT) and "
+            f"instance (--dagster-home / DAGSTER_HOME) for another source, or delete {out.parent} to index this "
+            "shard again from the new one"
+        )
 
 
 @dataclass(frozen=True)

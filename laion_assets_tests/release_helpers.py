@@ -32,6 +32,16 @@ def copy_sample(sample: Path, dest: Path, keep_parts: int | None = None) -> Path
     return dest
 
 
+def grow(folder: Path, sample: Path) -> Path:
+    """Add to ``folder`` the parts of ``sample`` it lacks (a source that grew; a data root holds one source)."""
+    for part in discover_parts(sample):
+        for path in (part.embeddings, part.metadata):
+            target = folder / path.relative_to(sample)
+            if not target.exists():
+                shutil.copy(path, target)
+    return folder
+
+
 def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file below ``root``, keyed by relative path."""
     return {

@@ -72,3 +72,14 @@ def test_tags_must_be_built_from_the_current_validations(shards):
     index_part(parts["00001"], layout.shard_metadata("00001"), 768, language="fr")  # validated again, other settings
     with pytest.raises(ShardGateError, match="00001: validated again after aesthetic_tags was built"):
         check_tags_current(layout, list(parts), parts, "release")
+
+
+def test_a_data_root_holds_one_source(shards, tmp_path):
+    layout, parts, _ = shards
+    other = tmp_path / "other-source"
+    shutil.copytree(parts["00000"].embeddings.parent.parent, other)
+    foreign = discover_parts(other)[0]
+    before = layout.shard_metadata("00000").read_bytes()
+    with pytest.raises(BadInputError, match=r"shard 00000 of this data root was indexed from .*, not .*other-source"):
+        index_part(foreign, layout.shard_metadata("00000"), 768)
+    assert layout.shard_metadata("00000").read_bytes() == before  # nothing was overwritten

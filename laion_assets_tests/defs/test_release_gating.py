@@ -4,6 +4,7 @@ Acceptance 2 and 3 of issue 9, and the explicit way out (``release_config.exclud
 """
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -231,3 +232,20 @@ def test_outputs_computed_from_an_older_tags_table_stop_the_release(small_sample
     assert "release stopped: aesthetic_kv (computed from another aesthetic_tags), score_histogram (computed" in text
     assert "bucket_embeddings (computed from another aesthetic_tags) not computed from the current" in text
     assert tree_hashes(storage.layout.releases_dir) == before
+
+
+def test_the_demo_refuses_an_instance_holding_another_sources_shards(small_sample, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    run_graph(
+        instance, StorageResource(source=str(small_sample), data_root=str(tmp_path / "out")), PredictorsResource()
+    )
+    other = tmp_path / "other"
+    (other / "img_emb").mkdir(parents=True)
+    (other / "metadata").mkdir()
+    part = discover_parts(small_sample)[0]
+    shutil.copy(part.embeddings, other / "img_emb" / part.embeddings.name)
+    shutil.copy(part.metadata, other / "metadata" / part.metadata.name)
+    before = tree_hashes(tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"registers shards this source .* does not have: 00001, 00002"):
+        run_graph(instance, StorageResource(source=str(other), data_root=str(tmp_path / "out")), PredictorsResource())
+    assert tree_hashes(tmp_path / "out") == before
