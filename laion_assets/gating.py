@@ -19,9 +19,9 @@ from laion_assets.shards import Validation, read_validation, read_validation_id
 
 # Shown at the end of every gate message: the two ways out.
 EXCLUDE_HINT = (
-    "re-materialize them (`dagster asset materialize --select clip_embeddings,aesthetic_scores --partition KEY`, "
-    "or a backfill in the UI), or leave them out of this release explicitly with "
-    '`resources: {release_config: {config: {exclude_shards: ["KEY", ...]}}}`'
+    "re-materialize them with the storage settings of this run (`dagster asset materialize --select "
+    "clip_embeddings,aesthetic_scores --partition FIRST` for each, or a backfill in the UI), or leave them out of "
+    'this release explicitly with `resources: {release_config: {config: {exclude_shards: ["KEY", ...]}}}`'
 )
 
 
@@ -36,7 +36,7 @@ class ShardSettings:
 def shard_problems(key: str, layout: OutputLayout, part: Part | None, settings: ShardSettings) -> list[str]:
     """Why one registered shard may not be read by a release-level step (empty when it may)."""
     if part is None:
-        return ["its part is no longer in the source"]
+        return [f"the source has no part {key} (removed, or registered from another source?)"]
     indexed = layout.shard_metadata(key)
     if not indexed.exists():
         return ["clip_embeddings is not materialized"]
@@ -63,9 +63,9 @@ def gate_message(problems: Mapping[str, Sequence[str]], step: str) -> str:
     """One sentence naming every shard that stops ``step`` and why, and how to go on."""
     listed = "; ".join(f"{key}: {', '.join(why)}" for key, why in sorted(problems.items()))
     keys = ", ".join(sorted(problems))
-    return f"{step} stopped: {len(problems)} registered shard(s) cannot be released ({keys}). {listed}. " + (
-        EXCLUDE_HINT.replace('"KEY", ...', ", ".join(f'"{k}"' for k in sorted(problems)))
-    )
+    hint = EXCLUDE_HINT.replace('"KEY", ...', ", ".join(f'"{k}"' for k in sorted(problems)))
+    hint = hint.replace("FIRST` for each", f"{min(problems)}`" + (" for each" if len(problems) > 1 else ""))
+    return f"{step} stopped: {len(problems)} registered shard(s) cannot be released ({keys}). {listed}. {hint}"
 
 
 def gate_shards(
@@ -136,7 +136,7 @@ def check_tags_current(
     for key, validation_id in recorded.items():
         part = parts.get(key)
         if part is None:
-            problems[key] = ["its part is no longer in the source"]
+            problems[key] = [f"the source has no part {key} (removed, or registered from another source?)"]
             continue
         try:
             validation = read_validation(layout.require(layout.shard_metadata(key), f"clip_embeddings for {key}"))

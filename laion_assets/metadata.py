@@ -2,7 +2,8 @@
 
 One declared mapping, :data:`COLUMN_SOURCES`, takes LAION's own columns as released (``URL``, ``TEXT``, …) or
 clip-retrieval / img2dataset's lowercase ones (``url``, ``caption``, ``original_width``, …). For each LAION
-column the first source column present wins. ``hash`` is always recomputed from url + caption as LAION did.
+column the first source column present wins, unless it is null on every row while a later one has values.
+``hash`` is always recomputed from url + caption as LAION did.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def read_metadata(path: Location | str, swap_width_height: bool = False, languag
     except Exception as exc:  # polars/pyarrow raise several types for unreadable files
         raise BadInputError(f"{path}: cannot read parquet: {exc}") from exc
     mapping = column_mapping(frame.columns, path)
+    for target, candidates in COLUMN_SOURCES.items():  # e.g. an all-null URL beside a filled url: take the filled one
+        present = [c for c in candidates if c in frame.columns]
+        if len(present) > 1 and frame[mapping[target]].null_count() == frame.height:
+            mapping[target] = next((c for c in present if frame[c].null_count() < frame.height), mapping[target])
     types = {**METADATA_COLUMNS, **OPTIONAL_METADATA_COLUMNS}
     try:
         frame = frame.select(

@@ -38,7 +38,9 @@ def test_each_reason_a_shard_cannot_be_released_is_named(shards, tmp_path):
     assert shard_problems("00000", layout, parts["00000"], EN) == ["clip_embeddings is not materialized"]
     layout.shard_scores("00001").unlink()
     assert shard_problems("00001", layout, parts["00001"], EN) == ["aesthetic_scores is not materialized"]
-    assert shard_problems("00002", layout, None, EN) == ["its part is no longer in the source"]
+    assert shard_problems("00002", layout, None, EN) == [
+        "the source has no part 00002 (removed, or registered from another source?)"
+    ]
     assert shard_problems("00002", layout, parts["00002"], ShardSettings("de", False)) == [
         "indexed with language='en', storage.language is 'de'"
     ]

@@ -77,3 +77,12 @@ def test_unreadable_file_is_named(tmp_path):
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(BadInputError, match=r"metadata_6\.parquet: cannot read parquet"):
         read_metadata(path)
+
+
+def test_an_all_null_column_gives_way_to_a_filled_candidate(tmp_path):
+    path = tmp_path / "metadata_8.parquet"
+    row = {k: v for k, v in ROW.items() if k != "URL"}
+    pl.DataFrame([{**row, "URL": None, "url": "http://a/2.jpg"}], schema_overrides={"URL": pl.String}).write_parquet(
+        path
+    )
+    assert read_metadata(path)["URL"].to_list() == ["http://a/2.jpg"]

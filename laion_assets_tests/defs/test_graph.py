@@ -209,4 +209,4 @@ def test_missing_upstream_says_what_to_run(small_sample, tmp_path):
     text = failure_text(result)
     assert "aesthetic_tags stopped: 3 registered shard(s) cannot be released (00000, 00001, 00002)" in text
     assert "00000: clip_embeddings is not materialized" in text
-    assert "--partition KEY" in text and 'exclude_shards: ["00000", "00001", "00002"]' in text
+    assert "--partition 00000` for each" in text and 'exclude_shards: ["00000", "00001", "00002"]' in text

@@ -8,6 +8,7 @@ from laion_assets.defs.assets.images import image_embeddings
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.partitions import shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.errors import BadInputError
 from laion_assets.shards import ScoredPart, index_part, score_part
 from laion_assets.tags import shard_hint
 
@@ -28,7 +29,13 @@ def clip_embeddings(context: dg.AssetExecutionContext, storage: StorageResource)
     with as_failure(f"clip_embeddings (shard {key})"):
         part = storage.part(key)
         out = storage.layout.shard_metadata(key)
-        indexed = index_part(part, out, storage.embedding_dim, storage.swap_stored_metadata, storage.language)
+        try:
+            indexed = index_part(part, out, storage.embedding_dim, storage.swap_stored_metadata, storage.language)
+        except BadInputError as exc:
+            raise BadInputError(
+                f"{exc}. Fix or replace the part and materialize this shard again, or leave shard {key} out of "
+                f'the release with `resources: {{release_config: {{config: {{exclude_shards: ["{key}"]}}}}}}`'
+            ) from exc
         storage.push(out)
     context.log.info(f"shard {key}: {indexed.rows} rows, {indexed.duplicate_hashes} duplicate hashes")
     validation = indexed.validation
