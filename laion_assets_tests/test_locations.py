@@ -1,13 +1,16 @@
+import os
 import uuid
 
 import numpy as np
 import pytest
+from fsspec import register_implementation
+from fsspec.implementations.memory import MemoryFileSystem
 from upath import UPath
 
 from laion_assets.embeddings import StreamedNpy, open_embeddings, validate_embeddings
 from laion_assets.errors import BadInputError
 from laion_assets.layout import discover_parts
-from laion_assets.locations import is_local, location, read_parquet
+from laion_assets.locations import changed_fields, file_sha256, is_local, location, read_parquet, stat_fingerprint
 from laion_assets.metadata import read_metadata
 from laion_assets.mirror import Mirror
 from laion_assets.paths import PROJECT_DIR
@@ -85,3 +88,34 @@ def test_mirror_round_trip_replaces_folders_whole(tmp_path, memory_root):
     single.write_text("{}")
     mirror.push(single)
     assert (memory_root / "out" / "stats" / "h.json").read_text() == "{}"
+
+
+class _NoVersionFS(MemoryFileSystem):
+    """A filesystem whose info() says nothing that changes on a rewrite (like a plain HTTP server without ETag)."""
+
+    protocol = "noversion"
+
+    def info(self, path, **kwargs):
+        info = super().info(path, **kwargs)
+        return {k: v for k, v in info.items() if k in ("name", "size", "type")}
+
+
+@pytest.mark.filterwarnings("ignore:UPath 'noversion' filesystem not explicitly implemented")
+def test_a_rewrite_of_the_same_size_is_seen_with_or_without_version_information(tmp_path):
+    register_implementation("noversion", _NoVersionFS, clobber=True)
+    local = tmp_path / "part.bin"
+    local.write_bytes(b"a" * 64)
+    remote = UPath(f"noversion://fp-{uuid.uuid4().hex}/part.bin")
+    remote.write_bytes(b"a" * 64)
+    records = {}
+    for path in (local, remote):
+        records[path] = {**stat_fingerprint(path), "sha256": file_sha256(path)}
+        assert changed_fields(records[path], path) == []
+    assert stat_fingerprint(remote)["version"] is None
+    stat = local.stat()
+    local.write_bytes(b"b" * 64)
+    os.utime(local, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # `touch -r`: same size, same mtime
+    assert [f.split()[0] for f in changed_fields(records[local], local)] == ["ctime_ns"]
+    remote.write_bytes(b"b" * 64)  # same size, and the filesystem has no version to compare
+    (change,) = changed_fields(records[remote], remote)
+    assert change.startswith(f"sha256 {records[remote]['sha256']} -> ") and "gives no version" in change
