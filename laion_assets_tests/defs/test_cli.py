@@ -192,6 +192,47 @@ def test_activate_keeps_a_preset_dagster_home_and_exports_no_module_name(tmp_pat
     assert activated(f". {activate}\n{SHOW}")[0] == str(project_home)
 
 
+MODULE_VARIABLES = ("DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME", "DAGSTER_CLI_ASSET_LIST_MODULE_NAME",
+                    "DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME")  # fmt: skip
+# Our variables, the venv's, and every variable or function activation left behind.
+STATE = (
+    f'for n in DAGSTER_HOME {" ".join(MODULE_VARIABLES)} VIRTUAL_ENV; do echo "$n=${{!n-unset}}"; done\n'
+    "compgen -v | grep -i laion; compgen -A function | grep -E 'laion|deactivate'; true"
+)
+
+
+def test_deactivate_takes_back_only_what_activation_set(tmp_path: Path):
+    venv = tmp_path / "repo" / ".venv"  # a real venv: its own deactivate is the one we wrap
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    activate = venv / "bin" / "activate"
+    patch(activate)
+    patch(activate)
+
+    def state(script: str, **env: str) -> list[str]:
+        done = subprocess.run(["bash", "-c", f"{script}\n{STATE}"], env=user_env(**env), capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        assert done.stderr == ""
+        return done.stdout.splitlines()
+
+    clean = [f"{n}=unset" for n in ("DAGSTER_HOME", *MODULE_VARIABLES, "VIRTUAL_ENV")]
+    assert state("") == clean
+    active = state(f". {activate}")
+    ours = [f"{n}=laion_assets.definitions" for n in MODULE_VARIABLES]
+    assert active[:5] == [f"DAGSTER_HOME={venv.parent / '.dagster'}", *ours, f"VIRTUAL_ENV={venv}"]
+    assert state(f". {activate}\ndeactivate") == clean
+    assert state(f". {activate}\n. {activate}\ndeactivate") == clean  # activating twice: still all taken back
+    # What was set before activation comes back; what the user set while active stays theirs.
+    mine = {"DAGSTER_HOME": str(tmp_path / "mine"), "DAGSTER_CLI_ASSET_LIST_MODULE_NAME": "other.definitions"}
+    before = state("", **mine)
+    assert "DAGSTER_CLI_ASSET_LIST_MODULE_NAME=laion_assets.definitions" in state(f". {activate}", **mine)
+    assert state(f". {activate}\n. {activate}\ndeactivate", **mine) == before
+    changed = state(f". {activate}\nexport DAGSTER_HOME=/later DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=x\ndeactivate")
+    assert changed == ["DAGSTER_HOME=/later", *clean[1:3], "DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=x", clean[4]]
+    # `deactivate nondestructive` (what a venv's activate runs first) restores but keeps the function.
+    kept = state(f". {activate}\ndeactivate nondestructive")
+    assert kept[:5] == clean and "deactivate" in kept
+
+
 def test_patching_replaces_an_older_activation_block(tmp_path: Path):
     activate = activate_script(tmp_path)
     venv_part = activate.read_text()
@@ -200,4 +241,4 @@ def test_patching_replaces_an_older_activation_block(tmp_path: Path):
     patch(activate)
     text = activate.read_text()
     assert text.startswith(venv_part) and "DAGSTER_MODULE_NAME=" not in text
-    assert "export DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME=laion_assets.definitions" in text
+    assert "DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME" in text and "_laion_assets_venv_deactivate" in text
