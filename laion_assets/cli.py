@@ -93,6 +93,13 @@ def _kv_lookup(args: argparse.Namespace) -> None:
     if not args.kv and not is_local(root.location):
         raise BadInputError(f"the data root {root.describe()} is remote; pass --kv with a local copy of {kv_file}")
     path = resolve(args.kv) if args.kv else root.location / "kv" / kv_file
+    if not args.kv and not path.is_file():
+        from laion_assets.hints import missing_kv_hint
+
+        raise BadInputError(
+            f"{path}: KV file not found under the data root {root.describe()}; if your outputs are elsewhere, "
+            f"{root.how_to_change()}. {missing_kv_hint(kv_file, resolve_setting(SOURCE).value, root.value)}"
+        )
     fmt, columns = KV_FILES.get(path.name, KV_FILES[kv_file])
     try:
         keys = np.array([int(h) for h in args.hashes], dtype=np.int64)

@@ -3,7 +3,8 @@
 The real CLI runs in subprocesses. Two demos build two data roots with their instances, one from flags, one from
 the environment; then each subcommand runs once with flags (the environment pointing at decoys that would make it
 fail) and once from the environment alone. The defaults (no flag, no variable) are tested on a fresh copy of the
-project in ``test_quickstart.py``. Independent commands run side by side to keep the test short.
+project in ``test_quickstart.py``. Independent commands run side by side to keep the test short. Messages about
+missing inputs come from the CLI run in this process; activation is tested in bash on a patched activate script.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
+from laion_assets.cli import main
 from laion_assets.paths import PROJECT_DIR
 from laion_assets.sample import SampleSpec, write_sample
 from laion_assets_tests.fresh_copy import failed, ok, run_all, user_env
@@ -154,6 +157,37 @@ def test_every_subcommand_takes_the_flag_else_the_environment(tmp_path: Path):
 
     nothing = failed(results["dagster env"])
     assert "aesthetic_tags is not materialized yet" in nothing and str(empty_root / "tags") in nothing
+
+
+def cli_error(*argv: str) -> str:
+    """The message ``laion-assets ARGV``, run in this process, exits with."""
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    return str(info.value.code)
+
+
+def test_missing_inputs_name_the_place_and_what_builds_it_for_this_setup(tmp_path: Path, monkeypatch):
+    for name in ("LAION_ASSETS_SOURCE", "LAION_ASSETS_DATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # register exports it: restored after the test
+    missing = tmp_path / "nonexistent"
+    message = cli_error("register", str(missing))
+    assert message.startswith(f"error: {missing}: embeddings folder not found") and "make demo" not in message
+    assert "--source DIR" in message and "LAION_ASSETS_SOURCE" in message and not missing.exists()
+
+    # A data root without KV files: the file, the data root and where that came from, and what writes the file.
+    root = tmp_path / "out"
+    message = cli_error("kv", "lookup", "1", "--data-root", str(root))
+    kv = root / "kv" / "aesthetic.kv"
+    assert message.startswith(f"error: {kv}: KV file not found under the data root {root} (from --data-root)")
+    assert "`aesthetic_kv`" in message and f"--data-root {root}`" in message and "make demo" not in message
+    monkeypatch.setenv("LAION_ASSETS_DATA_ROOT", str(root))
+    message = cli_error("kv", "lookup", "1", "--safety")
+    safety_kv = root / "kv" / "safety.kv"
+    assert f"{safety_kv}: KV file not found under the data root {root} (from LAION_ASSETS_DATA_ROOT)" in message
+    assert not root.exists()
 
 
 def activate_script(tmp_path: Path) -> Path:
