@@ -7,6 +7,7 @@ activating without ``--force`` takes it out again, so a force never outlives the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -73,6 +74,29 @@ def write_active(mapping: Mapping[str, str], path: str | Path = ACTIVE_FILE, for
     with atomic_path(path) as tmp:
         tmp.write_text(_HEADER + body)
     return Path(path)
+
+
+def weights_entry(given: str, cwd: Path | None = None) -> tuple[Path, str]:
+    """The weights file a user named on the command line, and how ``predictors.yaml`` records it.
+
+    A relative path that names a file from the current directory means that file (recorded project-relative when it
+    is inside the project, else absolute); otherwise it is taken from the project folder, as every path in
+    ``predictors.yaml`` is. An absolute path is recorded as it is.
+    """
+    path = Path(given).expanduser()
+    if path.is_absolute():
+        return path, str(path)
+    here = Path(os.path.abspath((Path.cwd() if cwd is None else cwd) / path))  # normalised, symlinks kept
+    if here.is_file():
+        inside = here.is_relative_to(PROJECT_DIR)
+        return here, here.relative_to(PROJECT_DIR).as_posix() if inside else str(here)
+    in_project = PROJECT_DIR / path
+    if in_project.is_file():
+        return in_project, given
+    raise BadInputError(
+        f"{given}: predictor weights file not found, neither from the current directory ({here}) nor from the "
+        f"project folder ({in_project})"
+    )
 
 
 def activate(column: str, weights: str | Path, path: str | Path = ACTIVE_FILE, force: bool = False) -> dict[str, str]:

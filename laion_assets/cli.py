@@ -93,6 +93,13 @@ def _kv_lookup(args: argparse.Namespace) -> None:
     if not args.kv and not is_local(root.location):
         raise BadInputError(f"the data root {root.describe()} is remote; pass --kv with a local copy of {kv_file}")
     path = resolve(args.kv) if args.kv else root.location / "kv" / kv_file
+    if not args.kv and not path.is_file():
+        from laion_assets.hints import missing_kv_hint
+
+        raise BadInputError(
+            f"{path}: KV file not found under the data root {root.describe()}; if your outputs are elsewhere, "
+            f"{root.how_to_change()}. {missing_kv_hint(kv_file, resolve_setting(SOURCE).value, root.value)}"
+        )
     fmt, columns = KV_FILES.get(path.name, KV_FILES[kv_file])
     try:
         keys = np.array([int(h) for h in args.hashes], dtype=np.int64)
@@ -143,18 +150,19 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _activate(args: argparse.Namespace) -> None:
-    from laion_assets.active import ACTIVE_FILE, activate
+    from laion_assets.active import ACTIVE_FILE, activate, weights_entry
     from laion_assets.paths import resolve
     from laion_assets.predictors import inspect_weights, load_for_column
 
+    weights, entry = weights_entry(args.weights)
     # Refuse a file that is not a predictor, or (unless --force) one that does not fit the column.
-    predictor = load_for_column(resolve(args.weights), args.column, force=args.force)
-    problems = inspect_weights(resolve(args.weights), args.column).problems if args.force else ()
+    predictor = load_for_column(weights, args.column, force=args.force)
+    problems = inspect_weights(weights, args.column).problems if args.force else ()
     config = resolve(args.config) if args.config else ACTIVE_FILE
-    activate(args.column, args.weights, config, force=bool(problems))
+    activate(args.column, entry, config, force=bool(problems))
     if problems:
-        print(f"warning: {args.weights} is forced as {args.column}: {'; '.join(problems)}")
-    print(f"{args.column} is now {predictor.identity} ({args.weights}) in {config}; run `laion-assets rescore`")
+        print(f"warning: {weights} is forced as {args.column}: {'; '.join(problems)}")
+    print(f"{args.column} is now {predictor.identity} ({entry}) in {config}; run `laion-assets rescore`")
 
 
 def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting, list[str]]:
@@ -281,7 +289,11 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("activate", help="make a weights file the active predictor of a score column")
     p.add_argument("column", choices=["aesthetic", "AESTHETIC_SCORE"])
-    p.add_argument("weights")
+    p.add_argument(
+        "weights",
+        help="weights file; a relative path is taken from the current directory when it names a file there, else "
+        "from the project folder (recorded project-relative when inside the project, else absolute)",
+    )
     p.add_argument("--config", default="", help="predictors file (default: predictors.yaml in the project)")
     p.add_argument(
         "--force",

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from laion_assets.errors import BadInputError, MissingUpstreamError
+from laion_assets.hints import missing_source_hint
 from laion_assets.locations import Location, location
 
 _EMB = re.compile(r"^img_emb_(\d+)\.npy$")
@@ -56,10 +57,7 @@ def discover_parts(root: str | Location) -> list[Part]:
     """List the parts of a clip-retrieval folder (local path or fsspec URL), paired by number, in numeric order."""
     root = location(root) if isinstance(root, str) else root
     if not root.is_dir():
-        raise MissingUpstreamError(
-            f"{root}: embeddings folder not found; build the demo sample with `make demo` "
-            "or point the `source` setting at a clip-retrieval output folder"
-        )
+        raise MissingUpstreamError(f"{root}: embeddings folder not found; {missing_source_hint(str(root))}")
     embs = _numbered(root / "img_emb", _EMB)
     metas = _numbered(root / "metadata", _META)
     texts = _numbered(root / "text_emb", _TEXT)

@@ -119,11 +119,32 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise BadInputError(f"{path}: cannot load as a torch state_dict: {exc}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError(f"{path}: expected a state_dict of tensors, got {type(state).__name__}")
+        raise BadInputError(f"{path}: expected a state_dict of tensors, got {_what_it_holds(state)}")
     sparse = sorted(k for k, v in state.items() if v.layout != torch.strided)
     if sparse:
         raise BadInputError(f"{path}: tensors {sparse} are not dense; a predictor's weights must be dense tensors")
     return state
+
+
+def _what_it_holds(loaded: object, shown: int = 10) -> str:
+    """Say what a weights file holds instead of a flat state_dict, e.g. a training checkpoint that nests one."""
+    if not isinstance(loaded, dict):
+        return type(loaded).__name__
+    keys = sorted(str(k) for k in loaded)
+    listed = keys if len(keys) <= shown else [*keys[:shown], f"... {len(keys) - shown} more"]
+    nested = sorted(
+        str(k)
+        for k, v in loaded.items()
+        if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+    )
+    if nested:
+        key = nested[0]
+        return (
+            f"a dict with keys {listed}: weights nested under {key!r}? save that dict itself "
+            f"(torch.save(checkpoint[{key!r}], PATH))"
+        )
+    others = sorted(f"{k} ({type(v).__name__})" for k, v in loaded.items() if not isinstance(v, torch.Tensor))
+    return f"a dict with keys {listed}, of which {others[:shown]} are not tensors"
 
 
 def _expect_shape(path: Path, state: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> None:

@@ -16,6 +16,7 @@ from laion_assets.paths import MODELS_DIR, PROJECT_DIR, resolve
 from laion_assets.pipeline import rebuild
 from laion_assets.predictors import CLIP_L14_DIM, inspect_weights
 from laion_assets.release import build_release, subsets_with_funnels
+from laion_assets.settings import SAFETY, SOURCE
 from laion_assets.thresholds import ENGLISH
 
 
@@ -49,7 +50,8 @@ def locate_source(manifest: dict, release_dir: Path, source: Location | None) ->
     if source is None:
         if recorded.get("source") is None:
             raise BadInputError(
-                f"{release_dir / 'manifest.json'}: the source folder was outside the project; pass --source DIR"
+                f"{release_dir / 'manifest.json'}: the source folder was outside the project, so the manifest "
+                f"does not name it; pass {SOURCE.flag} DIR or set {SOURCE.env}"
             )
         source = location(recorded["source"])
     parts = {p.key: p for p in discover_parts(source)}
@@ -66,7 +68,10 @@ def locate_source(manifest: dict, release_dir: Path, source: Location | None) ->
     excluded = set(recorded.get("excluded_shards", []))
     extra = sorted(set(parts) - {e["key"] for e in recorded["parts"]} - excluded)
     if extra:
-        raise BadInputError(f"{source}: parts {extra} were not in the release; point --source at the original folder")
+        raise BadInputError(
+            f"{source}: parts {extra} were not in the release; point {SOURCE.flag} (or {SOURCE.env}) at the original "
+            "folder"
+        )
     return source
 
 
@@ -78,7 +83,8 @@ def locate_safety(manifest: dict, release_dir: Path, safety: Location | None) ->
     if safety is None:
         if recorded.get("source") is None:
             raise BadInputError(
-                f"{release_dir / 'manifest.json'}: the safety table was outside the project; pass --safety DIR"
+                f"{release_dir / 'manifest.json'}: the safety table was outside the project, so the manifest "
+                f"does not name it; pass {SAFETY.flag} DIR or set {SAFETY.env}"
             )
         safety = location(recorded["source"])
     for entry in recorded["files"]:

@@ -1,10 +1,12 @@
+import shutil
+
 import pytest
 import yaml
 
 from laion_assets.active import ACTIVE_FILE, activate, read_active, read_forced, write_active
 from laion_assets.cli import main as cli_main
 from laion_assets.errors import BadInputError
-from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS, resolve
+from laion_assets.paths import PROJECT_DIR, V1_WEIGHTS, V2_WEIGHTS, resolve
 
 
 def test_repo_defaults_are_laions_released_predictors():
@@ -69,3 +71,31 @@ def test_force_list_is_checked(tmp_path):
         read_forced(path)
     path.write_text("aesthetic: a.pth\nAESTHETIC_SCORE: b.pth\nforce: [AESTHETIC_SCORE]\n")
     assert read_forced(path) == ["AESTHETIC_SCORE"] and read_active(path)["AESTHETIC_SCORE"] == "b.pth"
+
+
+def test_cli_activate_takes_a_relative_path_from_the_current_directory_first(tmp_path, monkeypatch, capsys):
+    path = write_active(read_active(), tmp_path / "predictors.yaml")
+    work = tmp_path / "tester"
+    work.mkdir()
+    shutil.copy(V1_WEIGHTS, work / "tester-mine.pth")
+    monkeypatch.chdir(work)
+    cli_main(["activate", "aesthetic", "tester-mine.pth", "--config", str(path)])
+    assert read_active(path)["aesthetic"] == str(work / "tester-mine.pth")  # outside the project: absolute
+    assert f"({work / 'tester-mine.pth'}) in {path}" in capsys.readouterr().out
+    # Not there from here: the project folder's file, recorded as given.
+    project_relative = V1_WEIGHTS.relative_to(PROJECT_DIR).as_posix()
+    cli_main(["activate", "aesthetic", project_relative, "--config", str(path)])
+    assert read_active(path)["aesthetic"] == project_relative
+    # From a folder inside the project: recorded project-relative, as every shipped entry is.
+    monkeypatch.chdir(V1_WEIGHTS.parent.parent)
+    cli_main(["activate", "aesthetic", f"./models/{V1_WEIGHTS.name}", "--config", str(path)])
+    assert read_active(path)["aesthetic"] == project_relative
+    before = path.read_bytes()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["activate", "aesthetic", "missing.pth", "--config", str(path)])
+    message = str(info.value.code)
+    assert message.startswith("error: missing.pth: predictor weights file not found")
+    assert f"current directory ({work / 'missing.pth'})" in message
+    assert f"project folder ({PROJECT_DIR / 'missing.pth'})" in message
+    assert path.read_bytes() == before

@@ -50,8 +50,11 @@ def test_same_number_twice_is_an_error(tmp_path):
 
 
 def test_missing_or_empty_source(tmp_path):
-    with pytest.raises(MissingUpstreamError, match="embeddings folder not found"):
+    with pytest.raises(MissingUpstreamError, match="embeddings folder not found") as info:
         discover_parts(tmp_path / "nope")
+    # Not the project's sample: the folder and the ways to set the source, not `make demo`.
+    assert str(info.value).startswith(f"{tmp_path / 'nope'}: ") and "make demo" not in str(info.value)
+    assert "LAION_ASSETS_SOURCE" in str(info.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="no img_emb"):
         discover_parts(tmp_path / "empty")

@@ -234,6 +234,25 @@ def test_unknown_keys_and_garbage_are_named(tmp_path):
         load_predictor(tmp_path / "missing.pth")
 
 
+def test_a_checkpoint_that_wraps_its_weights_says_what_it_holds(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": torch.load(V1_WEIGHTS, weights_only=True), "epoch": 3}, checkpoint)
+    with pytest.raises(BadInputError) as info:
+        load_predictor(checkpoint)
+    assert str(info.value) == (
+        f"{checkpoint}: expected a state_dict of tensors, got a dict with keys ['epoch', 'state_dict']: weights "
+        "nested under 'state_dict'? save that dict itself (torch.save(checkpoint['state_dict'], PATH))"
+    )
+    mixed = tmp_path / "mixed.pth"
+    torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1), "note": "v1"}, mixed)
+    with pytest.raises(BadInputError, match=r"keys \['bias', 'note', 'weight'\], of which \['note \(str\)'\] are not"):
+        load_predictor(mixed)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(BadInputError, match="list.pth: expected a state_dict of tensors, got list"):
+        load_predictor(listed)
+
+
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_sparse_weights_are_refused(tmp_path):
     sparse = tmp_path / "sparse.pth"

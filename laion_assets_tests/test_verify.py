@@ -16,7 +16,7 @@ from laion_assets.pipeline import rebuild
 from laion_assets.predictors import load_predictor
 from laion_assets.release import release_from_layout
 from laion_assets.training import RatingsTable, TrainConfig, save_predictor, train_v2
-from laion_assets.verify import verify_release
+from laion_assets.verify import locate_safety, verify_release
 from laion_assets_tests.release_helpers import build, copy_sample
 
 
@@ -67,10 +67,21 @@ def test_verify_names_a_rebuild_that_differs(release: tuple[Path, Path]) -> None
     assert report.differing["kv/aesthetic.kv"].startswith("rebuilt sha256")
 
 
-def test_verify_refuses_other_inputs(release: tuple[Path, Path], tmp_path: Path) -> None:
+def test_verify_refuses_other_inputs(release: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     source, folder = release
-    with pytest.raises(BadInputError, match="outside the project; pass --source"):
+    with pytest.raises(BadInputError, match="outside the project, so the manifest does not name it; pass --source"):
         verify_release(folder)
+    # The command says both ways it takes the folder, and takes it from the environment.
+    monkeypatch.delenv("LAION_ASSETS_SOURCE", raising=False)
+    with pytest.raises(SystemExit, match="pass --source DIR or set LAION_ASSETS_SOURCE$"):
+        cli_main(["verify", str(folder)])
+    extra = copy_sample(source, tmp_path / "extra")
+    first = discover_parts(extra)[0]
+    shutil.copy(first.embeddings, extra / "img_emb" / "img_emb_9.npy")
+    shutil.copy(first.metadata, extra / "metadata" / "metadata_9.parquet")
+    monkeypatch.setenv("LAION_ASSETS_SOURCE", str(extra))
+    with pytest.raises(SystemExit, match=r"parts \['00009'\] were not in the release; point --source \(or LAION_AS"):
+        cli_main(["verify", str(folder)])
     other = copy_sample(source, tmp_path / "other")
     meta = sorted((other / "metadata").iterdir())[0]
     meta.write_bytes(meta.read_bytes() + b"x")
@@ -79,6 +90,17 @@ def test_verify_refuses_other_inputs(release: tuple[Path, Path], tmp_path: Path)
     (folder / "extra.txt").write_text("x")
     report = verify_release(folder, source)
     assert report.differing == {"extra.txt": "in the release folder: not listed in the manifest"}
+
+
+def test_a_safety_table_outside_the_project_is_asked_for_by_flag_or_environment(tmp_path: Path) -> None:
+    manifest = {"inputs": {"safety": {"source": None, "files": [{"path": "safety.parquet", "sha256": "0" * 64}]}}}
+    with pytest.raises(BadInputError) as info:
+        locate_safety(manifest, tmp_path, None)
+    assert str(info.value) == (
+        f"{tmp_path / 'manifest.json'}: the safety table was outside the project, so the manifest does not name it; "
+        "pass --safety DIR or set LAION_ASSETS_SAFETY"
+    )
+    assert locate_safety({"inputs": {"safety": None}}, tmp_path, None) is None  # the release used none
 
 
 def trained_weights(source: Path, path: Path) -> Path:

@@ -17,9 +17,16 @@ cat >> "$tmp" <<'SH'
 # `job execute` look nowhere: they read -m, or DAGSTER_CLI_<COMMAND>_MODULE_NAME (dagster's CLI reads each option
 # from DAGSTER_CLI_<COMMAND>_<OPTION>). A global DAGSTER_MODULE_NAME would also reach the webserver and daemon
 # that `dagster dev` starts with a workspace, which then fail on both.
-export DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME=laion_assets.definitions
-export DAGSTER_CLI_ASSET_LIST_MODULE_NAME=laion_assets.definitions
-export DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=laion_assets.definitions
+# A value one of them held before (not ours) is kept in _LAION_ASSETS_OLD_<NAME> for `deactivate` to put back.
+for _laion_assets_var in DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME DAGSTER_CLI_ASSET_LIST_MODULE_NAME \
+    DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME; do
+    eval "_laion_assets_value=\${$_laion_assets_var:-}"
+    if [ -n "$_laion_assets_value" ] && [ "$_laion_assets_value" != laion_assets.definitions ]; then
+        eval "_LAION_ASSETS_OLD_$_laion_assets_var=\$_laion_assets_value"
+    fi
+    eval "export $_laion_assets_var=laion_assets.definitions"
+done
+unset _laion_assets_var _laion_assets_value
 # The project's instance .dagster/ (made as `laion-assets` makes it) unless DAGSTER_HOME is already set: a
 # DAGSTER_HOME you set wins. The value an earlier activation set is ours, not yours, and is replaced.
 if [ -z "${DAGSTER_HOME:-}" ] || [ "$DAGSTER_HOME" = "${_LAION_ASSETS_DAGSTER_HOME:-}" ]; then
@@ -29,6 +36,39 @@ if [ -z "${DAGSTER_HOME:-}" ] || [ "$DAGSTER_HOME" = "${_LAION_ASSETS_DAGSTER_HO
     if [ ! -e "$DAGSTER_HOME/dagster.yaml" ] && [ ! -L "$DAGSTER_HOME/dagster.yaml" ]; then
         ln -s ../dagster.yaml "$DAGSTER_HOME/dagster.yaml"
     fi
+fi
+# `deactivate` takes back what this block set, so that a later project in the same shell does not load ours: each
+# variable still holding our value goes back to what it held before (unset when nothing); one you changed since
+# stays. The venv's own deactivate is kept under another name and runs first. Shells without `typeset -f` (dash)
+# keep the venv's deactivate as it is.
+_laion_assets_deactivate () {
+    for _laion_assets_var in DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME DAGSTER_CLI_ASSET_LIST_MODULE_NAME \
+        DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME; do
+        eval "_laion_assets_value=\${$_laion_assets_var:-}; _laion_assets_old=\${_LAION_ASSETS_OLD_$_laion_assets_var:-}"
+        if [ "$_laion_assets_value" = laion_assets.definitions ]; then
+            if [ -n "$_laion_assets_old" ]; then
+                eval "export $_laion_assets_var=\$_laion_assets_old"
+            else
+                unset "$_laion_assets_var"
+            fi
+        fi
+        unset "_LAION_ASSETS_OLD_$_laion_assets_var"
+    done
+    unset _laion_assets_var _laion_assets_value _laion_assets_old
+    if [ -n "${_LAION_ASSETS_DAGSTER_HOME:-}" ] && [ "${DAGSTER_HOME:-}" = "$_LAION_ASSETS_DAGSTER_HOME" ]; then
+        unset DAGSTER_HOME
+    fi
+    unset _LAION_ASSETS_DAGSTER_HOME
+}
+if typeset -f deactivate >/dev/null 2>&1; then
+    eval "$(typeset -f deactivate | command sed '1s/^deactivate/_laion_assets_venv_deactivate/')"
+    deactivate () {
+        _laion_assets_venv_deactivate "$@"  # the venv's: restores PATH, PS1, …; unless nondestructive, unsets deactivate
+        _laion_assets_deactivate
+        if [ "${1:-}" != nondestructive ]; then
+            unset -f _laion_assets_venv_deactivate _laion_assets_deactivate
+        fi
+    }
 fi
 SH
 chmod 644 "$tmp"

@@ -3,7 +3,8 @@
 The real CLI runs in subprocesses. Two demos build two data roots with their instances, one from flags, one from
 the environment; then each subcommand runs once with flags (the environment pointing at decoys that would make it
 fail) and once from the environment alone. The defaults (no flag, no variable) are tested on a fresh copy of the
-project in ``test_quickstart.py``. Independent commands run side by side to keep the test short.
+project in ``test_quickstart.py``. Independent commands run side by side to keep the test short. Messages about
+missing inputs come from the CLI run in this process; activation is tested in bash on a patched activate script.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
+from laion_assets.cli import main
 from laion_assets.paths import PROJECT_DIR
 from laion_assets.sample import SampleSpec, write_sample
 from laion_assets_tests.fresh_copy import failed, ok, run_all, user_env
@@ -156,6 +159,37 @@ def test_every_subcommand_takes_the_flag_else_the_environment(tmp_path: Path):
     assert "aesthetic_tags is not materialized yet" in nothing and str(empty_root / "tags") in nothing
 
 
+def cli_error(*argv: str) -> str:
+    """The message ``laion-assets ARGV``, run in this process, exits with."""
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    return str(info.value.code)
+
+
+def test_missing_inputs_name_the_place_and_what_builds_it_for_this_setup(tmp_path: Path, monkeypatch):
+    for name in ("LAION_ASSETS_SOURCE", "LAION_ASSETS_DATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # register exports it: restored after the test
+    missing = tmp_path / "nonexistent"
+    message = cli_error("register", str(missing))
+    assert message.startswith(f"error: {missing}: embeddings folder not found") and "make demo" not in message
+    assert "--source DIR" in message and "LAION_ASSETS_SOURCE" in message and not missing.exists()
+
+    # A data root without KV files: the file, the data root and where that came from, and what writes the file.
+    root = tmp_path / "out"
+    message = cli_error("kv", "lookup", "1", "--data-root", str(root))
+    kv = root / "kv" / "aesthetic.kv"
+    assert message.startswith(f"error: {kv}: KV file not found under the data root {root} (from --data-root)")
+    assert "`aesthetic_kv`" in message and f"--data-root {root}`" in message and "make demo" not in message
+    monkeypatch.setenv("LAION_ASSETS_DATA_ROOT", str(root))
+    message = cli_error("kv", "lookup", "1", "--safety")
+    safety_kv = root / "kv" / "safety.kv"
+    assert f"{safety_kv}: KV file not found under the data root {root} (from LAION_ASSETS_DATA_ROOT)" in message
+    assert not root.exists()
+
+
 def activate_script(tmp_path: Path) -> Path:
     venv = tmp_path / "repo" / ".venv"
     (venv / "bin").mkdir(parents=True)
@@ -192,6 +226,47 @@ def test_activate_keeps_a_preset_dagster_home_and_exports_no_module_name(tmp_pat
     assert activated(f". {activate}\n{SHOW}")[0] == str(project_home)
 
 
+MODULE_VARIABLES = ("DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME", "DAGSTER_CLI_ASSET_LIST_MODULE_NAME",
+                    "DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME")  # fmt: skip
+# Our variables, the venv's, and every variable or function activation left behind.
+STATE = (
+    f'for n in DAGSTER_HOME {" ".join(MODULE_VARIABLES)} VIRTUAL_ENV; do echo "$n=${{!n-unset}}"; done\n'
+    "compgen -v | grep -i laion; compgen -A function | grep -E 'laion|deactivate'; true"
+)
+
+
+def test_deactivate_takes_back_only_what_activation_set(tmp_path: Path):
+    venv = tmp_path / "repo" / ".venv"  # a real venv: its own deactivate is the one we wrap
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    activate = venv / "bin" / "activate"
+    patch(activate)
+    patch(activate)
+
+    def state(script: str, **env: str) -> list[str]:
+        done = subprocess.run(["bash", "-c", f"{script}\n{STATE}"], env=user_env(**env), capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        assert done.stderr == ""
+        return done.stdout.splitlines()
+
+    clean = [f"{n}=unset" for n in ("DAGSTER_HOME", *MODULE_VARIABLES, "VIRTUAL_ENV")]
+    assert state("") == clean
+    active = state(f". {activate}")
+    ours = [f"{n}=laion_assets.definitions" for n in MODULE_VARIABLES]
+    assert active[:5] == [f"DAGSTER_HOME={venv.parent / '.dagster'}", *ours, f"VIRTUAL_ENV={venv}"]
+    assert state(f". {activate}\ndeactivate") == clean
+    assert state(f". {activate}\n. {activate}\ndeactivate") == clean  # activating twice: still all taken back
+    # What was set before activation comes back; what the user set while active stays theirs.
+    mine = {"DAGSTER_HOME": str(tmp_path / "mine"), "DAGSTER_CLI_ASSET_LIST_MODULE_NAME": "other.definitions"}
+    before = state("", **mine)
+    assert "DAGSTER_CLI_ASSET_LIST_MODULE_NAME=laion_assets.definitions" in state(f". {activate}", **mine)
+    assert state(f". {activate}\n. {activate}\ndeactivate", **mine) == before
+    changed = state(f". {activate}\nexport DAGSTER_HOME=/later DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=x\ndeactivate")
+    assert changed == ["DAGSTER_HOME=/later", *clean[1:3], "DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=x", clean[4]]
+    # `deactivate nondestructive` (what a venv's activate runs first) restores but keeps the function.
+    kept = state(f". {activate}\ndeactivate nondestructive")
+    assert kept[:5] == clean and "deactivate" in kept
+
+
 def test_patching_replaces_an_older_activation_block(tmp_path: Path):
     activate = activate_script(tmp_path)
     venv_part = activate.read_text()
@@ -200,4 +275,4 @@ def test_patching_replaces_an_older_activation_block(tmp_path: Path):
     patch(activate)
     text = activate.read_text()
     assert text.startswith(venv_part) and "DAGSTER_MODULE_NAME=" not in text
-    assert "export DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME=laion_assets.definitions" in text
+    assert "DAGSTER_CLI_ASSET_MATERIALIZE_MODULE_NAME" in text and "_laion_assets_venv_deactivate" in text
