@@ -139,11 +139,10 @@ def _verify(args: argparse.Namespace) -> None:
 def _push(args: argparse.Namespace) -> None:
     import os
 
-    from laion_assets.publishing import push_release
+    from laion_assets.publishing import clean_token, push_release
 
-    result = push_release(
-        args.release_dir, args.repo_id, os.environ.get("HF_TOKEN"), args.endpoint, not args.public, args.dry_run
-    )
+    token = clean_token(os.environ.get("HF_TOKEN"), "HF_TOKEN")
+    result = push_release(args.release_dir, args.repo_id, token, args.endpoint, not args.public, args.dry_run)
     print(result.plan.text())
     if not result.dry_run:
         print(f"committed: {result.committed} ({result.commit_oid or '-'}); tagged: {result.tagged}")
@@ -279,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", action="append", default=[], metavar="COLUMN=PATH", help="weights of a score column")
     p.add_argument("--safety", help="safety-tags table (default: the manifest's, else $LAION_ASSETS_SAFETY)")
     p.set_defaults(func=_verify)
-    p = sub.add_parser("push", help="push a release folder to a Hugging Face dataset repo (token from HF_TOKEN)")
+    p = sub.add_parser(
+        "push",
+        help="push a release folder to a Hugging Face dataset repo (token: HF_TOKEN, surrounding whitespace stripped)",
+    )
     p.add_argument("release_dir")
     p.add_argument("--repo-id", required=True)
     p.add_argument("--endpoint", default=None)

@@ -4,22 +4,26 @@ Unchanged files are detected by comparing the remote tree's git blob ids (and LF
 so re-pushing an unchanged release makes no commit. A Hub commit is all-or-nothing: if any step fails the repo
 keeps its previous release and the error says which step failed and what to run again.
 
-The token is passed to huggingface_hub only. A Hub answer may echo the request's Authorization header (in its body,
-its ``X-Error-Message`` or ``X-HF-Warning`` header), so every message we pass on is scrubbed of the token in each
-form it may take (plain, ``Bearer <token>``, URL-encoded, base64 at any alignment), our errors are raised with no
-exception chain (Dagster and tracebacks print ``__cause__`` and ``__context__``), and log records emitted during a
-push are scrubbed before any handler writes them.
+The token is cleaned first (``clean_token``: surrounding whitespace stripped, anything else that an HTTP header
+cannot carry refused without showing it), then passed to huggingface_hub only. A Hub answer may echo the request's
+Authorization header (in its body, its ``X-Error-Message`` or ``X-HF-Warning`` header), so every message we pass on
+is scrubbed of the token in each form ``scrub`` lists, our errors are raised with no exception chain (Dagster and
+tracebacks print ``__cause__`` and ``__context__``), and log records emitted during a push are scrubbed before any
+handler writes them.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -100,6 +104,53 @@ REDACTED = "***"
 MAX_DETAIL = 1500
 # Below this length a token's base64 fragments are too short to replace without hitting unrelated text.
 _MIN_B64_TOKEN = 8
+# Any run of this many consecutive characters of the token (or of its reverse) is replaced: long enough that
+# unrelated text practically never holds one, short enough that a token cut in two by an echo leaves no long piece.
+FRAGMENT = 8
+
+
+def clean_token(token: str | None, source: str = "the Hugging Face token") -> str | None:
+    """``token`` stripped of surrounding whitespace (None if empty); refuses a character a header cannot carry inside.
+
+    The error names ``source`` and the character's position and kind, never the token. Secrets mounted from files
+    (Kubernetes ``--from-file``, env files written on Windows) often end in a newline or carriage return; sent as
+    they are, the HTTP client rejects the header with an error that quotes it.
+    """
+    if token is None:
+        return None
+    token = token.strip()
+    for position, char in enumerate(token, start=1):
+        if not "!" <= char <= "~":  # printable ASCII without space: what a Hub token is made of
+            kind = (
+                "whitespace"
+                if char.isspace()
+                else "a non-ASCII character"
+                if ord(char) > 0x7F
+                else "a control character"
+            )
+            raise BadInputError(
+                f"{source} cannot be sent: character {position} of {len(token)} is {kind} (surrounding whitespace "
+                "is stripped; a Hugging Face token is printable ASCII with no spaces); check where it is set "
+                "(the token is not shown)"
+            )
+    return token or None
+
+
+def _escaped(value: str) -> set[str]:
+    """``value`` as escaping prints it: ``repr()`` of the str and of its bytes, JSON, backslash escapes.
+
+    Each form is escaped once more too: a repr inside a repr, as in ``LocalProtocolError("...b'...\\n'")``.
+    """
+    forms = {value}
+    for _ in range(2):
+        for form in list(forms):
+            forms |= {
+                repr(form)[1:-1],
+                repr(form.encode())[2:-1],
+                json.dumps(form)[1:-1],
+                form.encode("unicode_escape").decode("ascii"),
+            }
+    return forms
 
 
 def _base64_fragments(secret: bytes) -> set[str]:
@@ -119,22 +170,60 @@ def _base64_fragments(secret: bytes) -> set[str]:
 
 
 def secret_forms(token: str) -> list[str]:
-    """Every form of ``token`` a server or library may echo, longest first (so longer forms are replaced whole)."""
-    forms = {token, f"Bearer {token}", quote(token, safe=""), quote_plus(token)}
-    for value in (token, f"Bearer {token}"):
-        raw = value.encode()
-        forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
-    if len(token) >= _MIN_B64_TOKEN:
-        forms |= _base64_fragments(token.encode())
+    """Every whole form of ``token`` a server or library may echo, longest first (so longer forms are replaced whole).
+
+    Plain and ``Bearer <token>``, each also escaped (``_escaped``); URL-encoded; base64 of both and base64 fragments
+    at any alignment; the hex of its bytes; reversed. A token with surrounding whitespace is covered stripped too.
+    """
+    forms: set[str] = set()
+    for value in {token, token.strip()} - {""}:
+        for shown in (value, f"Bearer {value}"):
+            forms |= _escaped(shown)
+            raw = shown.encode()
+            forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        forms |= {quote(value, safe=""), quote_plus(value), value.encode().hex(), value[::-1]}
+        if len(value) >= _MIN_B64_TOKEN:
+            forms |= _base64_fragments(value.encode())
     return sorted((f for f in forms if f), key=len, reverse=True)
 
 
+@lru_cache(maxsize=4)
+def _patterns(token: str) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+    """The compiled whole-forms pattern and the fragment pattern (None for a token shorter than FRAGMENT)."""
+    whole = re.compile("|".join(map(re.escape, secret_forms(token))), re.IGNORECASE)
+    core = token.strip()
+    if len(core) < FRAGMENT:
+        return whole, None
+    pieces = {s[i : i + FRAGMENT] for s in (core, core[::-1]) for i in range(len(s) - FRAGMENT + 1)}
+    # A lookahead finds every (overlapping) start of a piece; scrub merges the runs they cover.
+    alternatives = "|".join(map(re.escape, sorted(pieces)))
+    return whole, re.compile(f"(?=({alternatives}))", re.IGNORECASE)
+
+
 def scrub(text: str, token: str | None) -> str:
-    """``text`` with every form of ``token`` replaced by ``***``."""
+    """``text`` with every form of ``token`` replaced by ``***``, in any letter case.
+
+    Covered: the forms ``secret_forms`` lists (plain, ``Bearer``, escaped by ``repr()``/JSON/backslashes,
+    URL-encoded, base64 at any alignment, hex, reversed), upper, lower or mixed case, and any run of ``FRAGMENT`` (8)
+    or more consecutive characters of the token or of its reverse, which catches a token split, cut or partly
+    escaped by an echo. Not covered, because no filter can recognise an arbitrary transformation: other encodings
+    (base64 of the hex, HTML entities between every character, ...), hashes, or pieces shorter than 8 characters.
+    """
     if not token:
         return text
-    for form in secret_forms(token):
-        text = text.replace(form, REDACTED)
+    whole, fragments = _patterns(token)
+    text = whole.sub(REDACTED, text)
+    if fragments is None:
+        return text
+    runs: list[list[int]] = []
+    for match in fragments.finditer(text):
+        start, end = match.start(), match.start() + len(match.group(1))
+        if runs and start <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    for start, end in reversed(runs):
+        text = text[:start] + REDACTED + text[end:]
     return text
 
 
@@ -203,6 +292,7 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
     from huggingface_hub.hf_api import RepoFile
 
     release_dir = Path(release_dir)
+    token = clean_token(token)
     version = load_manifest(release_dir)["version"]
     paths = release_paths(release_dir)
     plan = PushPlan(repo_id, version)
@@ -251,6 +341,7 @@ def push_release(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     release_dir = Path(release_dir)
+    token = clean_token(token)
     plan = plan_push(release_dir, repo_id, token, endpoint)
     if dry_run:
         return PushResult(plan, committed=False, tagged=False, commit_oid=None, dry_run=True)

@@ -5,7 +5,8 @@ preupload, commit (NDJSON with base64 file contents, deletions) and tag, keeping
 
 ``fail`` names calls that answer HTTP 500 (or ``fail_status``); with ``echo_authorization`` those answers repeat
 the request's Authorization header (plain, base64 and URL-encoded, in the body, ``X-Error-Message`` and
-``X-HF-Warning``) as a careless server might.
+``X-HF-Warning``) as a careless server might, and the token upper-cased, hex-encoded, reversed, cut in two and
+inside the repr of the header's bytes, as a hostile one did.
 """
 
 from __future__ import annotations
@@ -32,9 +33,22 @@ def blob_sha1(data: bytes) -> str:
 
 
 def token_forms(token: str) -> list[str]:
-    """The token as a careless server echoes it: plain, in its header, base64 of both, URL-encoded."""
+    """The token as a careless server echoes it: plain, in its header, base64 of both, URL-encoded, hex, reversed."""
     header = f"Bearer {token}"
-    return [token, header, *(base64.b64encode(v.encode()).decode() for v in (token, header)), quote(header, safe="")]
+    encoded = [base64.b64encode(v.encode()).decode() for v in (token, header)]
+    return [token, header, *encoded, quote(header, safe=""), token.encode().hex(), token[::-1]]
+
+
+def token_found(token: str, text: str | bytes, piece: int = 10) -> list[str]:
+    """Each form of ``token`` (in any letter case) and each ``piece``-long run of it or its reverse found in ``text``.
+
+    Bytes are read as Latin-1 (one character per byte), so a database file is searched as it is on disk.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    text = text.lower()
+    pieces = {s[i : i + piece] for s in (token, token[::-1]) for i in range(len(s) - piece + 1)}
+    return [form for form in [*token_forms(token), *sorted(pieces)] if form.lower() in text]
 
 
 @dataclass
@@ -173,13 +187,19 @@ class FakeHub:
         if not self.echo_authorization:
             return self._send(h, self.fail_status, {"error": f"internal error while answering {call}"})
         auth = auth or ""
+        token = auth.removeprefix("Bearer ")
         encoded = base64.b64encode(auth.encode()).decode()
+        mangled = f"{token.upper()} {token.encode().hex()} {token[::-1]} {token[:10]}|{token[10:]} {auth.encode()!r}"
         errors = [
             f"internal error while answering {call}; request headers: Authorization: {auth}",
             f"debug: authorization (base64) {encoded}, url-encoded {quote(auth, safe='')}",
+            f"debug: token as seen {mangled}",
         ]
         # huggingface_hub logs each X-HF-Warning topic once per process: a fresh topic makes it log this one.
-        headers = {"X-Error-Message": f"echo {auth}", "X-HF-Warning": f"echo-{uuid.uuid4().hex}; seen {auth}"}
+        headers = {
+            "X-Error-Message": f"echo {auth} {mangled}",
+            "X-HF-Warning": f"echo-{uuid.uuid4().hex}; seen {auth} {mangled}",
+        }
         return self._send(
             h, self.fail_status, {"error": errors, "request": {"headers": {"authorization": auth}}}, headers
         )

@@ -9,8 +9,8 @@ import pytest
 
 from laion_assets.errors import BadInputError
 from laion_assets.manifest import load_manifest
-from laion_assets.publishing import PublishError, git_blob_sha1, push_release, scrub, scrubbed_logs
-from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_forms
+from laion_assets.publishing import PublishError, clean_token, git_blob_sha1, push_release, scrub, scrubbed_logs
+from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_found
 from laion_assets_tests.release_helpers import build, copy_sample
 
 TOKEN = "hf_test_secret_token_123"
@@ -45,7 +45,8 @@ def test_push_commits_every_file_once_and_tags(
     first, _ = releases
     caplog.set_level(logging.DEBUG)
     with FakeHub() as hub:
-        result = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        # As a secret mounted from a file holds it: the newline is stripped, the token itself is sent.
+        result = push_release(first, "laion/aesthetics", f"{TOKEN}\r\n", endpoint=hub.endpoint)
         repo = hub.repos["laion/aesthetics"]
         assert result.committed and result.tagged and repo.private
         assert len(repo.commits) == 1 and repo.commits[0]["message"] == "Release v0.1.0"
@@ -157,8 +158,8 @@ def test_commit_payload_is_base64(online: None, releases: tuple[Path, Path]) -> 
 
 
 def assert_no_token(text: str, token: str) -> None:
-    """Fail naming the form of the token found in ``text``."""
-    found = [form for form in token_forms(token) if form in text]
+    """Fail naming the forms and pieces of the token found in ``text``."""
+    found = token_found(token, text)
     assert not found, f"token leaked as {found}"
 
 
@@ -174,7 +175,8 @@ def assert_no_token(text: str, token: str) -> None:
 def test_hub_error_echoing_the_token_is_scrubbed_and_unchained(
     online: None, releases: tuple[Path, Path], caplog: pytest.LogCaptureFixture, call: str, status: int, step: str
 ) -> None:
-    """A Hub answer that echoes the Authorization header leaves the token in no message, chain or log record."""
+    """A Hub answer that echoes the Authorization header (and the token upper-cased, as hex, reversed, cut in two)
+    leaves the token in no message, chain or log record."""
     first, _ = releases
     caplog.set_level(logging.DEBUG)
     with FakeHub(fail={call}, fail_status=status, echo_authorization=True) as hub:
@@ -220,3 +222,62 @@ def test_scrubbed_logs_cover_messages_arguments_and_tracebacks(caplog: pytest.Lo
     # Outside the push nothing is filtered any more.
     log.warning("after %s", "the push")
     assert not log.filters and caplog.records[-1].getMessage() == "after the push"
+
+
+def test_scrub_catches_case_hex_reversed_escaped_and_cut_echoes() -> None:
+    token = "hf_NewlineToken987654321zyxwvuABCDEF"
+    raw = f"{token}\n"  # as a secret mounted from a file holds it
+    header = f"Bearer {raw}".encode()
+    exact = {
+        # The HTTP client's refusal of the header quotes the repr of its bytes, nested in the repr of the error.
+        repr(header): "b'***'",
+        repr(f"Illegal header value {header!r}"): "\"Illegal header value b'***'\"",
+        json.dumps({"token": raw}): '{"token": "***"}',
+        f"Authorization: {token.upper()}": "Authorization: ***",
+        f"x-hex={token.encode().hex().upper()};": "x-hex=***;",
+        f"rev {token[::-1]} end": "rev *** end",
+        f"split {token[:10]}\n{token[10:]}": "split ***\n***",
+    }
+    for text, expected in exact.items():
+        assert scrub(text, raw) == expected, text
+        assert not token_found(token, scrub(text, token)), text  # the stripped token finds them too
+    # Partial and encoded echoes lose every run of 8 or more of the token's characters.
+    for text in (
+        "".join(f"\\u{ord(c):04x}" for c in token[:6]) + token[6:],
+        token.replace("_", "&#95;"),
+        token[: len(token) // 2],
+        base64.b64encode(f"Bearer {token}".encode()).decode().lower(),
+    ):
+        cleaned = scrub(text, token)
+        assert "***" in cleaned and not token_found(token, cleaned, piece=8), text
+    # Unrelated text, short coincidences and what no filter can recognise are left alone (documented in scrub).
+    for text in ("hf_release failed: Token expired", "hf_Newl", base64.b64encode(token.encode().hex().encode())):
+        assert scrub(str(text), token) == str(text)
+
+
+def test_clean_token_strips_and_refuses_without_showing_it() -> None:
+    token = "hf_NewlineToken987654321zyxwvuABCDEF"
+    for raw in (f"{token}\n", f"{token}\r\n", f" \t{token}\n\n", token):
+        assert clean_token(raw, "HF_TOKEN") == token
+    assert clean_token(None) is None and clean_token("") is None and clean_token(" \r\n") is None
+    refused = {
+        f"{token[:7]}\x01{token[7:]}\n": "character 8 of 37 is a control character",
+        f"{token[:7]}\x7f{token[7:]}": "character 8 of 37 is a control character",
+        f"{token[:3]} {token[3:]}": "character 4 of 37 is whitespace",
+        f"{token[:3]}\n{token[3:]}": "character 4 of 37 is whitespace",
+        f"{token}\u00e9": "character 37 of 37 is a non-ASCII character",
+    }
+    for raw, why in refused.items():
+        with pytest.raises(BadInputError) as raised:
+            clean_token(raw, "HF_TOKEN")
+        message = str(raised.value)
+        assert message.startswith(f"HF_TOKEN cannot be sent: {why}") and "the token is not shown" in message
+        assert not token_found(token, message, piece=6) and raised.value.__context__ is None
+
+
+def test_push_refuses_a_token_it_cannot_send(online: None, tmp_path: Path) -> None:
+    """Called directly (not through the resource or the CLI), push_release cleans the token itself, first."""
+    with FakeHub() as hub:
+        with pytest.raises(BadInputError, match="^the Hugging Face token cannot be sent: character 4 of 25 is a c"):
+            push_release(tmp_path, "laion/aesthetics", f"{TOKEN[:3]}\x00{TOKEN[3:]}", endpoint=hub.endpoint)
+        assert hub.requests == []  # refused before anything was sent

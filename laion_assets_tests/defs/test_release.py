@@ -83,7 +83,7 @@ def test_hf_release_pushes_once(graph, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", f"{TOKEN}\n")  # bound as hf.token below; sent stripped
     instance, storage, _ = graph
     folder = storage.layout.release_dir("v0.1.0")
     with FakeHub() as hub:

@@ -3,6 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
+from laion_assets.publishing import clean_token
+
 TOKEN_VARIABLE = "HF_TOKEN"
 
 
@@ -12,7 +14,8 @@ class HfResource(dg.ConfigurableResource):
     Leave ``token`` unset: the push reads ``HF_TOKEN`` from the environment at run time, so launch-time config
     (``--config-json``, the launchpad) that sets only ``repo_id`` keeps the token, and the token never enters the
     run's stored config. ``{"env": "OTHER_VARIABLE"}`` names another variable; a literal token would be stored in
-    the run database, so never put one here.
+    the run database, so never put one here. Surrounding whitespace (the newline of a secret mounted from a file) is
+    stripped.
     """
 
     repo_id: str = Field(default="", description="dataset repo to push to, ORG/NAME")
@@ -25,5 +28,9 @@ class HfResource(dg.ConfigurableResource):
     dry_run: bool = Field(default=False, description="only list what would be committed")
 
     def resolved_token(self) -> str | None:
-        """The token to push with: ``token`` when set, else ``HF_TOKEN`` read now (None when neither is set)."""
-        return self.token or dg.EnvVar(TOKEN_VARIABLE).get_value() or None
+        """The token to push with, stripped: ``token`` when set, else ``HF_TOKEN`` read now (None when neither is).
+
+        A token with whitespace, control or non-ASCII characters inside is refused (``clean_token``) without being
+        shown.
+        """
+        return clean_token(self.token, "hf.token") or clean_token(dg.EnvVar(TOKEN_VARIABLE).get_value(), TOKEN_VARIABLE)
