@@ -205,66 +205,19 @@ def test_a_shard_being_downloaded_elsewhere_is_refused(tmp_path: Path) -> None:
     assert not shard_dir.exists()
 
 
-# Hostile servers: with these bounds, the test shard takes seconds; unbounded, the trickles alone take hours.
-BOUNDED = DownloadOptions(processes_count=1, thread_count=8, timeout=5, url_deadline=3, max_url_bytes=1 * MIB)
+# Hostile servers, URLs that are not web downloads and images that decode to far more than they weigh, in one
+# shard: with these bounds it takes seconds; unbounded, the trickles take hours and the FIFO forever.
+BOUNDED = DownloadOptions(
+    processes_count=1,
+    thread_count=8,
+    timeout=5,
+    url_deadline=3,
+    max_url_bytes=1 * MIB,
+    max_image_pixels=4_000_000,
+    shard_timeout=120,
+)
 TRICKLE_SECONDS = 1.0  # under img2dataset's per-operation timeout, so only url_deadline can stop a trickle
 HOSTILE = ["trickle", "trickle-head", "huge", "huge-unsized"]
-
-
-@dataclass
-class Hostile:
-    server: ImageServer
-    frame: pl.DataFrame
-    result: ShardDownload
-    status: dict[str, tuple[str, str | None]]  # by URL kind: (status, error_message)
-
-
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
-    root = tmp_path_factory.mktemp("hostile")
-    names = write_images(root / "served", 3 + len(HOSTILE), seed=4)
-    with serve_images(root / "served", trickle_seconds=TRICKLE_SECONDS) as server:
-        urls = [server.url(n) for n in names[:3]] + [server.url(n, k) for n, k in zip(names[3:], HOSTILE, strict=True)]
-        source = root / "part-00000.parquet"
-        url_frame(urls).write_parquet(source)
-        frame = read_url_shard(source)
-        result = download_shard(frame, source, root / "images" / "00000", BOUNDED)
-    rows = row_status(root / "images" / "00000").join(frame.select(ROW_COLUMN, "URL"), on=ROW_COLUMN)
-    status = {url.split("/")[3]: (st, err) for url, st, err in rows.select("URL", "status", "error_message").rows()}
-    return Hostile(server, frame, result, status)
-
-
-def test_trickling_urls_fail_at_url_deadline_while_the_others_succeed(hostile: Hostile) -> None:
-    assert hostile.status["img"] == ("success", None)
-    assert hostile.result.successes == 3 and hostile.result.attempts == 1
-    for kind in ("trickle", "trickle-head"):  # body trickled, or the headers themselves
-        assert hostile.status[kind] == ("failed_to_download", "took longer than url_deadline=3 s")
-        path = next(p for p in hostile.server.requests if p.startswith(f"/{kind}/"))
-        # cut after ~3 s, i.e. ~3 bytes at one a second (the file is thousands of bytes)
-        assert hostile.server.sent.get(path, 0) <= 3 / TRICKLE_SECONDS + 2
-    assert hostile.result.last is not None and hostile.result.last.duration < 20  # not the hours a trickle takes
-
-
-def test_oversized_urls_fail_at_max_url_bytes_in_small_memory(hostile: Hostile, downloads: Downloads) -> None:
-    assert hostile.status["huge"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (Content-Length)")
-    assert hostile.status["huge-unsized"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (body)")
-    sent = {p.split("/")[1]: n for p, n in hostile.server.sent.items()}
-    assert sent["huge-unsized"] < 64 * MIB  # the reader hung up after 1 MiB (the rest is socket buffers), not 2 GiB
-    assert hostile.result.failures_by_reason == {
-        "took longer than url_deadline=3 s": 2,
-        f"larger than max_url_bytes={MIB} (Content-Length)": 1,
-        f"larger than max_url_bytes={MIB} (body)": 1,
-    }
-    # img2dataset's child and workers peak at about what an ordinary shard costs, far from the 2 GiB served
-    peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
-    assert peak is not None and ordinary is not None
-    assert peak - ordinary < 256 * MIB and peak < 2048 * MIB
-
-
-# URLs that are not web downloads, and images that decode to far more than they weigh.
-REFUSING = DownloadOptions(
-    processes_count=1, thread_count=8, timeout=5, url_deadline=5, max_image_pixels=4_000_000, shard_timeout=120
-)
 BOMB_SIDE = 10_000  # a ~300 KB PNG of 10000 x 10000 RGB: decoding it takes ~600 MB, 3 bytes a pixel at the least
 HDR_SIZE = (2500, 2000)  # over max_image_pixels in a format PIL cannot read: OpenCV's own bound must refuse it
 ONLY_WEB = "(only http and https are fetched)"
@@ -294,32 +247,35 @@ def _radiance(width: int, height: int) -> bytes:
 
 
 @dataclass
-class Refused:
+class Hostile:
+    server: ImageServer
+    frame: pl.DataFrame
     result: ShardDownload
     status: dict[str, tuple[str, str | None]]  # by row name: (status, error_message)
     tar_members: list[bytes]
-    never_fetched: dict[str, bytes]  # local files that no tar may hold
-    requests: list[str]
+    never_fetched: dict[str, bytes]  # files on this machine that no tar may hold
 
 
 @pytest.fixture(scope="module")
-def refused(tmp_path_factory: pytest.TempPathFactory) -> Refused:
-    root = tmp_path_factory.mktemp("refused")
-    names = write_images(root / "served", 3, seed=7)  # 00000.jpg, 00001.jpg, 00002.jpg
-    (root / "served" / "bomb.png").write_bytes(_png_bomb(BOMB_SIDE))
-    (root / "served" / "big.hdr").write_bytes(_radiance(*HDR_SIZE))
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+    root = tmp_path_factory.mktemp("hostile")
+    served = root / "served"
+    names = write_images(served, 5 + len(HOSTILE), seed=4)
+    (served / "bomb.png").write_bytes(_png_bomb(BOMB_SIDE))
+    (served / "big.hdr").write_bytes(_radiance(*HDR_SIZE))
     secret = root / "secret"
     write_images(secret, 1, seed=8)  # a JPEG, which LAION's settings would store unchanged if it were read
-    os.mkfifo(secret / "fifo")  # opening it for reading blocks until a writer comes: none ever does
     local = secret / "00000.jpg"
-    with serve_images(root / "served") as server:
-        rows = {
-            "good": server.url(names[0]),
+    os.mkfifo(secret / "fifo")  # opening it for reading blocks until a writer comes: none ever does
+    with serve_images(served, trickle_seconds=TRICKLE_SECONDS) as server:
+        rows = {f"img{i}": server.url(names[i]) for i in range(3)}
+        rows |= {kind: server.url(name, kind) for name, kind in zip(names[3:7], HOSTILE, strict=True)}
+        rows |= {
             "local-file": local.as_uri(),
             "local-fifo": (secret / "fifo").as_uri(),
             "wrapped-file": f"<URL:FILE{local.as_uri()[4:]}>",  # urllib unwraps it and lowercases the scheme
-            "redirect-to-file": server.url(names[1], "to-file"),
-            "redirect-to-ftp": server.url(names[2], "to-ftp"),
+            "redirect-to-file": server.url(names[-2], "to-file"),
+            "redirect-to-ftp": server.url(names[-1], "to-ftp"),
             "data": "data:image/jpeg;base64," + base64.b64encode(local.read_bytes()).decode(),
             "no-scheme": "127.0.0.1/img/00000.jpg",
             "png-bomb": server.url("bomb.png"),
@@ -328,44 +284,80 @@ def refused(tmp_path_factory: pytest.TempPathFactory) -> Refused:
         source = root / "part-00000.parquet"
         url_frame(list(rows.values())).write_parquet(source)
         frame = read_url_shard(source)
-        result = download_shard(frame, source, root / "images" / "00000", REFUSING)
-    by_url = {url: name for name, url in rows.items()}
+        result = download_shard(frame, source, root / "images" / "00000", BOUNDED)
+    name_of = {url: name for name, url in rows.items()}
     table = row_status(root / "images" / "00000").join(frame.select(ROW_COLUMN, "URL"), on=ROW_COLUMN)
-    status = {by_url[url]: (st, err) for url, st, err in table.select("URL", "status", "error_message").rows()}
+    status = {name_of[url]: (st, err) for url, st, err in table.select("URL", "status", "error_message").rows()}
     members = [data for tar in result.tars for files in _tar_samples(tar).values() for data in files.values()]
-    never = {"local-file": local.read_bytes(), "redirect-to-file": (root / "served" / names[1]).read_bytes()}
-    return Refused(result, status, members, never, list(server.requests))
+    never = {"local-file": local.read_bytes(), "redirect-to-file": (served / names[-2]).read_bytes()}
+    return Hostile(server, frame, result, status, members, never)
 
 
-def test_only_http_and_https_urls_are_fetched(refused: Refused) -> None:
-    assert refused.status["good"] == ("success", None)
-    assert refused.status["local-file"] == ("failed_to_download", f"unsupported URL scheme 'file' {ONLY_WEB}")
-    assert refused.status["local-fifo"] == ("failed_to_download", f"unsupported URL scheme 'file' {ONLY_WEB}")
-    assert refused.status["wrapped-file"] == ("failed_to_download", f"unsupported URL scheme 'file' {ONLY_WEB}")
-    assert refused.status["data"] == ("failed_to_download", f"unsupported URL scheme 'data' {ONLY_WEB}")
-    assert refused.status["no-scheme"] == ("failed_to_download", f"URL without a scheme {ONLY_WEB}")
+def test_trickling_urls_fail_at_url_deadline_while_the_others_succeed(hostile: Hostile) -> None:
+    assert [hostile.status[f"img{i}"] for i in range(3)] == [("success", None)] * 3
+    assert hostile.result.successes == 3 and hostile.result.attempts == 1
+    for kind in ("trickle", "trickle-head"):  # body trickled, or the headers themselves
+        assert hostile.status[kind] == ("failed_to_download", "took longer than url_deadline=3 s")
+        path = next(p for p in hostile.server.requests if p.startswith(f"/{kind}/"))
+        # cut after ~3 s, i.e. ~3 bytes at one a second (the file is thousands of bytes)
+        assert hostile.server.sent.get(path, 0) <= 3 / TRICKLE_SECONDS + 2
+    assert hostile.result.last is not None and hostile.result.last.duration < 20  # not the hours a trickle takes
+
+
+def test_oversized_urls_fail_at_max_url_bytes_in_small_memory(hostile: Hostile, downloads: Downloads) -> None:
+    assert hostile.status["huge"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (Content-Length)")
+    assert hostile.status["huge-unsized"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (body)")
+    sent = {p.split("/")[1]: n for p, n in hostile.server.sent.items()}
+    assert sent["huge-unsized"] < 64 * MIB  # the reader hung up after 1 MiB (the rest is socket buffers), not 2 GiB
+    # img2dataset's child and workers peak at about what an ordinary shard costs, far from the 2 GiB served
+    peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
+    assert peak is not None and ordinary is not None
+    assert peak - ordinary < 256 * MIB and peak < 2048 * MIB
+
+
+def test_every_failure_is_counted_by_its_reason(hostile: Hostile) -> None:
+    file_scheme = f"unsupported URL scheme 'file' {ONLY_WEB}"
+    assert hostile.result.failures_by_reason == {
+        "took longer than url_deadline=3 s": 2,
+        f"larger than max_url_bytes={MIB} (Content-Length)": 1,
+        f"larger than max_url_bytes={MIB} (body)": 1,
+        file_scheme: 3,
+        f"unsupported URL scheme 'data' {ONLY_WEB}": 1,
+        f"URL without a scheme {ONLY_WEB}": 1,
+        f"redirected to unsupported URL scheme 'file' {ONLY_WEB}": 1,
+        f"redirected to unsupported URL scheme 'ftp' {ONLY_WEB}": 1,
+        f"image larger than max_image_pixels={BOUNDED.max_image_pixels} (width x height)": 1,
+        hostile.status["hdr-bomb"][1]: 1,  # OpenCV's message (below)
+    }
+
+
+def test_only_http_and_https_urls_are_fetched(hostile: Hostile) -> None:
+    file_scheme = ("failed_to_download", f"unsupported URL scheme 'file' {ONLY_WEB}")
+    assert hostile.status["local-file"] == hostile.status["local-fifo"] == hostile.status["wrapped-file"] == file_scheme
+    assert hostile.status["data"] == ("failed_to_download", f"unsupported URL scheme 'data' {ONLY_WEB}")
+    assert hostile.status["no-scheme"] == ("failed_to_download", f"URL without a scheme {ONLY_WEB}")
     for kind in ("file", "ftp"):
         message = f"redirected to unsupported URL scheme '{kind}' {ONLY_WEB}"
-        assert refused.status[f"redirect-to-{kind}"] == ("failed_to_download", message)
-    assert sum(1 for p in refused.requests if p.startswith(("/to-file/", "/to-ftp/"))) == 2  # asked once each
-    # no local file reached a tar, and only the good row is in one
-    assert refused.result.successes == 1 and len(refused.tar_members) == 3  # its .jpg, .txt and .json
-    for name, data in refused.never_fetched.items():
-        assert not any(data in member for member in refused.tar_members), name
-    # the FIFO was never opened: the attempt ended in seconds, far from its shard_timeout
-    assert refused.result.last is not None and refused.result.last.duration < 20
+        assert hostile.status[f"redirect-to-{kind}"] == ("failed_to_download", message)
+    assert sum(1 for p in hostile.server.requests if p.startswith(("/to-file/", "/to-ftp/"))) == 2  # asked once each
+    # no local file reached a tar: the tars hold the three good rows only
+    assert len(hostile.tar_members) == 3 * 3  # each its .jpg, .txt and .json
+    for name, data in hostile.never_fetched.items():
+        assert not any(data in member for member in hostile.tar_members), name
+    # the FIFO was never opened (that blocks until shard_timeout): the attempt ended in seconds
+    assert hostile.result.last is not None and hostile.result.last.duration < 20 < BOUNDED.shard_timeout
 
 
-def test_an_image_over_max_image_pixels_is_refused_before_it_is_decoded(refused: Refused, downloads: Downloads) -> None:
-    limit = REFUSING.max_image_pixels
+def test_an_image_over_max_image_pixels_is_refused_before_it_is_decoded(hostile: Hostile, downloads: Downloads) -> None:
+    limit = BOUNDED.max_image_pixels
     message = f"image larger than max_image_pixels={limit} (width x height)"
-    assert refused.status["png-bomb"] == ("failed_to_download", message)
+    assert hostile.status["png-bomb"] == ("failed_to_download", message)
     # a format PIL cannot read: OpenCV, bounded to the same limit in img2dataset's workers, refuses to decode it
-    status, error = refused.status["hdr-bomb"]
+    status, error = hostile.status["hdr-bomb"]
     assert status == "failed_to_resize" and error is not None and "CV_IO_MAX_IMAGE_PIXELS" in error
     assert HDR_SIZE[0] * HDR_SIZE[1] > limit
-    # decoding the PNG would have taken at least 3 bytes a pixel (300 MB); the attempt costs what an ordinary one does
-    peak, ordinary = refused.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
+    # decoding the PNG would take 3 bytes a pixel at the least (300 MB); the attempt costs what an ordinary one does
+    peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
     assert peak is not None and ordinary is not None
     assert peak - ordinary < 100 * MIB < 3 * BOMB_SIDE**2
 
