@@ -8,10 +8,11 @@ success exactly once. A shard with nothing left to fetch is not downloaded again
 temporary folder and renamed when img2dataset has finished, so a killed run leaves nothing half-written, and the
 next run of that shard removes the temporary folders a killed run could not.
 
-Every download is bounded: each URL by bytes (``max_url_bytes``) and by time for the whole transfer
-(``url_deadline``), enforced inside img2dataset's own worker threads (:mod:`laion_assets.url_fetch`), and each
-attempt by ``shard_timeout``: img2dataset runs in a process group of its own, which is stopped as a whole when the
-time is up (the sub-shards img2dataset had finished are kept, so the next run goes on from there).
+Every download is bounded: each URL by bytes (``max_url_bytes``), by time for the whole transfer
+(``url_deadline``), to http and https, and its image by pixels before it is decoded (``max_image_pixels``),
+enforced inside img2dataset's own worker threads (:mod:`laion_assets.url_fetch`), and each attempt by
+``shard_timeout``: img2dataset runs in a process group of its own, which is stopped as a whole when the time is up
+(the sub-shards img2dataset had finished are kept, so the next run goes on from there).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ RUN_FILE = "run.json"
 _RUNNER = "from laion_assets.url_fetch import main; main()"
 _KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a child that overran shard_timeout
 _SWEEP_GRACE = 2.0  # seconds the rest of the group gets to exit after the child (multiprocessing's resource tracker)
-_BOUNDS = ("max_url_bytes", "url_deadline", "shard_timeout")  # ours, not img2dataset's
+_BOUNDS = ("max_url_bytes", "url_deadline", "max_image_pixels", "shard_timeout")  # ours, not img2dataset's
 _TMP_NAME = r"\.[A-Za-z0-9_]+\.tmp"  # atomic_dir's temporary folders: .NAME.XXXXXXXX.tmp
 
 
@@ -68,7 +69,11 @@ class DownloadOptions:
 
     ``timeout`` is img2dataset's: seconds one socket operation may wait. ``max_url_bytes`` caps one response (32 MiB
     keeps practically every web image; worst case a process holds 2 x ``thread_count`` of them), ``url_deadline``
-    bounds one URL's whole transfer, and ``shard_timeout`` one attempt of a shard: img2dataset's README reports
+    bounds one URL's whole transfer, ``max_image_pixels`` the width x height of one image, read from its header
+    before img2dataset decodes it (a 650 KB PNG can declare 15000 x 15000): 100 MP keeps 50 MP camera photos and
+    10000 x 10000 scans; img2dataset's resizer decodes one image at a time per process, at about 6 bytes a pixel
+    for 8-bit RGB (~600 MB at the limit) but ~75 for an image with an alpha channel, which it blends in float64.
+    ``shard_timeout`` bounds one attempt of a shard: img2dataset's README reports
     100M URLs in 20 h on one 16-process machine (~90 URLs/s per process), so a 1M-row shard (this project's
     partition) takes ~1.5 h with the default 2 processes and 6 h leaves room for slow links; a timed-out attempt
     keeps its finished sub-shards, so a rerun goes on from there.
@@ -89,6 +94,7 @@ class DownloadOptions:
     user_agent_token: str | None = None
     max_url_bytes: int = 32 * 1024 * 1024
     url_deadline: float = 60.0
+    max_image_pixels: int = 100_000_000
     shard_timeout: float = 6 * 3600.0
 
     def validate(self) -> None:
@@ -102,7 +108,11 @@ class DownloadOptions:
 
     def url_limits(self) -> UrlLimits:
         """The per-URL bounds that img2dataset's workers enforce."""
-        return UrlLimits(max_bytes=int(self.max_url_bytes), deadline=float(self.url_deadline))
+        return UrlLimits(
+            max_bytes=int(self.max_url_bytes),
+            deadline=float(self.url_deadline),
+            max_pixels=int(self.max_image_pixels),
+        )
 
     def img2dataset_args(self, url_list: Path, output: Path, carried: list[str]) -> dict:
         """Keyword arguments of ``img2dataset.download`` for one attempt."""

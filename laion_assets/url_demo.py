@@ -6,6 +6,8 @@ The server answers ``/img/NAME`` with the file, and simulates the web's failures
 Hostile servers too: ``/trickle/NAME`` sends its headers, then the file one byte every ``trickle_seconds``;
 ``/trickle-head/NAME`` trickles its headers the same way; ``/huge/NAME`` sends ``huge_bytes`` (2 GiB by default,
 generated on the fly) with a ``Content-Length``, ``/huge-unsized/NAME`` the same without one.
+Redirects out of the web: ``/to-file/NAME`` redirects to the served file's own ``file://`` URL, ``/to-ftp/NAME`` to
+``ftp://127.0.0.1:9/NAME``.
 Every request path is recorded, so a caller can tell exactly which URLs were fetched, and so is the number of bytes
 each trickle or huge URL managed to send (after its status line) before the client hung up.
 """
@@ -58,7 +60,7 @@ class ImageServer:
     sent: dict[str, int] = field(default_factory=dict)  # bytes sent by trickle/huge URLs, by request path
 
     def url(self, name: str, kind: str = "img") -> str:
-        """URL of an image (``kind`` img, missing, corrupt, slow, flaky, trickle, trickle-head, huge, huge-unsized)."""
+        """URL of an image served as ``kind``: img, or one of the failures and redirects the module docstring lists."""
         return f"{self.base_url}/{kind}/{name}"
 
 
@@ -85,6 +87,12 @@ def _handler(folder: Path, server: ImageServer, slow_seconds: float, hostile: _H
                 return self._send(404, b"not found", "text/plain")
             if kind == "flaky" and first:
                 return self._send(503, b"try again", "text/plain")
+            if kind in ("to-file", "to-ftp"):
+                target = path.resolve().as_uri() if kind == "to-file" else f"ftp://127.0.0.1:9/{path.name}"
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             if kind == "slow":
                 time.sleep(slow_seconds)
             body = CORRUPT_BYTES if kind == "corrupt" else path.read_bytes()

@@ -7,10 +7,16 @@ wraps img2dataset's downloader and, in whichever process runs it (a multiprocess
 bounds travel pickled with it), replaces that function with :func:`fetch`: the same request, user agent and
 X-Robots-Tag rule, but the body is read in chunks, a ``Content-Length`` or a body over ``max_url_bytes`` is refused,
 and the URL gives up when ``url_deadline`` has passed (a watchdog thread shuts its socket down, so a trickle in the
-TLS handshake or the headers is cut too). Each failure becomes img2dataset's ``error_message`` for that row.
+TLS handshake or the headers is cut too). Only ``http`` and ``https`` are fetched, redirects included: urllib's
+default opener would also read ``file://`` (a local file, or a FIFO that blocks forever, beyond the watchdog's
+reach), ``ftp://`` and ``data:``. An image whose header declares more than ``max_image_pixels`` (width x height) is
+refused before img2dataset decodes it: a file of a few hundred KiB can decode to gigabytes. Each failure becomes
+img2dataset's ``error_message`` for that row.
 
 The child process is ``python -c "from laion_assets.url_fetch import main; main()" SPEC_JSON``; img2dataset is
-imported only there (it takes seconds to import).
+imported only there (it takes seconds to import). The child also sets ``OPENCV_IO_MAX_IMAGE_PIXELS`` to
+``max_image_pixels`` before OpenCV is loaded, so that an image PIL cannot read the header of is still bounded by
+OpenCV's own check (with OpenCV's message) in img2dataset's resizer, in the child and the workers it starts.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image
 
 from laion_assets.errors import LaionAssetsError
 
@@ -39,14 +48,18 @@ CHUNK = 256 * 1024
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"  # img2dataset's
 WRITTEN_FOR = "1.47.0"
 _FETCH_PARAMETERS = ["row", "timeout", "user_agent_token", "disallowed_header_directives"]
+SCHEMES = ("http", "https")
+# Read by OpenCV once, when it is loaded: set in the child before img2dataset (and cv2) is imported.
+OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
 
 
 @dataclass(frozen=True)
 class UrlLimits:
-    """Bounds on one URL try: bytes of the body and seconds for the whole transfer."""
+    """Bounds on one URL try: bytes of the body, seconds for the whole transfer, pixels of the image."""
 
     max_bytes: int
     deadline: float
+    max_pixels: int
 
     def too_large(self, how: str) -> str:
         """The error message of a response over ``max_bytes`` (kept constant so failures group by reason)."""
@@ -57,9 +70,24 @@ class UrlLimits:
         """The error message of a URL that did not finish within ``deadline``."""
         return f"took longer than url_deadline={self.deadline:g} s"
 
+    @property
+    def too_many_pixels(self) -> str:
+        """The error message of an image whose header declares more than ``max_pixels``."""
+        return f"image larger than max_image_pixels={self.max_pixels} (width x height)"
+
+
+def unsupported_scheme(scheme: str, redirected: bool = False) -> str:
+    """The error message of a URL (or a redirect's target) that is neither http nor https."""
+    what = f"unsupported URL scheme {scheme!r}" if scheme else "URL without a scheme"
+    return f"{'redirected to ' if redirected else ''}{what} (only http and https are fetched)"
+
 
 class _LimitExceeded(Exception):
     """A bound of :class:`UrlLimits` was hit; the message is the row's ``error_message``."""
+
+
+class _Refused(Exception):
+    """A URL or redirect whose scheme is not fetched; the message is the row's ``error_message``."""
 
 
 class _Transfer:
@@ -153,8 +181,51 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return super().do_open(_WatchedHTTPSConnection, req, **kwargs)
 
 
-# Everything else (redirects, proxies, other schemes) is urlopen's default opener, as in img2dataset.
-_OPENER = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, refusing every target but http and https (urllib's own rule lets ftp through)."""
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any
+    ) -> http.client.HTTPResponse | None:
+        """Refuse a redirect to another scheme before anything is opened; else redirect as urllib does."""
+        target = headers.get("location") or headers.get("uri")
+        scheme = urllib.parse.urlsplit(target).scheme.lower() if target else ""
+        if scheme and scheme not in SCHEMES:  # no scheme: a relative target, on the same http(s) server
+            fp.close()
+            raise _Refused(unsupported_scheme(scheme, redirected=True))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+class _RefuseOtherSchemes(urllib.request.BaseHandler):
+    """What the opener does with a scheme it has no handler for: refuse it (urllib's UnknownHandler, clearer)."""
+
+    def unknown_open(self, req: urllib.request.Request) -> None:
+        """Refuse ``req``; reached only for schemes other than http and https."""
+        raise _Refused(unsupported_scheme(req.type))
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urlopen's default opener (proxies from the environment, redirects, HTTP errors) with http and https only.
+
+    Built by hand: ``build_opener`` always adds urllib's File, FTP and Data handlers.
+    """
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        _RefuseOtherSchemes(),
+        _HTTPHandler(),
+        _HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _RedirectHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+_OPENER = _opener()
 
 
 def _read_body(response: Any, limits: UrlLimits, transfer: _Transfer) -> io.BytesIO:
@@ -180,6 +251,18 @@ def _read_body(response: Any, limits: UrlLimits, transfer: _Transfer) -> io.Byte
     return body
 
 
+def _too_many_pixels(body: io.BytesIO, limits: UrlLimits) -> bool:
+    """Whether the image header in ``body`` declares more than ``limits.max_pixels`` (reads the header only)."""
+    try:
+        with Image.open(body) as image:  # lazy: PIL parses the header and decodes nothing
+            width, height = image.size
+    except Exception:  # PIL raises many kinds on broken headers (UnidentifiedImageError, SyntaxError, struct.error)
+        return False  # not a header PIL reads: OpenCV's own bound (OPENCV_IO_MAX_IMAGE_PIXELS) applies when decoding
+    finally:
+        body.seek(0)
+    return width * height > limits.max_pixels
+
+
 def fetch(
     row: tuple[int, str],
     timeout: float,
@@ -195,11 +278,18 @@ def fetch(
     agent = USER_AGENT
     if user_agent_token:
         agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+    try:
+        request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
+    except ValueError:  # urllib finds no scheme in it
+        return key, None, unsupported_scheme("")
+    except Exception as err:  # not a string at all: the row's error_message, as in img2dataset
+        return key, None, str(err)
+    if request.type not in SCHEMES:  # the scheme urllib would dispatch on (after its own unwrapping of the URL)
+        return key, None, unsupported_scheme(request.type)
     transfer = _Transfer(time.monotonic() + limits.deadline)
     _WATCHDOG.begin(transfer)
     _current.transfer = transfer
     try:
-        request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
         with _OPENER.open(request, timeout=timeout) as response:
             if disallowed_header_directives and is_disallowed(
                 response.headers, user_agent_token, disallowed_header_directives
@@ -208,6 +298,8 @@ def fetch(
             body = _read_body(response, limits, transfer)
         if transfer.expired:  # a connection cut at the deadline can end like a complete body
             return key, None, limits.too_slow
+        if _too_many_pixels(body, limits):
+            return key, None, limits.too_many_pixels
         return key, body, None
     except Exception as err:  # every failure is the row's error_message, as in img2dataset
         return key, None, limits.too_slow if transfer.expired else str(err)
@@ -259,6 +351,8 @@ def install(limits: UrlLimits) -> None:
     check_img2dataset()
     downloader = importlib.import_module("img2dataset.downloader")
     downloader.download_image = functools.partial(fetch, limits=limits)
+    # fetch bounds the pixels itself; PIL's own bomb check would warn at 89 MP and refuse at 179 MP whatever the limit.
+    Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass
@@ -293,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads((sys.argv[1:] if argv is None else argv)[0])
     _die_with_parent()
     limits = UrlLimits(**spec["limits"])
+    if "cv2" in sys.modules:
+        raise LaionAssetsError(f"OpenCV was loaded before {OPENCV_PIXELS_VARIABLE} could be set")
+    os.environ[OPENCV_PIXELS_VARIABLE] = str(limits.max_pixels)  # inherited by img2dataset's spawned workers
     check_img2dataset()
     main_module = importlib.import_module("img2dataset.main")
     original = main_module.Downloader

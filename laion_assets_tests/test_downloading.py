@@ -1,16 +1,20 @@
 """img2dataset for real against a server on 127.0.0.1: good JPEG/PNG files, a 404, a corrupt file, a slow
 response and a flaky URL (503 once, then fine), downloaded twice to check that only the failures are retried;
-then hostile servers (a trickle, 2 GiB bodies), a step killed mid-download and an attempt over its time limit."""
+then hostile servers (a trickle, 2 GiB bodies), URLs that are not downloads (local files, a FIFO, redirects out
+of the web, data:) and decompression bombs, a step killed mid-download and an attempt over its time limit."""
 
+import base64
 import io
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,11 +187,12 @@ def test_unknown_distributor_is_refused(tmp_path: Path) -> None:
 
 
 def test_download_bounds_are_checked(tmp_path: Path) -> None:
-    for field in ("max_url_bytes", "url_deadline", "shard_timeout"):
+    ours = ("max_url_bytes", "url_deadline", "max_image_pixels", "shard_timeout")
+    for field in ours:
         with pytest.raises(BadInputError, match=f"downloader {field} must be a number > 0, got 0"):
             DownloadOptions(**{field: 0}).img2dataset_args(tmp_path / "in.parquet", tmp_path, [])
     args = DownloadOptions().img2dataset_args(tmp_path / "in.parquet", tmp_path, [])
-    assert not {"max_url_bytes", "url_deadline", "shard_timeout"} & set(args)  # ours, not img2dataset's
+    assert not set(ours) & set(args)  # ours, not img2dataset's
 
 
 def test_a_shard_being_downloaded_elsewhere_is_refused(tmp_path: Path) -> None:
@@ -200,10 +205,45 @@ def test_a_shard_being_downloaded_elsewhere_is_refused(tmp_path: Path) -> None:
     assert not shard_dir.exists()
 
 
-# Hostile servers: with these bounds, the test shard takes seconds; unbounded, the trickles alone take hours.
-BOUNDED = DownloadOptions(processes_count=1, thread_count=8, timeout=5, url_deadline=3, max_url_bytes=1 * MIB)
+# Hostile servers, URLs that are not web downloads and images that decode to far more than they weigh, in one
+# shard: with these bounds it takes seconds; unbounded, the trickles take hours and the FIFO forever.
+BOUNDED = DownloadOptions(
+    processes_count=1,
+    thread_count=8,
+    timeout=5,
+    url_deadline=3,
+    max_url_bytes=1 * MIB,
+    max_image_pixels=4_000_000,
+    shard_timeout=120,
+)
 TRICKLE_SECONDS = 1.0  # under img2dataset's per-operation timeout, so only url_deadline can stop a trickle
 HOSTILE = ["trickle", "trickle-head", "huge", "huge-unsized"]
+BOMB_SIDE = 10_000  # a ~300 KB PNG of 10000 x 10000 RGB: decoding it takes ~600 MB, 3 bytes a pixel at the least
+HDR_SIZE = (2500, 2000)  # over max_image_pixels in a format PIL cannot read: OpenCV's own bound must refuse it
+ONLY_WEB = "(only http and https are fetched)"
+
+
+def _png_bomb(side: int) -> bytes:
+    """A black RGB PNG of side x side pixels: the zlib stream of zeros is ~1000 times smaller than the pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + 3 * side)  # filter byte, then the row's pixels
+    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _radiance(width: int, height: int) -> bytes:
+    """A flat Radiance .hdr (run-length scanlines), which OpenCV decodes and PIL does not read."""
+    runs, left = b"", width
+    while left:
+        runs += bytes([128 + min(127, left), 128])  # a run of up to 127 equal bytes
+        left -= min(127, left)
+    line = bytes([2, 2, width >> 8, width & 255]) + runs * 4  # R, G, B and the shared exponent
+    return f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n".encode() + line * height
 
 
 @dataclass
@@ -211,26 +251,50 @@ class Hostile:
     server: ImageServer
     frame: pl.DataFrame
     result: ShardDownload
-    status: dict[str, tuple[str, str | None]]  # by URL kind: (status, error_message)
+    status: dict[str, tuple[str, str | None]]  # by row name: (status, error_message)
+    tar_members: list[bytes]
+    never_fetched: dict[str, bytes]  # files on this machine that no tar may hold
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     root = tmp_path_factory.mktemp("hostile")
-    names = write_images(root / "served", 3 + len(HOSTILE), seed=4)
-    with serve_images(root / "served", trickle_seconds=TRICKLE_SECONDS) as server:
-        urls = [server.url(n) for n in names[:3]] + [server.url(n, k) for n, k in zip(names[3:], HOSTILE, strict=True)]
+    served = root / "served"
+    names = write_images(served, 5 + len(HOSTILE), seed=4)
+    (served / "bomb.png").write_bytes(_png_bomb(BOMB_SIDE))
+    (served / "big.hdr").write_bytes(_radiance(*HDR_SIZE))
+    secret = root / "secret"
+    write_images(secret, 1, seed=8)  # a JPEG, which LAION's settings would store unchanged if it were read
+    local = secret / "00000.jpg"
+    os.mkfifo(secret / "fifo")  # opening it for reading blocks until a writer comes: none ever does
+    with serve_images(served, trickle_seconds=TRICKLE_SECONDS) as server:
+        rows = {f"img{i}": server.url(names[i]) for i in range(3)}
+        rows |= {kind: server.url(name, kind) for name, kind in zip(names[3:7], HOSTILE, strict=True)}
+        rows |= {
+            "local-file": local.as_uri(),
+            "local-fifo": (secret / "fifo").as_uri(),
+            "wrapped-file": f"<URL:FILE{local.as_uri()[4:]}>",  # urllib unwraps it and lowercases the scheme
+            "redirect-to-file": server.url(names[-2], "to-file"),
+            "redirect-to-ftp": server.url(names[-1], "to-ftp"),
+            "data": "data:image/jpeg;base64," + base64.b64encode(local.read_bytes()).decode(),
+            "no-scheme": "127.0.0.1/img/00000.jpg",
+            "png-bomb": server.url("bomb.png"),
+            "hdr-bomb": server.url("big.hdr"),
+        }
         source = root / "part-00000.parquet"
-        url_frame(urls).write_parquet(source)
+        url_frame(list(rows.values())).write_parquet(source)
         frame = read_url_shard(source)
         result = download_shard(frame, source, root / "images" / "00000", BOUNDED)
-    rows = row_status(root / "images" / "00000").join(frame.select(ROW_COLUMN, "URL"), on=ROW_COLUMN)
-    status = {url.split("/")[3]: (st, err) for url, st, err in rows.select("URL", "status", "error_message").rows()}
-    return Hostile(server, frame, result, status)
+    name_of = {url: name for name, url in rows.items()}
+    table = row_status(root / "images" / "00000").join(frame.select(ROW_COLUMN, "URL"), on=ROW_COLUMN)
+    status = {name_of[url]: (st, err) for url, st, err in table.select("URL", "status", "error_message").rows()}
+    members = [data for tar in result.tars for files in _tar_samples(tar).values() for data in files.values()]
+    never = {"local-file": local.read_bytes(), "redirect-to-file": (served / names[-2]).read_bytes()}
+    return Hostile(server, frame, result, status, members, never)
 
 
 def test_trickling_urls_fail_at_url_deadline_while_the_others_succeed(hostile: Hostile) -> None:
-    assert hostile.status["img"] == ("success", None)
+    assert [hostile.status[f"img{i}"] for i in range(3)] == [("success", None)] * 3
     assert hostile.result.successes == 3 and hostile.result.attempts == 1
     for kind in ("trickle", "trickle-head"):  # body trickled, or the headers themselves
         assert hostile.status[kind] == ("failed_to_download", "took longer than url_deadline=3 s")
@@ -245,15 +309,57 @@ def test_oversized_urls_fail_at_max_url_bytes_in_small_memory(hostile: Hostile, 
     assert hostile.status["huge-unsized"] == ("failed_to_download", f"larger than max_url_bytes={MIB} (body)")
     sent = {p.split("/")[1]: n for p, n in hostile.server.sent.items()}
     assert sent["huge-unsized"] < 64 * MIB  # the reader hung up after 1 MiB (the rest is socket buffers), not 2 GiB
-    assert hostile.result.failures_by_reason == {
-        "took longer than url_deadline=3 s": 2,
-        f"larger than max_url_bytes={MIB} (Content-Length)": 1,
-        f"larger than max_url_bytes={MIB} (body)": 1,
-    }
     # img2dataset's child and workers peak at about what an ordinary shard costs, far from the 2 GiB served
     peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
     assert peak is not None and ordinary is not None
     assert peak - ordinary < 256 * MIB and peak < 2048 * MIB
+
+
+def test_every_failure_is_counted_by_its_reason(hostile: Hostile) -> None:
+    file_scheme = f"unsupported URL scheme 'file' {ONLY_WEB}"
+    assert hostile.result.failures_by_reason == {
+        "took longer than url_deadline=3 s": 2,
+        f"larger than max_url_bytes={MIB} (Content-Length)": 1,
+        f"larger than max_url_bytes={MIB} (body)": 1,
+        file_scheme: 3,
+        f"unsupported URL scheme 'data' {ONLY_WEB}": 1,
+        f"URL without a scheme {ONLY_WEB}": 1,
+        f"redirected to unsupported URL scheme 'file' {ONLY_WEB}": 1,
+        f"redirected to unsupported URL scheme 'ftp' {ONLY_WEB}": 1,
+        f"image larger than max_image_pixels={BOUNDED.max_image_pixels} (width x height)": 1,
+        hostile.status["hdr-bomb"][1]: 1,  # OpenCV's message (below)
+    }
+
+
+def test_only_http_and_https_urls_are_fetched(hostile: Hostile) -> None:
+    file_scheme = ("failed_to_download", f"unsupported URL scheme 'file' {ONLY_WEB}")
+    assert hostile.status["local-file"] == hostile.status["local-fifo"] == hostile.status["wrapped-file"] == file_scheme
+    assert hostile.status["data"] == ("failed_to_download", f"unsupported URL scheme 'data' {ONLY_WEB}")
+    assert hostile.status["no-scheme"] == ("failed_to_download", f"URL without a scheme {ONLY_WEB}")
+    for kind in ("file", "ftp"):
+        message = f"redirected to unsupported URL scheme '{kind}' {ONLY_WEB}"
+        assert hostile.status[f"redirect-to-{kind}"] == ("failed_to_download", message)
+    assert sum(1 for p in hostile.server.requests if p.startswith(("/to-file/", "/to-ftp/"))) == 2  # asked once each
+    # no local file reached a tar: the tars hold the three good rows only
+    assert len(hostile.tar_members) == 3 * 3  # each its .jpg, .txt and .json
+    for name, data in hostile.never_fetched.items():
+        assert not any(data in member for member in hostile.tar_members), name
+    # the FIFO was never opened (that blocks until shard_timeout): the attempt ended in seconds
+    assert hostile.result.last is not None and hostile.result.last.duration < 20 < BOUNDED.shard_timeout
+
+
+def test_an_image_over_max_image_pixels_is_refused_before_it_is_decoded(hostile: Hostile, downloads: Downloads) -> None:
+    limit = BOUNDED.max_image_pixels
+    message = f"image larger than max_image_pixels={limit} (width x height)"
+    assert hostile.status["png-bomb"] == ("failed_to_download", message)
+    # a format PIL cannot read: OpenCV, bounded to the same limit in img2dataset's workers, refuses to decode it
+    status, error = hostile.status["hdr-bomb"]
+    assert status == "failed_to_resize" and error is not None and "CV_IO_MAX_IMAGE_PIXELS" in error
+    assert HDR_SIZE[0] * HDR_SIZE[1] > limit
+    # decoding the PNG would take 3 bytes a pixel at the least (300 MB); the attempt costs what an ordinary one does
+    peak, ordinary = hostile.result.last.peak_rss_bytes, downloads.first.last.peak_rss_bytes
+    assert peak is not None and ordinary is not None
+    assert peak - ordinary < 100 * MIB < 3 * BOMB_SIDE**2
 
 
 def test_a_stopped_attempt_keeps_only_the_sub_shards_img2dataset_finished(downloads: Downloads, tmp_path: Path) -> None:

@@ -180,6 +180,8 @@ def test_missing_images_name_the_command(tmp_path: Path, chain: Chain) -> None:
 
 def test_downloader_bounds_reach_the_download_options() -> None:
     assert DownloaderResource().options() == DownloadOptions()  # one source of truth for the defaults
-    options = DownloaderResource(max_url_bytes=1234, url_deadline=2.5, shard_timeout=90).options()
+    resource = DownloaderResource(max_url_bytes=1234, url_deadline=2.5, max_image_pixels=5678, shard_timeout=90)
+    options = resource.options()
     assert (options.max_url_bytes, options.url_deadline, options.shard_timeout) == (1234, 2.5, 90)
     assert options.url_limits().too_large("body") == "larger than max_url_bytes=1234 (body)"
+    assert options.url_limits().too_many_pixels == "image larger than max_image_pixels=5678 (width x height)"

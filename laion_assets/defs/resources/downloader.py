@@ -10,7 +10,7 @@ _DEFAULTS = DownloadOptions()
 
 
 class DownloaderResource(dg.ConfigurableResource):
-    """How img2dataset downloads a URL shard; ``distributor`` may be img2dataset's pyspark or ray on a cluster."""
+    """How img2dataset downloads a URL shard (http and https URLs only); ``distributor`` may be pyspark or ray."""
 
     image_size: int = _DEFAULTS.image_size
     resize_mode: str = _DEFAULTS.resize_mode
@@ -30,6 +30,12 @@ class DownloaderResource(dg.ConfigurableResource):
     url_deadline: float = Field(
         default=_DEFAULTS.url_deadline,
         description="seconds one URL may take in all (connect, headers, body), however slowly the server sends",
+    )
+    max_image_pixels: int = Field(
+        default=_DEFAULTS.max_image_pixels,
+        description="largest image kept, in pixels (width x height, read from its header before it is decoded); "
+        "bounds the memory of decoding (about 6 bytes a pixel for RGB, ~75 with an alpha channel); 100 MP keeps "
+        "50 MP camera photos",
     )
     shard_timeout: float = Field(
         default=_DEFAULTS.shard_timeout,
@@ -57,6 +63,7 @@ class DownloaderResource(dg.ConfigurableResource):
             timeout=self.timeout,
             max_url_bytes=self.max_url_bytes,
             url_deadline=self.url_deadline,
+            max_image_pixels=self.max_image_pixels,
             shard_timeout=self.shard_timeout,
             retries=self.retries,
             number_sample_per_shard=self.number_sample_per_shard,
