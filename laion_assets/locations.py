@@ -8,6 +8,8 @@ usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,7 +76,9 @@ def file_sha256(path: str | Location) -> str:
     return digest.hexdigest()
 
 
-# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference.
+# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference: object
+# stores' etags, hashes and generations first, then modification times (s3, gcs, azure, local, memory, http,
+# webhdfs, ftp, hf).
 _VERSION_KEYS = (
     "ETag",
     "etag",
@@ -85,7 +89,28 @@ _VERSION_KEYS = (
     "LastModified",
     "last_modified",
     "created",
+    "VersionId",
+    "blob_id",
+    "Last-Modified",
+    "updated",
+    "modificationTime",
+    "modify",
 )
+
+
+def remote_version(info: Mapping[str, object]) -> dict[str, str]:
+    """Every field of an fsspec ``info()`` (or ``find(detail=True)``) entry that changes on a rewrite, as text.
+
+    Empty when the filesystem reports none (then only the content itself can tell two versions apart).
+    """
+    return {key: _comparable(info[key]) for key in _VERSION_KEYS if info.get(key) is not None}
+
+
+def _comparable(value: object) -> str:
+    # Some filesystems give a datetime from info() and the same instant as epoch seconds from a listing (memory).
+    if isinstance(value, datetime):
+        return repr(value.timestamp())
+    return str(value)
 
 
 def stat_fingerprint(path: Location) -> dict[str, object]:
@@ -94,7 +119,7 @@ def stat_fingerprint(path: Location) -> dict[str, object]:
         st = Path(path).stat()
         return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
     info = path.fs.info(path.path)
-    key = next((k for k in _VERSION_KEYS if info.get(k) is not None), None)
+    key = next(iter(remote_version(info)), None)
     return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
 
 
