@@ -8,6 +8,8 @@ usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,12 +76,41 @@ def file_sha256(path: str | Location) -> str:
     return digest.hexdigest()
 
 
-# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference (S3, GCS, Azure,
-# HTTP, the Hub's blob id, local-like filesystems).
+# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference: object
+# stores' etags, hashes and generations first, then modification times (s3, gcs, azure, local, memory, http,
+# webhdfs, ftp, hf).
 _VERSION_KEYS = (
-    "ETag", "etag", "md5Hash", "generation", "version_id", "blob_id", "mtime", "LastModified", "Last-Modified",
-    "last_modified", "created",
-)  # fmt: skip
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "version_id",
+    "mtime",
+    "LastModified",
+    "last_modified",
+    "created",
+    "VersionId",
+    "blob_id",
+    "Last-Modified",
+    "updated",
+    "modificationTime",
+    "modify",
+)
+
+
+def remote_version(info: Mapping[str, object]) -> dict[str, str]:
+    """Every field of an fsspec ``info()`` (or ``find(detail=True)``) entry that changes on a rewrite, as text.
+
+    Empty when the filesystem reports none (then only the content itself can tell two versions apart).
+    """
+    return {key: _comparable(info[key]) for key in _VERSION_KEYS if info.get(key) is not None}
+
+
+def _comparable(value: object) -> str:
+    # Some filesystems give a datetime from info() and the same instant as epoch seconds from a listing (memory).
+    if isinstance(value, datetime):
+        return repr(value.timestamp())
+    return str(value)
 
 
 def stat_fingerprint(path: Location) -> dict[str, object]:
@@ -93,7 +124,7 @@ def stat_fingerprint(path: Location) -> dict[str, object]:
         st = Path(path).stat()
         return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
     info = path.fs.info(path.path)
-    key = next((k for k in _VERSION_KEYS if info.get(k) is not None), None)
+    key = next(iter(remote_version(info)), None)
     return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
 
 

@@ -23,11 +23,13 @@ class StorageResource(dg.ConfigurableResource):
 
     ``source`` is a clip-retrieval folder (``img_emb/``, ``metadata/``). Setting ``urls`` (a folder of numbered
     parquet/CSV URL shards) switches the shards to the URL chain instead: images are downloaded and embedded under
-    the data root, and ``source`` is not read. ``safety`` optionally names LAION's
-    separate safety-tags table (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is
-    mirrored through the local ``staging`` folder. Defaults can be moved with ``LAION_ASSETS_SOURCE``,
-    ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code location loads). Credentials for
-    URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never from this config.
+    the data root, and ``source`` is not read. ``safety`` optionally names LAION's separate safety-tags table
+    (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is mirrored through the local
+    ``staging`` folder, which a pull brings to the remote's current content (see
+    :class:`~laion_assets.mirror.Mirror`; what was synced is kept in ``staging/.mirror/``). Defaults can be moved
+    with ``LAION_ASSETS_SOURCE``, ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code
+    location loads). Credentials for URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never
+    from this config.
     """
 
     source: str = resolve_setting(SOURCE).value
