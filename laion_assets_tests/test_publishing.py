@@ -11,7 +11,7 @@ from laion_assets.errors import BadInputError
 from laion_assets.manifest import load_manifest
 from laion_assets.publishing import PublishError, clean_token, git_blob_sha1, push_release, scrub, scrubbed_logs
 from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_found
-from laion_assets_tests.release_helpers import build, copy_sample
+from laion_assets_tests.release_helpers import build, copy_sample, grow
 
 TOKEN = "hf_test_secret_token_123"
 
@@ -27,10 +27,10 @@ def online(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def releases(small_sample_session: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """v0.1.0 from two parts and v0.2.0 from all three, in one data root."""
+    """v0.1.0 from two parts and v0.2.0 from all three (the source grew), in one data root."""
     partial = copy_sample(small_sample_session, tmp_path / "partial", keep_parts=2)
     first = build(partial, tmp_path / "out", "v0.1.0")[1].path
-    second = build(small_sample_session, tmp_path / "out", "v0.2.0")[1].path
+    second = build(grow(partial, small_sample_session), tmp_path / "out", "v0.2.0")[1].path
     return first, second
 
 
@@ -81,10 +81,13 @@ def test_new_version_replaces_files_in_one_commit(online: None, releases: tuple[
         assert all(old.get(rel) != new[rel] for rel in result.plan.add)
 
 
-def test_only_changed_files_travel(online: None, releases: tuple[Path, Path], tmp_path: Path) -> None:
+def test_only_changed_files_travel(
+    online: None, releases: tuple[Path, Path], small_sample_session: Path, tmp_path: Path
+) -> None:
     """v0.1.1 from the same inputs as v0.1.0: only the card and manifest (version, changelog) change."""
     first, _ = releases
-    patch = build(tmp_path / "partial", tmp_path / "out2", "v0.1.1")[1].path
+    same = copy_sample(small_sample_session, tmp_path / "same-two-parts", keep_parts=2)
+    patch = build(same, tmp_path / "out2", "v0.1.1")[1].path
     with FakeHub() as hub:
         push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
         result = push_release(patch, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
