@@ -188,7 +188,8 @@ def audit_subset(
         expected_rows=expected.rows,
         actual_rows=actual.rows,
         digests_match=expected.sums == actual.sums,
-        candidates=candidates(tags_files, rule),
+        # The funnel, when given, has already counted them in its pass over the tags.
+        candidates=funnel["candidates"] if funnel and "candidates" in funnel else candidates(tags_files, rule),
     )
     if expected.rows != actual.rows or expected.sums != actual.sums:
         result.problems.append(
