@@ -2,7 +2,7 @@
 # Both create .venv with the pinned stack first if it is missing.
 # Settings come from the environment as for every `laion-assets` command (LAION_ASSETS_SOURCE,
 # LAION_ASSETS_DATA_ROOT, LAION_ASSETS_SAFETY, DAGSTER_HOME), else the defaults: data/sample, data/out and the
-# project's instance .dagster/ (laion_assets/settings.py). Only demo-urls sets its own DAGSTER_HOME.
+# project's instance .dagster/ (laion_assets/core/settings.py). Only demo-urls sets its own DAGSTER_HOME.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -31,7 +31,7 @@ demo: venv
 demo-urls: venv
 	mkdir -p $(CURDIR)/.dagster-urls
 	ln -sf ../dagster.yaml $(CURDIR)/.dagster-urls/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster-urls $(BIN)/python -m laion_assets.demo_urls
+	DAGSTER_HOME=$(CURDIR)/.dagster-urls $(BIN)/python -m laion_assets.demos.urls
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -23,13 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import build  # noqa: E402  (bench/release.py builds the tags table)
 
-from laion_assets.audit import audit_subset  # noqa: E402
-from laion_assets.embeddings import open_embeddings, validate_embeddings  # noqa: E402
-from laion_assets.locations import file_sha256  # noqa: E402
-from laion_assets.outputs import OutputLayout  # noqa: E402
-from laion_assets.subsets import SUBSET_FILE, write_rule  # noqa: E402
-from laion_assets.tags import tag_files  # noqa: E402
-from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS  # noqa: E402
+from laion_assets.core.locations import file_sha256
+from laion_assets.core.outputs import OutputLayout
+from laion_assets.selection.audit import audit_subset
+from laion_assets.selection.subsets import SUBSET_FILE, write_rule
+from laion_assets.selection.tags import tag_files
+from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
+from laion_assets.sources.embeddings import open_embeddings, validate_embeddings
 
 
 def cpu() -> float:

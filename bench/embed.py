@@ -22,10 +22,10 @@ import polars as pl
 import torch
 from PIL import Image
 
-from laion_assets.clip_model import ClipSpec, load_clip
-from laion_assets.image_embeddings import embed_shard
-from laion_assets.url_demo import url_frame, write_images
-from laion_assets.url_sources import ROW_COLUMN
+from laion_assets.demos.url_server import url_frame, write_images
+from laion_assets.images.clip_model import ClipSpec, load_clip
+from laion_assets.images.image_embeddings import embed_shard
+from laion_assets.sources.url_sources import ROW_COLUMN
 
 
 def write_tars(folder: Path, names: list[str], per_tar: int) -> list[Path]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laion_assets.kv import OnDiskKV, write_kv
+from laion_assets.release.kv import OnDiskKV, write_kv
 
 
 def peak_rss_mib() -> float:

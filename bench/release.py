@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from laion_assets.atomic import write_parquet
-from laion_assets.histogram import lazy_counts
-from laion_assets.outputs import OutputLayout
-from laion_assets.schemas import TAGS_COLUMNS
-from laion_assets.subsets import subset_rows, write_rule
-from laion_assets.tags import scan_tags, tag_files
-from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
+from laion_assets.core.atomic import write_parquet
+from laion_assets.core.outputs import OutputLayout
+from laion_assets.selection.histogram import lazy_counts
+from laion_assets.selection.schemas import TAGS_COLUMNS
+from laion_assets.selection.subsets import subset_rows, write_rule
+from laion_assets.selection.tags import scan_tags, tag_files
+from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
 
 LANGS = np.array(["en"] * 18 + ["de", "fr", "es", "ja", "zh", "ru", "pt"])
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from laion_assets.layout import discover_parts
-from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
-from laion_assets.predictors import load_predictor
-from laion_assets.scoring import score_file
+from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
+from laion_assets.scoring.predictors import load_predictor
+from laion_assets.scoring.stored import score_file
+from laion_assets.sources.layout import discover_parts
 
 DIM = 768
 

@@ -1,7 +1,7 @@
 """The ``laion-assets`` command: build the sample, register shards, run the demo, look up KV, verify and push.
 
 Every subcommand finds the source, the data root, the safety table and the Dagster instance the same way: the
-flag, else the environment variable, else the project's default (``laion_assets/settings.py``).
+flag, else the environment variable, else the project's default (``laion_assets/core/settings.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from laion_assets.settings import (
+from laion_assets.core.settings import (
     DAGSTER_HOME,
     DATA_ROOT,
     PRECEDENCE,
@@ -36,7 +36,7 @@ def _source_argument(args: argparse.Namespace) -> Setting:
 
 def _instance(args: argparse.Namespace) -> tuple[Setting, dg.DagsterInstance]:
     """The resolved instance setting and the Dagster instance it names (exported as DAGSTER_HOME for children)."""
-    from laion_assets.settings import use_instance
+    from laion_assets.core.settings import use_instance
 
     setting = resolve_setting(DAGSTER_HOME, args.dagster_home)
     use_instance(setting)  # refuses a folder that does not exist before the slow import below
@@ -46,11 +46,11 @@ def _instance(args: argparse.Namespace) -> tuple[Setting, dg.DagsterInstance]:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from laion_assets.settings import new_sample_folder
+    from laion_assets.core.settings import new_sample_folder
 
     out = _source_argument(args)
     folder = new_sample_folder(out)
-    from laion_assets.sample import SampleSpec, write_sample  # slow (torch): only for a folder we may write
+    from laion_assets.demos.sample import SampleSpec, write_sample
 
     spec = SampleSpec(parts=args.parts, rows_per_part=args.rows_per_part, seed=args.seed)
     write_sample(folder, spec)
@@ -58,7 +58,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from laion_assets.defs.partitions import register_shards
+    from laion_assets.defs.sources.partitions import register_shards
 
     source = _source_argument(args)
     home, instance = _instance(args)
@@ -70,7 +70,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from laion_assets.demo import run_demo
+    from laion_assets.demos.local import run_demo
 
     run_demo(
         resolve_setting(SOURCE, args.source),
@@ -83,10 +83,10 @@ def _demo(args: argparse.Namespace) -> None:
 def _kv_lookup(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from laion_assets.errors import BadInputError
-    from laion_assets.kv import KV_FILES, MissingKeyError, OnDiskKV
-    from laion_assets.locations import is_local
-    from laion_assets.paths import resolve
+    from laion_assets.core.errors import BadInputError
+    from laion_assets.core.locations import is_local
+    from laion_assets.core.paths import resolve
+    from laion_assets.release.kv import KV_FILES, MissingKeyError, OnDiskKV
 
     kv_file = "safety.kv" if args.safety else "aesthetic.kv"
     root = resolve_setting(DATA_ROOT, args.data_root)
@@ -94,7 +94,7 @@ def _kv_lookup(args: argparse.Namespace) -> None:
         raise BadInputError(f"the data root {root.describe()} is remote; pass --kv with a local copy of {kv_file}")
     path = resolve(args.kv) if args.kv else root.location / "kv" / kv_file
     if not args.kv and not path.is_file():
-        from laion_assets.hints import missing_kv_hint
+        from laion_assets.core.hints import missing_kv_hint
 
         raise BadInputError(
             f"{path}: KV file not found under the data root {root.describe()}; if your outputs are elsewhere, "
@@ -119,8 +119,8 @@ def _kv_lookup(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from laion_assets.manifest import load_manifest
-    from laion_assets.verify import verify_release
+    from laion_assets.release.manifest import load_manifest
+    from laion_assets.release.verify import verify_release
 
     # The manifest names the exact inputs, so it beats the environment; a flag still beats both. The environment
     # only fills in what the manifest could not record (a folder outside the project).
@@ -139,7 +139,7 @@ def _verify(args: argparse.Namespace) -> None:
 def _push(args: argparse.Namespace) -> None:
     import os
 
-    from laion_assets.publishing import clean_token, push_release
+    from laion_assets.release.publishing import clean_token, push_release
 
     token = clean_token(os.environ.get("HF_TOKEN"), "HF_TOKEN")
     result = push_release(args.release_dir, args.repo_id, token, args.endpoint, not args.public, args.dry_run)
@@ -149,9 +149,9 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _activate(args: argparse.Namespace) -> None:
-    from laion_assets.active import ACTIVE_FILE, activate, weights_entry
-    from laion_assets.paths import resolve
-    from laion_assets.predictors import inspect_weights, load_for_column
+    from laion_assets.core.paths import resolve
+    from laion_assets.scoring.active import ACTIVE_FILE, activate, weights_entry
+    from laion_assets.scoring.predictors import inspect_weights, load_for_column
 
     weights, entry = weights_entry(args.weights)
     # Refuse a file that is not a predictor, or (unless --force) one that does not fit the column.
@@ -169,7 +169,7 @@ def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting
 
     A command pointed at the wrong data root or instance would otherwise report nothing to do and exit 0.
     """
-    from laion_assets.outputs import OutputLayout
+    from laion_assets.core.outputs import OutputLayout
 
     home, instance = _instance(args)
     keys = sorted(instance.get_dynamic_partitions("shards"))
@@ -191,8 +191,8 @@ def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting
 def _stale(args: argparse.Namespace) -> None:
     root = resolve_setting(DATA_ROOT, args.data_root)
     home, keys = _registered_shards(args, root)
-    from laion_assets.defs.resources import PredictorsResource, StorageResource  # slow (torch): settings are right
-    from laion_assets.rescoring import shard_states
+    from laion_assets.defs.resources import PredictorsResource, StorageResource
+    from laion_assets.scoring.rescoring import shard_states
 
     storage = StorageResource(data_root=root.value)
     storage.pull(*(p for key in keys for p in (storage.layout.shard_metadata(key), storage.layout.shard_scores(key))))
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except Exception as exc:  # our errors carry one clear sentence; show it without a traceback
-        from laion_assets.errors import LaionAssetsError
+        from laion_assets.core.errors import LaionAssetsError
 
         if isinstance(exc, LaionAssetsError):
             sys.exit(f"error: {exc}")

@@ -2,15 +2,9 @@
 
 import dagster as dg
 
-from laion_assets.defs.assets.images import image_embeddings, images
-from laion_assets.defs.assets.release import RELEASE_ASSETS, RELEASE_CHECKS
-from laion_assets.defs.assets.rescore import rescored_shards
-from laion_assets.defs.assets.shards import aesthetic_scores, clip_embeddings
-from laion_assets.defs.assets.stats import bucket_embeddings, score_histogram
-from laion_assets.defs.assets.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
-from laion_assets.defs.assets.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
-from laion_assets.defs.assets.training import aesthetic_predictor_trained
+from laion_assets.defs.images.assets import image_embeddings, images
 from laion_assets.defs.jobs import publish_job, release_job, rescore_job, shard_job
+from laion_assets.defs.release.assets import RELEASE_ASSETS, RELEASE_CHECKS
 from laion_assets.defs.resources import (
     ClipResource,
     DownloaderResource,
@@ -19,8 +13,15 @@ from laion_assets.defs.resources import (
     ReleaseResource,
     StorageResource,
 )
-from laion_assets.defs.schedules import rescore_schedule
-from laion_assets.defs.sensors import new_shards_sensor
+from laion_assets.defs.scoring.assets import aesthetic_scores
+from laion_assets.defs.scoring.rescore import rescored_shards
+from laion_assets.defs.scoring.schedules import rescore_schedule
+from laion_assets.defs.scoring.training import aesthetic_predictor_trained
+from laion_assets.defs.selection.stats import bucket_embeddings, score_histogram
+from laion_assets.defs.selection.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
+from laion_assets.defs.selection.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
+from laion_assets.defs.sources.assets import clip_embeddings
+from laion_assets.defs.sources.sensors import new_shards_sensor
 
 ASSETS = [
     clip_embeddings,

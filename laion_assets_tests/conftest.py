@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-from laion_assets.sample import SampleSpec, write_sample  # noqa: E402
+from laion_assets.demos.sample import SampleSpec, write_sample
 
 SMALL_SPEC = SampleSpec(parts=3, rows_per_part=400, seed=7)
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from laion_assets.paths import PROJECT_DIR
+from laion_assets.core.paths import PROJECT_DIR
 
 SCRIPTS = ("dagster", "dagster-webserver", "dagster-daemon", "laion-assets")
 # What a clone does not have: built or run-time folders.

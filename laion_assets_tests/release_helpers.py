@@ -6,11 +6,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from laion_assets.layout import discover_parts
-from laion_assets.outputs import OutputLayout
-from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
-from laion_assets.pipeline import rebuild
-from laion_assets.release import ReleaseSummary, release_from_layout
+from laion_assets.core.outputs import OutputLayout
+from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
+from laion_assets.release.build import ReleaseSummary, release_from_layout
+from laion_assets.release.rebuild import rebuild
+from laion_assets.sources.layout import discover_parts
 
 WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}
 

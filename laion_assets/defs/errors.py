@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from laion_assets.errors import LaionAssetsError
+from laion_assets.core.errors import LaionAssetsError
 
 
 @contextmanager

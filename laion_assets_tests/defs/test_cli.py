@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 
 from laion_assets.cli import main
-from laion_assets.paths import PROJECT_DIR
-from laion_assets.sample import SampleSpec, write_sample
+from laion_assets.core.paths import PROJECT_DIR
+from laion_assets.demos.sample import SampleSpec, write_sample
 from laion_assets_tests.fresh_copy import failed, ok, run_all, user_env
 
 BIN = Path(sys.executable).parent

@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 import torch
 
+from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.definitions import ASSETS, CHECKS, default_resources, defs
-from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.demo import run_graph
-from laion_assets.hashing import laion_hash
-from laion_assets.layout import discover_parts
-from laion_assets.paths import V1_WEIGHTS, V2_WEIGHTS
-from laion_assets.predictors import load_predictor
+from laion_assets.defs.sources.partitions import register_shards
+from laion_assets.demos.local import run_graph
+from laion_assets.scoring.predictors import load_predictor
+from laion_assets.sources.hashing import laion_hash
+from laion_assets.sources.layout import discover_parts
 
 ALL_ASSETS = {
     "clip_embeddings", "aesthetic_scores", "safety_tags", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus",

@@ -12,14 +12,14 @@ import pytest
 from upath import UPath
 
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
-from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.demo import run_graph
-from laion_assets.hashing import laion_hashes
-from laion_assets.layout import discover_parts
-from laion_assets.manifest import load_manifest
-from laion_assets.thresholds import V1_SUBSETS, V2_SUBSETS
-from laion_assets.verify import verify_release
+from laion_assets.defs.sources.partitions import register_shards
+from laion_assets.demos.local import run_graph
+from laion_assets.release.manifest import load_manifest
+from laion_assets.release.verify import verify_release
+from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
+from laion_assets.sources.hashing import laion_hashes
+from laion_assets.sources.layout import discover_parts
 
 SUBSETS = [r.asset_name for r in V2_SUBSETS + V1_SUBSETS]
 NUMBERS = (0, 1, 3)  # a gap: part 2 is missing

@@ -28,7 +28,7 @@ import polars as pl
 import pytest
 import yaml
 
-from laion_assets.paths import PROJECT_DIR
+from laion_assets.core.paths import PROJECT_DIR
 from laion_assets_tests.fresh_copy import copy_project, failed, make_venv, ok, run_all, user_env
 
 UI = "http://127.0.0.1:3000"  # the README's port: "exactly as written" means no -p

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.demo import run_graph
-from laion_assets.manifest import load_manifest
-from laion_assets.verify import verify_release
+from laion_assets.demos.local import run_graph
+from laion_assets.release.manifest import load_manifest
+from laion_assets.release.verify import verify_release
 from laion_assets_tests.laion_release import V1_FILE, V2_FILE, write_laion_release
 
 V2_CUTS = {"subset_4_5plus": 4.5, "subset_4_75plus": 4.75, "subset_5plus": 5.0, "subset_6plus": 6.0,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from upath import UPath
 
+from laion_assets.core.paths import V1_WEIGHTS
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
-from laion_assets.defs.partitions import register_shards
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.paths import V1_WEIGHTS
+from laion_assets.defs.sources.partitions import register_shards
 
 # What a release is built from: the tags and everything on the way to ``release`` (galleries and the Hub left out).
 TAGS_AND_DOWNSTREAM = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()

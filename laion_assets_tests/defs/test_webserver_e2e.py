@@ -14,10 +14,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from laion_assets.paths import PROJECT_DIR, V2_WEIGHTS
-from laion_assets.predictors import load_predictor
-from laion_assets.sample import SampleSpec, write_sample
-from laion_assets.shards import read_identities
+from laion_assets.core.paths import PROJECT_DIR, V2_WEIGHTS
+from laion_assets.demos.sample import SampleSpec, write_sample
+from laion_assets.scoring.parts import read_identities
+from laion_assets.scoring.predictors import load_predictor
 
 START_TIMEOUT_S = 180
 BACKFILL_TIMEOUT_S = 420

@@ -10,7 +10,7 @@ import pytest
 
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.demo import run_graph
+from laion_assets.demos.local import run_graph
 from laion_assets_tests.release_helpers import tree_hashes
 
 

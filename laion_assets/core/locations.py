@@ -1,0 +1,151 @@
+"""Local paths and fsspec URLs (``s3://``, ``hf://``, ``memory://``, …) behind one path-like type.
+
+Local paths stay plain :class:`pathlib.Path` subclasses (fast paths such as memory-mapping keep working);
+anything with a ``scheme://`` becomes a :class:`upath.UPath` backed by fsspec, whose credentials come from the
+usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import polars as pl
+from upath import UPath
+
+from laion_assets.core.paths import resolve
+
+Location = Path | UPath
+
+
+def location(path_or_url: str | Path) -> Location:
+    """Return a local path (relative ones taken from the project folder) or a UPath for a URL."""
+    text = str(path_or_url)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return resolve(text.removeprefix("file://"))
+
+
+def is_local(path: Location) -> bool:
+    """True for paths on the local filesystem (which can be memory-mapped and renamed atomically)."""
+    return isinstance(path, Path)
+
+
+def open_binary(path: Location) -> BinaryIO:
+    """Open a local path or URL for reading bytes."""
+    return path.open("rb")
+
+
+def read_parquet(path: Location, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a parquet file from a local path or any fsspec URL."""
+    if is_local(path):
+        return pl.read_parquet(path, columns=columns)
+    with open_binary(path) as f:
+        return pl.read_parquet(f, columns=columns)
+
+
+def parquet_columns(path: Location) -> list[str]:
+    """Column names of a parquet file, read from its footer only."""
+    import pyarrow.parquet as pq
+
+    if is_local(path):
+        return pq.read_schema(path).names
+    with open_binary(path) as f:
+        return pq.read_schema(f).names
+
+
+def parquet_rows(path: Location) -> int:
+    """Row count of a parquet file from its footer."""
+    import pyarrow.parquet as pq
+
+    if is_local(path):
+        return pq.ParquetFile(path).metadata.num_rows
+    with open_binary(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def file_sha256(path: str | Location) -> str:
+    """Hex sha256 of a local or remote file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") if isinstance(path, str) else path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Keys of fsspec's ``info()`` that change when a remote object is rewritten, in order of preference: object
+# stores' etags, hashes and generations first, then modification times (s3, gcs, azure, local, memory, http,
+# webhdfs, ftp, hf).
+_VERSION_KEYS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "version_id",
+    "mtime",
+    "LastModified",
+    "last_modified",
+    "created",
+    "VersionId",
+    "blob_id",
+    "Last-Modified",
+    "updated",
+    "modificationTime",
+    "modify",
+)
+
+
+def remote_version(info: Mapping[str, object]) -> dict[str, str]:
+    """Every field of an fsspec ``info()`` (or ``find(detail=True)``) entry that changes on a rewrite, as text.
+
+    Empty when the filesystem reports none (then only the content itself can tell two versions apart).
+    """
+    return {key: _comparable(info[key]) for key in _VERSION_KEYS if info.get(key) is not None}
+
+
+def _comparable(value: object) -> str:
+    # Some filesystems give a datetime from info() and the same instant as epoch seconds from a listing (memory).
+    if isinstance(value, datetime):
+        return repr(value.timestamp())
+    return str(value)
+
+
+def stat_fingerprint(path: Location) -> dict[str, object]:
+    """Size plus what changes on a rewrite: a cheap "has it changed" key.
+
+    Locally: size, mtime and ctime in ns (ctime cannot be set back by ``touch -r`` or ``cp -p``). Remotely: size and
+    the first version key ``info()`` offers (etag, generation, Last-Modified, ...), or ``None`` when it offers none,
+    in which case only the content can tell (:func:`changed_fields` then hashes it).
+    """
+    if is_local(path):
+        st = Path(path).stat()
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
+    info = path.fs.info(path.path)
+    key = next(iter(remote_version(info)), None)
+    return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
+
+
+def changed_fields(recorded: dict[str, object], path: Location) -> list[str]:
+    """What differs between a recorded :func:`stat_fingerprint` (with the file's ``sha256``) and the file now.
+
+    ``["missing"]`` when it is gone. A remote file whose filesystem gives no version information is hashed again
+    and compared by content, so a rewrite of the same size is never taken for the validated file.
+    """
+    try:
+        now = stat_fingerprint(path)
+    except (OSError, KeyError):
+        return ["missing"]
+    changed = [f"{k} {recorded.get(k)} -> {now[k]}" for k in now if recorded.get(k) != now[k]]
+    if not changed and not is_local(path) and now.get("version") is None and recorded.get("sha256"):
+        digest = file_sha256(path)
+        if digest != recorded["sha256"]:
+            changed.append(f"sha256 {recorded['sha256']} -> {digest} (its filesystem gives no version to compare)")
+    return changed
+
+
+def list_files(folder: Location, suffix: str) -> list[Location]:
+    """Files below ``folder`` (recursively) whose name ends with ``suffix``, sorted by path."""
+    return sorted((p for p in folder.rglob(f"*{suffix}") if p.is_file()), key=str)

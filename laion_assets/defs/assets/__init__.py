@@ -1,1 +1,0 @@
-"""Assets of the LAION-Aesthetics graph, one module per family."""

@@ -1,0 +1,173 @@
+"""The front of the chain for URL sources: ``images`` (img2dataset per shard) and ``image_embeddings`` (CLIP).
+
+With no URL source configured (``storage.urls`` empty) both record that there is nothing to do, so the stored
+embeddings flow into ``clip_embeddings`` exactly as before; with one, ``clip_embeddings`` indexes the part that
+``image_embeddings`` wrote, and everything downstream is unchanged.
+"""
+
+import dagster as dg
+import polars as pl
+
+from laion_assets.core.errors import BadInputError
+from laion_assets.core.outputs import require
+from laion_assets.defs.errors import as_failure
+from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource
+from laion_assets.defs.sources.partitions import shards
+from laion_assets.images.downloading import SOURCE_FILE, ShardTimeoutError, download_shard, summarize
+from laion_assets.images.image_embeddings import embed_shard
+from laion_assets.sources.url_sources import find_url_shard, read_url_shard
+
+STORED_MODE = "stored embeddings (storage.urls is empty): nothing to download or embed"
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=shards,
+    group_name="images",
+    kinds={"webdataset"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "success_rate",
+            asset="images",
+            description="Warns when the share of a shard's URLs fetched falls under downloader.min_success_rate.",
+        )
+    ],
+    description="One URL shard downloaded by img2dataset (webdataset tars). Re-materializing retries only the "
+    "URLs that failed and keeps what succeeded; a shard with nothing left to fetch is not downloaded again.",
+)
+def images(
+    context: dg.AssetExecutionContext, storage: StorageResource, downloader: DownloaderResource
+) -> dg.MaterializeResult:
+    """Download the URLs of one shard that no earlier attempt fetched."""
+    key = context.partition_key
+    if not storage.url_mode:
+        return dg.MaterializeResult(
+            metadata={"mode": STORED_MODE},
+            check_results=[dg.AssetCheckResult(check_name="success_rate", passed=True, metadata={"mode": STORED_MODE})],
+        )
+    out = storage.layout.images_dir(key)
+    with as_failure(f"images (shard {key})"):
+        storage.pull(out)  # earlier attempts: only what failed there is downloaded again
+        shard = find_url_shard(storage.urls_path, key)
+        frame = read_url_shard(shard.path, storage.swap_width_height)
+        try:
+            result = download_shard(frame, shard.path, out, downloader.options())
+        except ShardTimeoutError:
+            storage.push(out)  # the sub-shards img2dataset finished are kept: a remote root must keep them too
+            raise
+        storage.push(out)
+    context.log.info(
+        f"shard {key}: {result.successes}/{result.rows} fetched after {result.attempts} attempt(s), "
+        f"{result.downloaded_now} URL(s) tried now"
+    )
+    metadata: dict = {
+        "dagster/row_count": result.successes,
+        "urls": result.rows,
+        "successes": result.successes,
+        "failures": result.failures,
+        "success_rate": result.success_rate,
+        "attempts": result.attempts,
+        "downloaded_now": result.downloaded_now,
+        "removed_leftovers": dg.MetadataValue.json([str(p) for p in result.removed_leftovers]),
+        "failures_by_reason": dg.MetadataValue.json(result.failures_by_reason),
+        "tars": len(result.tars),
+        "url_shard": dg.MetadataValue.path(str(shard.path)),
+        "path": dg.MetadataValue.path(str(out)),
+    }
+    if result.last is not None:  # the figures of img2dataset's _stats.json for this attempt
+        metadata.update(
+            {
+                "attempt/count": result.last.count,
+                "attempt/successes": result.last.successes,
+                "attempt/failed_to_download": result.last.failed_to_download,
+                "attempt/failed_to_resize": result.last.failed_to_resize,
+                "attempt/duration_s": result.last.duration,
+                "attempt/peak_rss_bytes": result.last.peak_rss_bytes,
+                "attempt/status": dg.MetadataValue.json(result.last.status),
+            }
+        )
+    floor = downloader.min_success_rate
+    check = dg.AssetCheckResult(
+        check_name="success_rate",
+        passed=result.success_rate >= floor,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{result.success_rate:.1%} of {result.rows} URLs fetched (floor {floor:.0%})",
+        metadata={"success_rate": result.success_rate, "floor": floor, "failures": result.failures},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=[images],
+    group_name="images",
+    kinds={"pytorch", "numpy", "parquet"},
+    pool="gpu",
+    code_version="1",
+    description="CLIP image (and caption) embeddings of a shard's downloaded images in clip-retrieval's layout "
+    "(float16, L2-normalised, row-aligned with metadata); undecodable images are skipped and counted.",
+)
+def image_embeddings(
+    context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource
+) -> dg.MaterializeResult:
+    """Embed one shard's images with the CLIP resource and write its part under ``<data_root>/embedded``."""
+    key = context.partition_key
+    if not storage.url_mode:
+        return dg.MaterializeResult(metadata={"mode": STORED_MODE})
+    shard_dir = storage.layout.images_dir(key)
+    with as_failure(f"image_embeddings (shard {key})"):
+        storage.pull(shard_dir)
+        source = require(
+            shard_dir / SOURCE_FILE,
+            f"images for shard {key}",
+            f"run `dagster asset materialize --select images --partition {key}`",
+        )
+        frame = pl.read_parquet(source)
+        downloads = summarize(shard_dir, frame.height)
+        loaded = clip.load()
+        if loaded.embed_dim != storage.embedding_dim:
+            raise BadInputError(
+                f"CLIP model {clip.model!r} makes {loaded.embed_dim}-d embeddings but storage.embedding_dim is "
+                f"{storage.embedding_dim} (LAION's aesthetic heads read ViT-L/14's 768)"
+            )
+        result = embed_shard(
+            downloads.tars,
+            frame,
+            loaded,
+            storage.layout.embedded_dir,
+            int(key),
+            clip.batch_size,
+            clip.num_workers,
+            clip.embed_text,
+        )
+    part = result.part
+    storage.push(*(p for p in (part.embeddings, part.metadata, part.text_embeddings) if p is not None))
+    context.log.info(
+        f"shard {key}: {result.rows} images embedded, {result.skipped} skipped, "
+        f"{result.images_per_second:.1f} images/s on {loaded.device}"
+    )
+    preview = pl.read_parquet(result.part.metadata, n_rows=5).select("key", "URL", "TEXT", "WIDTH", "HEIGHT")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.rows,
+            "skipped_images": result.skipped,
+            "skipped_reasons": dg.MetadataValue.json(result.skipped_reasons),
+            "images_per_second": result.images_per_second,
+            "seconds": result.seconds,
+            "model": clip.model,
+            "pretrained": clip.pretrained,
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "batch_size": result.batch_size,
+            "oom_halvings": result.halvings,
+            "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
+            "metadata": dg.MetadataValue.path(str(result.part.metadata)),
+            "preview": dg.MetadataValue.md(_markdown(preview)),
+        }
+    )

@@ -1,0 +1,1 @@
+"""Wiring of the release: KV, galleries, release, hf_release, and their resources."""

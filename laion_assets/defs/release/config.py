@@ -1,0 +1,22 @@
+"""What a release is called, which version it is, and which registered shards it leaves out."""
+
+import dagster as dg
+from pydantic import Field
+
+from laion_assets.release.build import AUTO, DEFAULT_NAME
+
+
+class ReleaseResource(dg.ConfigurableResource):
+    """Release version (folder ``releases/<version>`` and Hub tag), the dataset's name, and shards left out."""
+
+    version: str = Field(
+        default=AUTO,
+        description="'auto': the newest release when its contents are unchanged, else the next patch version "
+        "(v0.1.0 first); an explicit version that exists with other contents is refused (versions are immutable)",
+    )
+    name: str = DEFAULT_NAME
+    exclude_shards: list[str] = Field(
+        default_factory=list,
+        description="registered shards to leave out of the release-level assets on purpose (e.g. a part refused "
+        "for NaN embeddings); recorded in the manifest and the dataset card",
+    )

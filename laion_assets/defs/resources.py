@@ -1,0 +1,17 @@
+"""Resources of the laion_assets code location, one per file."""
+
+from laion_assets.defs.images.clip import ClipResource
+from laion_assets.defs.images.downloader import DownloaderResource
+from laion_assets.defs.release.config import ReleaseResource
+from laion_assets.defs.release.hub import HfResource
+from laion_assets.defs.scoring.predictors import PredictorsResource
+from laion_assets.defs.sources.storage import StorageResource
+
+__all__ = [
+    "ClipResource",
+    "DownloaderResource",
+    "HfResource",
+    "PredictorsResource",
+    "ReleaseResource",
+    "StorageResource",
+]

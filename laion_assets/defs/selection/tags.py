@@ -1,0 +1,159 @@
+"""``aesthetic_tags``: every shard's metadata joined with its hash and scores, and its checks."""
+
+import dagster as dg
+import polars as pl
+
+from laion_assets.core.errors import BadInputError
+from laion_assets.defs.errors import as_failure
+from laion_assets.defs.resources import ReleaseResource, StorageResource
+from laion_assets.defs.scoring.assets import aesthetic_scores
+from laion_assets.defs.scoring.rescore import rescored_shards
+from laion_assets.defs.selection.gate import gate, released_keys
+from laion_assets.selection.audit import audit_tags
+from laion_assets.selection.tags import build_tags, scan_tags
+from laion_assets.sources.indexing import read_validation
+from laion_assets.sources.safety import SafetyIndex, build_safety_index, check_safety_current
+
+
+@dg.asset(
+    group_name="tags",
+    kinds={"numpy"},
+    code_version="1",
+    description="LAION's separate safety tags (punsafe, pwatermark by hash), de-duplicated by hash, missing "
+    "pwatermark filled with 0.5, sorted for binary search. Empty when the embeddings' metadata carries them.",
+)
+def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Index the optional safety table named by the `safety` setting."""
+    source = storage.safety_path
+    if source is None:
+        context.log.info("no separate safety table configured: punsafe/pwatermark come from the metadata")
+        return dg.MaterializeResult(metadata={"source": "embeddings metadata (no separate safety table)"})
+    folder = storage.layout.safety_dir
+    with as_failure("safety_tags"):
+        summary = build_safety_index(source, folder)
+    storage.push(folder)
+    return dg.MaterializeResult(
+        metadata={
+            "source": str(source),
+            "files": summary.files,
+            "rows_read": summary.rows_read,
+            "dagster/row_count": summary.unique_hashes,
+            "duplicate_rows_dropped": summary.rows_read - summary.unique_hashes,
+            "pwatermark_filled_with_0.5": summary.pwatermark_filled,
+            "path": dg.MetadataValue.path(str(folder)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[aesthetic_scores, safety_tags, rescored_shards],
+    group_name="tags",
+    kinds={"parquet"},
+    code_version="2",
+    description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
+    "every row of every released shard, one parquet per shard. Stops, naming the shards, when a registered shard "
+    "is not validated and scored, its latest shard run failed, or its source changed since validation (unless "
+    "release_config.exclude_shards leaves it out).",
+)
+def aesthetic_tags(
+    context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource
+) -> dg.MaterializeResult:
+    """Fan in all released shards' metadata and scores into the tags table."""
+    layout = storage.layout
+    with as_failure("aesthetic_tags"):
+        validations = gate(context.instance, storage, release_config, "aesthetic_tags")
+        safety = None
+        if storage.safety_path is not None:
+            storage.pull(layout.safety_dir)
+            safety = SafetyIndex.open(layout.safety_dir)
+        # The joined table must be the one safety_tags indexed: a table changed since stops the run.
+        safety_id = check_safety_current(storage.safety_path, layout.safety_dir)
+        summary = build_tags(validations, layout, safety, safety_id)
+        storage.push(layout.tags_dir)
+    stats = (
+        scan_tags(storage.layout)
+        .select(
+            pl.col("aesthetic").min().alias("aesthetic/min"),
+            pl.col("aesthetic").mean().alias("aesthetic/mean"),
+            pl.col("aesthetic").max().alias("aesthetic/max"),
+            pl.col("AESTHETIC_SCORE").min().alias("AESTHETIC_SCORE/min"),
+            pl.col("AESTHETIC_SCORE").mean().alias("AESTHETIC_SCORE/mean"),
+            pl.col("AESTHETIC_SCORE").max().alias("AESTHETIC_SCORE/max"),
+        )
+        .collect()
+    )
+    if release_config.exclude_shards:
+        context.log.warning(f"shards left out of the release by configuration: {release_config.exclude_shards}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary.rows,
+            "shards": len(validations),
+            "excluded_shards": dg.MetadataValue.json(sorted(release_config.exclude_shards)),
+            "rows_without_safety_tags": summary.without_safety_tags,
+            "rows_without_url": summary.without_url,
+            "rows_without_caption": summary.without_caption,
+            "duplicate_rows": summary.duplicate_rows,
+            "duplicate_rows_within_shards": summary.duplicate_rows_within_shards,
+            "duplicate_rows_across_shards": summary.duplicate_rows - summary.duplicate_rows_within_shards,
+            "declared_language": storage.language or "(none)",
+            "safety_source": str(storage.safety_path or "embeddings metadata"),
+            "per_shard": dg.MetadataValue.json(summary.per_shard),
+            **{f"predictor/{c}": i for c, i in summary.identities.items()},
+            **{name: float(stats[name].item()) for name in stats.columns if stats[name].item() is not None},
+            "path": dg.MetadataValue.path(str(storage.layout.tags_dir)),
+        }
+    )
+
+
+@dg.asset_check(asset=aesthetic_tags, blocking=True, description="Every V1 and V2 score in the tags table is finite.")
+def scores_finite(storage: StorageResource) -> dg.AssetCheckResult:
+    """Count NaN, Inf and null scores in the tags table."""
+    storage.pull(storage.layout.tags_dir)
+    bad = (
+        scan_tags(storage.layout)
+        .select(
+            (~pl.col("aesthetic").is_finite()).fill_null(True).sum().alias("aesthetic"),
+            (~pl.col("AESTHETIC_SCORE").is_finite()).fill_null(True).sum().alias("AESTHETIC_SCORE"),
+        )
+        .collect()
+    )
+    counts = {c: int(bad[c].item()) for c in bad.columns}
+    return dg.AssetCheckResult(
+        passed=not any(counts.values()), metadata={f"non_finite/{c}": n for c, n in counts.items()}
+    )
+
+
+@dg.asset_check(
+    asset=aesthetic_tags,
+    blocking=True,
+    description="aesthetic_tags holds every released shard with exactly the rows clip_embeddings validated for it "
+    "(and so the sum of the released shards' rows), and no other shard.",
+)
+def row_counts_conserved(
+    context: dg.AssetCheckExecutionContext, storage: StorageResource, release_config: ReleaseResource
+) -> dg.AssetCheckResult:
+    """Compare each tags part's rows with the rows recorded when its shard was validated (read apart from the tags)."""
+    layout = storage.layout
+    storage.pull(layout.tags_dir)
+    with as_failure("row_counts_conserved"):
+        keys = released_keys(context.instance, storage, release_config)
+        validated: dict[str, int] = {}
+        unvalidated: dict[str, str] = {}
+        for key in keys:
+            storage.pull(layout.shard_metadata(key))
+            try:
+                validated[key] = read_validation(layout.shard_metadata(key)).rows
+            except (BadInputError, OSError) as exc:
+                unvalidated[key] = f"not validated: {exc}"
+    result = audit_tags(layout.tags_dir, validated)
+    problems = {**result.problems, **unvalidated}
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=None if not problems else f"{len(problems)} shard(s) differ: {problems}"[:2000],
+        metadata={
+            "validated_rows": result.expected_rows,
+            "tag_rows": result.actual_rows,
+            "shards": len(keys),
+            "problems": dg.MetadataValue.json(problems),
+        },
+    )

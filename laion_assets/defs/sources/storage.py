@@ -1,0 +1,133 @@
+"""Where the stored embeddings (and optional safety tags) are read from and where every asset writes."""
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from laion_assets.core.hints import build_hint
+from laion_assets.core.locations import Location, is_local, location
+from laion_assets.core.outputs import OutputLayout
+from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE, resolve_setting
+from laion_assets.scoring.predictors import CLIP_L14_DIM
+from laion_assets.selection.gating import ShardSettings
+from laion_assets.sources.layout import Part, discover_parts, find_part
+from laion_assets.sources.metadata import ENGLISH
+from laion_assets.sources.mirror import Mirror
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Sources and data root: local paths (relative ones start at the project folder) or fsspec URLs.
+
+    ``source`` is a clip-retrieval folder (``img_emb/``, ``metadata/``). Setting ``urls`` (a folder of numbered
+    parquet/CSV URL shards) switches the shards to the URL chain instead: images are downloaded and embedded under
+    the data root, and ``source`` is not read. ``safety`` optionally names LAION's separate safety-tags table
+    (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is mirrored through the local
+    ``staging`` folder, which a pull brings to the remote's current content (see
+    :class:`~laion_assets.sources.mirror.Mirror`; what was synced is kept in ``staging/.mirror/``). Defaults can be
+    moved
+    with ``LAION_ASSETS_SOURCE``, ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code
+    location loads). Credentials for URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never
+    from this config.
+    """
+
+    source: str = resolve_setting(SOURCE).value
+    data_root: str = resolve_setting(DATA_ROOT).value
+    safety: str = resolve_setting(SAFETY).value
+    staging: str = ""
+    swap_width_height: bool = False
+    embedding_dim: int = CLIP_L14_DIM
+    urls: str = ""
+    language: str = Field(
+        default=ENGLISH,
+        description="the source's declared language: rows of a part with no language column (or an all-null one) "
+        "take it, as laion2B-en's rows are English by source; '' declares none (such rows stay unknown)",
+    )
+
+    @property
+    def url_mode(self) -> bool:
+        """True when shards come from URL shards rather than stored embeddings."""
+        return bool(self.urls)
+
+    @property
+    def urls_path(self) -> Location:
+        """The URL source folder (a local path or a UPath)."""
+        return location(self.urls)
+
+    @property
+    def shard_source(self) -> Location:
+        """The folder whose numbered files define the shard partitions (URL shards or stored parts)."""
+        return self.urls_path if self.url_mode else self.source_path
+
+    @property
+    def parts_source(self) -> Location:
+        """The clip-retrieval folder the per-shard parts are read from (in URL mode, the one we embedded)."""
+        return self.layout.embedded_dir if self.url_mode else self.source_path
+
+    @property
+    def swap_stored_metadata(self) -> bool:
+        """Whether indexing a stored part swaps WIDTH/HEIGHT (in URL mode the swap happened on download)."""
+        return self.swap_width_height and not self.url_mode
+
+    @property
+    def source_path(self) -> Location:
+        """The source folder (a local path or a UPath)."""
+        return location(self.source)
+
+    @property
+    def safety_path(self) -> Location | None:
+        """The safety-tags table, or None when the metadata carries punsafe/pwatermark itself."""
+        return location(self.safety) if self.safety else None
+
+    @property
+    def _local_root(self) -> Path:
+        root = location(self.data_root)
+        if is_local(root):
+            return root
+        if self.staging:
+            return location(self.staging)
+        digest = hashlib.sha256(self.data_root.encode()).hexdigest()[:16]
+        return Path.home() / ".cache" / "laion-assets" / "staging" / digest
+
+    @property
+    def layout(self) -> OutputLayout:
+        """Paths of every output below the (local working copy of the) data root."""
+        return OutputLayout(self._local_root, build_hint(self.source, self.data_root, self.urls))
+
+    @property
+    def shard_settings(self) -> ShardSettings:
+        """The settings a shard must have been indexed with to be released."""
+        return ShardSettings(self.language, self.swap_stored_metadata)
+
+    @property
+    def mirror(self) -> Mirror | None:
+        """The remote mirror of the data root, or None when it is local."""
+        root = location(self.data_root)
+        return None if is_local(root) else Mirror(self._local_root, root)
+
+    def pull(self, *paths: Path) -> None:
+        """Bring inputs under the data root down from a remote data root (no-op when local)."""
+        if self.mirror is not None:
+            for path in paths:
+                self.mirror.pull(path)
+
+    def push(self, *paths: Path) -> None:
+        """Send outputs under the data root up to a remote data root (no-op when local)."""
+        if self.mirror is not None:
+            for path in paths:
+                self.mirror.push(path)
+
+    def part(self, key: str) -> Part:
+        """The stored part behind a shard partition key (in URL mode, the part embedded from its images)."""
+        if self.url_mode:  # embedded under the data root, maybe by another machine of a remote root
+            self.pull(self.layout.embedded_dir)
+        return find_part(self.parts_source, key)
+
+    def parts(self, keys: Sequence[str]) -> dict[str, Part]:
+        """The stored parts behind several keys, listing the source once (absent keys are left out)."""
+        if self.url_mode:
+            self.pull(self.layout.embedded_dir)
+        wanted = set(keys)
+        return {part.key: part for part in discover_parts(self.parts_source) if part.key in wanted}

@@ -1,0 +1,158 @@
+"""``make demo``: build the sample if needed, register its shards and materialize the whole graph.
+
+Runs go to the Dagster instance (``--dagster-home``, else ``$DAGSTER_HOME``, else ``.dagster/`` in the project),
+so ``dagster dev`` shows them afterwards. Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
+DIR] [--dagster-home DIR]`` (or ``python -m laion_assets.demos.local``); see ``laion_assets/core/settings.py``.
+"""
+
+import argparse
+import time
+
+import dagster as dg
+
+from laion_assets.core.locations import is_local
+from laion_assets.core.settings import (
+    DAGSTER_HOME,
+    DATA_ROOT,
+    PRECEDENCE,
+    SAFETY,
+    SOURCE,
+    Setting,
+    add_flags,
+    resolve_setting,
+    use_instance,
+)
+from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, defs
+from laion_assets.defs.release.assets import hf_release
+from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.sources.partitions import register_shards, source_keys
+from laion_assets.demos.sample import SampleSpec, write_sample
+
+SHARD_SELECTION = ["clip_embeddings", "aesthetic_scores"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_graph(
+    instance: dg.DagsterInstance,
+    storage: StorageResource,
+    predictors: PredictorsResource,
+    url_resources: dict[str, dg.ConfigurableResource] | None = None,
+) -> dict:
+    """Register the source's shards, materialize every shard, then every release-level asset and check.
+
+    With ``storage.urls`` set, each shard is first downloaded and embedded (``images``, ``image_embeddings``)
+    with ``url_resources`` (``downloader`` and ``clip``).
+    """
+    register_shards(instance, storage.shard_source)
+    keys = sorted(instance.get_dynamic_partitions("shards"))
+    foreign = sorted(set(keys) - set(source_keys(storage.shard_source)))
+    if foreign:
+        raise SystemExit(
+            f"the instance registers shards this source ({storage.shard_source}) does not have: "
+            f"{', '.join(foreign[:10])}{' …' if len(foreign) > 10 else ''} (registered from another source?); use "
+            "another instance (--dagster-home / DAGSTER_HOME) and data root (--data-root / LAION_ASSETS_DATA_ROOT) "
+            "for this source"
+        )
+    resources = {"storage": storage, "predictors": predictors, "release_config": ReleaseResource(), "hf": HfResource()}
+    assets, selection = [*ASSETS, *CHECKS], SHARD_SELECTION
+    if storage.url_mode:
+        assets, selection = [*URL_ASSETS, *assets], ["images", "image_embeddings", *SHARD_SELECTION]
+        resources.update(url_resources or {})
+    for i, key in enumerate(keys, 1):
+        print(f"[{i}/{len(keys)}] shard {key}: {', '.join(selection)}", flush=True)
+        result = dg.materialize(
+            assets,
+            selection=selection,
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+        _stop_on_failure(result, f"shard {key}")
+    print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, release", flush=True)
+    # Pushing to the Hub (hf_release) needs a repo and a token: it is never part of the demo.
+    local_assets = [a for a in ASSETS if a is not hf_release]
+    release = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
+    result = dg.materialize(
+        [*local_assets, *CHECKS],
+        selection=release,
+        instance=instance,
+        resources=resources,
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    _stop_on_failure(result, "release-level assets")
+    counts = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        rows = mat.metadata.get("dagster/row_count")
+        counts[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
+        if mat.asset_key.to_user_string() == "release":
+            version, unchanged = mat.metadata["version"].value, mat.metadata["unchanged"].value
+            note = "unchanged: it already held exactly these contents" if unchanged else "written"
+            print(f"release {version} ({note}) in {mat.metadata['path'].value}", flush=True)
+    return counts
+
+
+def _root_message(error: object) -> str:
+    """The innermost cause's message ("Error occurred while executing op" wraps the one that says what failed)."""
+    while getattr(error, "cause", None) is not None and getattr(error, "cls_name", "").startswith("DagsterExecution"):
+        error = error.cause  # type: ignore[attr-defined]
+    return getattr(error, "message", "").strip()
+
+
+def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
+    """Exit with every failed check and step, one per line, when a run did not succeed."""
+    failed = [
+        f"check {e.asset_key.to_user_string()}:{e.check_name}" + (f": {e.description}" if e.description else "")
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
+    errors = [
+        f"step {e.step_key}: {_root_message(e.step_failure_data.error)}"
+        for e in result.all_events
+        if e.is_step_failure
+        and not (e.step_failure_data.error and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")
+    ]
+    if failed or not result.success:
+        raise SystemExit(f"{what} failed:\n  " + "\n  ".join(failed + errors))
+
+
+def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home: Setting) -> dict:
+    """Build the sample if the source is a missing local folder, then run the whole graph in the instance."""
+    start = time.perf_counter()
+    use_instance(dagster_home)  # first: a wrong instance folder is refused before any work
+    folder = source.location
+    if is_local(folder) and not folder.exists():
+        print(f"building the sample in {folder}", flush=True)
+        write_sample(folder, SampleSpec())
+    storage = StorageResource(source=str(folder), data_root=data_root.value, safety=safety.value)
+    print(
+        f"source {source.describe()}, data root {data_root.describe()}, instance {dagster_home.describe()}",
+        flush=True,
+    )
+    assert defs is not None  # the code location the UI loads is the same one
+    counts = run_graph(dg.DagsterInstance.get(), storage, PredictorsResource())
+    width = max(map(len, counts))
+    for name, rows in counts.items():
+        print(f"  {name:<{width}}  {rows if rows is not None else '-'} rows")
+    print(f"demo done in {time.perf_counter() - start:.1f} s; outputs in {storage.layout.root}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point of the demo (``laion-assets demo`` takes the same flags)."""
+    parser = argparse.ArgumentParser(description=f"{__doc__.splitlines()[0]} {PRECEDENCE}")
+    add_flags(parser, SOURCE, DATA_ROOT, SAFETY, DAGSTER_HOME)
+    args = parser.parse_args(argv)
+    run_demo(
+        resolve_setting(SOURCE, args.source),
+        resolve_setting(DATA_ROOT, args.data_root),
+        resolve_setting(SAFETY, args.safety),
+        resolve_setting(DAGSTER_HOME, args.dagster_home),
+    )
+
+
+if __name__ == "__main__":
+    main()

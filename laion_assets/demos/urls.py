@@ -1,0 +1,67 @@
+"""``make demo-urls``: the whole chain from URLs, on images served from 127.0.0.1 with a tiny CLIP model.
+
+It writes a small generated image set, serves it on 127.0.0.1 (one URL in each shard is a 404 and one is not
+an image, to show the failure stats), writes numbered URL shards, and materializes
+``images -> image_embeddings -> clip_embeddings -> aesthetic_scores -> tags -> subsets`` with the tiny random
+CLIP of ``data/models/tiny-clip/`` (768-d, so LAION's heads score it unchanged). Real users point
+``storage.urls`` at real URL shards and keep the clip resource's defaults (ViT-L-14 / openai).
+Usage: ``python -m laion_assets.demos.urls [--work DIR] [--shards N] [--per-shard N]``.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from laion_assets.core.paths import MODELS_DIR, resolve
+from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
+from laion_assets.demos.local import run_graph
+from laion_assets.demos.url_server import serve_images, url_frame, write_images
+
+TINY_CLIP = MODELS_DIR / "tiny-clip" / "tiny-clip-768.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point of the from-URLs demo."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="data/demo-urls", help="images, URL shards and outputs go here")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--per-shard", type=int, default=40)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    work = resolve(args.work)
+    names = write_images(work / "served", args.shards * args.per_shard, seed=0)
+    urls_dir = work / "urls"
+    urls_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("DAGSTER_HOME"):
+        instance = dg.DagsterInstance.get()
+    else:
+        print("DAGSTER_HOME is not set: runs go to a throwaway instance", file=sys.stderr)
+        instance = dg.DagsterInstance.ephemeral()
+    with serve_images(work / "served") as server:
+        print(f"serving {len(names)} images on {server.base_url}", flush=True)
+        for shard in range(args.shards):
+            mine = names[shard * args.per_shard : (shard + 1) * args.per_shard]
+            urls = [server.url(n) for n in mine]
+            urls[0], urls[1] = server.url(mine[0], "missing"), server.url(mine[1], "corrupt")
+            # The port changes every run, so a rerun is a new URL list (new fingerprint) and downloads afresh.
+            url_frame(urls, seed=shard).write_parquet(urls_dir / f"part-{shard:05d}.parquet")
+        storage = StorageResource(urls=str(urls_dir), data_root=str(work / "out"))
+        url_resources = {
+            "downloader": DownloaderResource(processes_count=1, thread_count=16, timeout=5),
+            "clip": ClipResource(model=str(TINY_CLIP), pretrained="none", device="auto", batch_size=32, num_workers=1),
+        }
+        counts = run_graph(instance, storage, PredictorsResource(), url_resources)
+        print(f"{len(server.requests)} image requests served")
+    width = max(map(len, counts))
+    for name, rows in counts.items():
+        print(f"  {name:<{width}}  {rows if rows is not None else '-'} rows")
+    print(f"demo-urls done in {time.perf_counter() - start:.1f} s; outputs in {storage.layout.root}")
+    print(f"embedded parts: {Path(storage.layout.embedded_dir)}")
+
+
+if __name__ == "__main__":
+    main()

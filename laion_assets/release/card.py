@@ -1,0 +1,220 @@
+"""The release's dataset card (``README.md``): YAML front matter the Hub reads, then counts, rules and history.
+
+One ``configs`` entry per subset lets ``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet
+folder. The card is a pure function of the manifest and the histogram, so rebuilding it gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from laion_assets.selection.histogram import LABELS
+
+DATA_LICENSE = "cc-by-4.0"  # LAION's metadata (URLs, captions, scores) is released under CC-BY 4.0
+
+# Weights we know by identity digest (the sha256 of their tensors, see laion_assets/scoring/predictors.py; not the
+# file's sha256): where they come from and their licence (data/models/SOURCES.md).
+KNOWN_PREDICTORS: dict[str, tuple[str, str, str]] = {
+    "732c52ede2a6514d99163a736259e64f1978edba8dfd9e2cb3b0ed99d46f242f": (
+        "sa_0_4_vit_l_14_linear.pth",
+        "LAION-AI/aesthetic-predictor",
+        "MIT",
+    ),
+    "8865204c2fc01e887f05e482b90986c547f4c42936c8e3cf3d58dc1a0378f811": (
+        "sac+logos+ava1-l14-linearMSE.pth",
+        "christophschuhmann/improved-aesthetic-predictor",
+        "Apache-2.0",
+    ),
+    "febd7069c1d70840935585d8e3ffd0ce89b1a34acbf7474a71eae3ac1a0c1319": (
+        "ava+logos-l14-reluMSE.pth",
+        "christophschuhmann/improved-aesthetic-predictor",
+        "Apache-2.0",
+    ),
+    "b2b7aedb75b94b97e06f64d63c952cc9004315d30f5b1f5124e541379987fcf9": (
+        "sac_public_2022_06_29_vit_l_14_linear.pth",
+        "crowsonkb/simulacra-aesthetic-models",
+        "MIT",
+    ),
+}
+
+
+def subset_path(name: str) -> str:
+    """Folder of one subset inside a release."""
+    return f"data/{name}"
+
+
+def front_matter(manifest: dict) -> dict:
+    """The card's YAML header: licence, tags and one ``configs`` entry per subset (the first is the default)."""
+    configs = []
+    for i, subset in enumerate(manifest["subsets"]):
+        name = subset["name"]
+        entry: dict = {
+            "config_name": name,
+            "data_files": [{"split": "train", "path": f"{subset_path(name)}/*.parquet"}],
+        }
+        if i == 0:
+            entry["default"] = True
+        configs.append(entry)
+    return {
+        "pretty_name": manifest["name"],
+        "license": DATA_LICENSE,
+        "tags": ["laion", "aesthetics", "clip", "image-text"],
+        "configs": configs,
+    }
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _licence(identity: str) -> tuple[str, str]:
+    digest = identity.partition("@sha256:")[2]
+    known = KNOWN_PREDICTORS.get(digest)
+    if known is None:
+        return "unknown origin", "unknown: check the weights file's licence before publishing"
+    return f"{known[1]} (`{known[0]}`)", known[2]
+
+
+def render_card(manifest: dict, histogram: dict) -> str:
+    """Render ``README.md`` (front matter + body) from a manifest (without its README entry) and the histogram."""
+    header = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    files = manifest["files"]
+    lines = ["---", header.rstrip("\n"), "---", "", f"# {manifest['name']} {manifest['version']}", ""]
+    lines += [
+        "LAION-Aesthetics subsets rebuilt with laion-assets from stored CLIP ViT-L/14 "
+        "embeddings. Every file's sha256 is in `manifest.json`; `laion-assets verify RELEASE_DIR` rebuilds the "
+        "release from the inputs recorded there and names any file that differs.",
+        "",
+        "## Subsets",
+        "",
+    ]
+    rows = []
+    for subset in manifest["subsets"]:
+        name = subset["name"]
+        entry = files[f"{subset_path(name)}/part-00000.parquet"]
+        funnel = subset.get("funnel", {})
+        rows.append(
+            [
+                f"`{name}`",
+                subset["rule"],
+                f"{entry['rows']:,}",
+                f"{funnel.get('dropped_by_language', 0):,}",
+                f"{funnel.get('dropped_without_url', 0):,}",
+                f"`{entry['sha256'][:16]}…`",
+            ]
+        )
+    lines += _table(["config", "filter rule", "rows", "dropped by language", "dropped without URL", "sha256"], rows)
+    if any(subset.get("funnel") for subset in manifest["subsets"]):
+        lines += ["", "Rows meeting each score threshold, and which filter dropped the others:", ""]
+        keys = [
+            "candidates", "dropped_by_language", "dropped_without_url", "dropped_without_safety_tags",
+            "dropped_unsafe_or_watermarked", "dropped_duplicate_hash",
+        ]  # fmt: skip
+        lines += _table(
+            ["config", *(k.replace("_", " ") for k in keys)],
+            [[f"`{s['name']}`", *(f"{s.get('funnel', {}).get(k, 0):,}" for k in keys)] for s in manifest["subsets"]],
+        )
+    lines += [
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("REPO_ID", "{manifest["subsets"][0]["name"]}", split="train")',
+        "```",
+        "",
+        "## Score histograms",
+        "",
+        "Rows of the aesthetic-tags table per integer score bucket (a score s counts in `clip(floor(s), 0, 9)`).",
+        "",
+    ]
+    counts = histogram["counts"]
+    columns = sorted(counts)
+    lines += _table(["bucket", *[f"`{c}`" for c in columns]], [[b, *[counts[c][b] for c in columns]] for b in LABELS])
+    lines.append("")
+    for column in columns:
+        total = sum(counts[column].values())
+        lines.append(f"- `{column}` ({total:,} rows), as LAION printed it: `{histogram['laion'][column]}`")
+    lines += ["", "## Filter rules", ""]
+    thresholds = manifest["thresholds"]
+    lines += [
+        f"- V2 subsets (`AESTHETIC_SCORE`, improved aesthetic predictor): English rows (`LANGUAGE == "
+        f'"{thresholds["language"]}"`; a source without a language column takes its declared language, here '
+        f"`{manifest['inputs'].get('language') or 'none'}`, and a null LANGUAGE counts as unknown, not English) "
+        "with `AESTHETIC_SCORE >= t`.",
+        f"- V1 subsets (`aesthetic`, LAION aesthetic predictor V1): `punsafe < {thresholds['punsafe_max']}` and "
+        f"`pwatermark < {thresholds['pwatermark_max']}`, one row per `hash` (the first), then `aesthetic > t`.",
+        "- Every subset leaves out rows with a null or blank URL (img2dataset cannot fetch them); a null caption "
+        'hashes as "" (as LAION did) and is kept.',
+        "- KV files: `kv/aesthetic.kv` (`<qe`: hash, V1 score) and `kv/safety.kv` (`<qee`: hash, punsafe, "
+        "pwatermark), records sorted by signed int64 hash, no header, nulls dropped, first row per hash.",
+        "",
+        "## Predictors and licences",
+        "",
+    ]
+    rows = []
+    for column, info in sorted(manifest["predictors"].items()):
+        origin, licence = _licence(info["identity"])
+        rows.append([f"`{column}`", f"`{info['identity'][:40]}…`", origin, licence])
+    lines += _table(["score column", "identity (kind@sha256 of the tensors)", "origin", "licence"], rows)
+    for column, info in sorted(manifest["predictors"].items()):
+        if info.get("forced"):
+            why = "; ".join(info.get("misfit", [])) or "it does not fit the column"
+            lines += [
+                "",
+                f"> **Warning: `{column}` was scored by a forced predictor** (`{info['file']}`): {why}. The "
+                f"configuration forced it; these `{column}` values are not what LAION's predictor for that column "
+                "gives, and the subsets filtered on them differ from LAION's.",
+            ]
+    lines += [
+        "",
+        f"Data licence: {DATA_LICENSE} (LAION's metadata). Images stay with their owners: only URLs are listed.",
+        "",
+        "## Changelog",
+        "",
+    ]
+    changelog = manifest["changelog"]
+    if changelog["previous"] is None:
+        lines.append("First release: no previous release to compare with.")
+    else:
+        lines.append(f"Compared with {changelog['previous']} (rows matched by `hash`):")
+        lines.append("")
+        for column, change in sorted(changelog.get("predictors", {}).items()):
+            lines.append(f"- `{column}` re-scored: `{change['before']}` -> `{change['after']}`")
+        for name, change in sorted(changelog.get("inputs", {}).items()):
+            lines.append(f"- inputs, {name.replace('_', ' ')}: `{json.dumps(change, sort_keys=True)}`")
+        if changelog.get("predictors") or changelog.get("inputs"):
+            lines.append("")
+        rows = [
+            [f"`{name}`", c["rows_before"], c["rows_after"], f"+{c['added']}", f"-{c['removed']}"]
+            for name, c in sorted(changelog["subsets"].items())
+        ]
+        lines += _table(["config", "rows before", "rows after", "added", "removed"], rows)
+    inputs = manifest["inputs"]
+    excluded = inputs.get("excluded_shards") or []
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- Source: `{inputs['source'] or '(outside the project folder)'}`, {len(inputs['parts'])} part(s), "
+        f"{sum(p['rows'] for p in inputs['parts']):,} rows; part hashes in `manifest.json`.",
+        f"- Declared language of the source: `{inputs.get('language') or 'none'}`.",
+        (
+            f"- **Shards left out of this release by configuration**: {', '.join(f'`{k}`' for k in excluded)}."
+            if excluded
+            else "- Every registered shard is in this release."
+        ),
+        f"- Code: laion-assets {manifest['code']['package']}, commit `{manifest['code']['git_commit']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_front_matter(text: str) -> dict:
+    """Parse the YAML header of a card (between the first two ``---`` lines)."""
+    if not text.startswith("---\n"):
+        raise ValueError("the card does not start with a '---' YAML block")
+    end = text.index("\n---\n", 4)
+    return yaml.safe_load(text[4:end])

@@ -1,0 +1,202 @@
+"""A release's ``manifest.json``: every file's sha256 and row count plus everything needed to rebuild it.
+
+The manifest holds no timestamps, run ids or absolute paths, so two builds from the same inputs write the same
+bytes. Inputs are located by paths relative to the project folder (when they live inside it) and checked by hash.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from laion_assets.core.errors import BadInputError
+from laion_assets.core.locations import Location, file_sha256, is_local, list_files
+from laion_assets.core.paths import PROJECT_DIR
+from laion_assets.scoring.predictors import inspect_weights
+from laion_assets.sources.indexing import Validation
+from laion_assets.sources.safety import SafetySource
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+FORMAT_VERSION = 1
+PACKAGES = ("laion-assets", "numpy", "polars", "pyarrow", "torch", "mmh3", "dagster", "huggingface_hub")
+
+
+def file_entry(path: Path, record_size: int | None = None) -> dict[str, int | str]:
+    """sha256, size and, for parquet and KV files, the row count of one file."""
+    entry: dict[str, int | str] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    if path.suffix == ".parquet":
+        entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+    elif record_size:
+        entry["rows"] = path.stat().st_size // record_size
+    return entry
+
+
+def project_relative(path: Location) -> str | None:
+    """``path`` relative to the project folder, its URL when remote, or None elsewhere (never an absolute path)."""
+    if not is_local(path):
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(PROJECT_DIR.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _relative(path: str, source: Location) -> str:
+    root = str(source).rstrip("/") + "/"
+    if not path.startswith(root):
+        raise BadInputError(f"{path}: not inside the source folder {source}; re-materialize clip_embeddings")
+    return path[len(root) :]
+
+
+def source_entry(source: Location, validations: Mapping[str, Validation]) -> dict[str, object]:
+    """The source folder (project-relative, URL or None) and each released part's files, hashes and rows.
+
+    The hashes are the ones ``clip_embeddings`` computed while validating each part (callers check first that the
+    files are unchanged since), so a release never reads every part a second time.
+    """
+    entries = []
+    for key, validation in sorted(validations.items()):
+        entries.append(
+            {
+                "key": key,
+                "embeddings": _relative(str(validation.embeddings["path"]), source),
+                "embeddings_sha256": validation.embeddings["sha256"],
+                "metadata": _relative(str(validation.metadata["path"]), source),
+                "metadata_sha256": validation.metadata["sha256"],
+                "rows": validation.rows,
+            }
+        )
+    return {"source": project_relative(source), "parts": entries}
+
+
+def safety_entry(safety: Location | None, joined: SafetySource | None = None) -> dict[str, object] | None:
+    """The separate safety-tags table a release joined (project-relative folder or URL, each file's sha256).
+
+    ``joined`` is what ``safety_tags`` recorded when it indexed the table (the files and hashes actually joined);
+    without it the table is hashed as it is now.
+    """
+    if safety is None:
+        return None
+    if joined is not None:
+        files = [
+            {"path": str(f["path"]), "sha256": str(f["sha256"])} for f in sorted(joined.files, key=lambda f: f["path"])
+        ]
+        return {"source": project_relative(safety), "files": files}
+    found = list_files(safety, ".parquet") if safety.is_dir() else [safety]
+    return {
+        "source": project_relative(safety),
+        "files": [
+            {"path": f.relative_to(safety).as_posix() if f != safety else f.name, "sha256": file_sha256(f)}
+            for f in found
+        ],
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the output bytes."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def code_version() -> dict[str, object]:
+    """The package version and the git commit of the project folder (None outside a git checkout)."""
+    commit: str | None = None
+    dirty: bool | None = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "laion_assets"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": package_versions()["laion-assets"], "git_commit": commit, "git_dirty": dirty}
+
+
+def dumps(manifest: dict) -> str:
+    """Serialise a manifest stably (sorted keys, two-space indent, trailing newline)."""
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def load_manifest(release_dir: Path) -> dict:
+    """Read ``release_dir/manifest.json``; the error names the file and what is wrong."""
+    path = Path(release_dir) / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{path}: no manifest.json; is {release_dir} a release folder?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
+    for key in ("version", "files", "inputs", "predictors"):
+        if key not in manifest:
+            raise BadInputError(f"{path}: missing the {key!r} field")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BadInputError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def check_files(release_dir: Path, manifest: dict) -> dict[str, str]:
+    """Compare the files in ``release_dir`` with the manifest: ``{relative path: problem}``, empty when all match."""
+    release_dir = Path(release_dir)
+    problems: dict[str, str] = {}
+    for rel, entry in sorted(manifest["files"].items()):
+        path = release_dir / rel
+        if not path.is_file():
+            problems[rel] = "missing"
+        elif file_sha256(path) != entry["sha256"]:
+            problems[rel] = f"sha256 {file_sha256(path)} != manifest {entry['sha256']}"
+    listed = set(manifest["files"]) | {MANIFEST}
+    for path in sorted(p for p in release_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(release_dir).as_posix()
+        if rel not in listed:
+            problems[rel] = "not listed in the manifest"
+    return problems
+
+
+def predictor_entries(identities: dict[str, str], files: dict[str, Path]) -> dict[str, dict[str, object]]:
+    """``{column: {identity, file, file_sha256, forced[, misfit]}}``; raises when a file's weights did not score.
+
+    The configured file must hold the weights that scored the column: its identity (kind + sha256 of the tensors,
+    not of the file) must be the recorded one. ``file_sha256`` is provenance only. ``forced`` is true when the
+    weights do not fit the column (another kind of head, NaN/Inf), which only a forced config lets through;
+    ``misfit`` then says why.
+    """
+    entries: dict[str, dict[str, object]] = {}
+    for column, identity in sorted(identities.items()):
+        path = files.get(column)
+        if path is None:
+            raise BadInputError(f"no weights file configured for score column {column!r} (scored by {identity})")
+        info = inspect_weights(path, column)
+        if str(info.identity) != identity:
+            raise BadInputError(
+                f"{path}: its weights ({info.identity}) are not the predictor that scored {column!r} ({identity}); "
+                "re-score the shards or point the predictors config at the original weights"
+            )
+        entry: dict[str, object] = {
+            "identity": identity,
+            "file": project_relative(path) or Path(path).name,
+            "file_sha256": file_sha256(path),
+            "forced": bool(info.problems),
+        }
+        if info.problems:
+            entry["misfit"] = list(info.problems)
+        entries[column] = entry
+    return entries

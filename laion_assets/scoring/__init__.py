@@ -1,0 +1,1 @@
+"""Aesthetic predictors: loading and identity, scoring stored embeddings, staleness, training, the active config."""

@@ -1,0 +1,110 @@
+"""The active predictors as configuration: ``predictors.yaml`` maps each score column to a weights file.
+
+An optional ``force`` list names the columns whose weights are used although they do not fit the column (a head
+of another kind, or NaN/Inf in its tensors); ``laion-assets activate COLUMN PATH --force`` adds a column to it and
+activating without ``--force`` takes it out again, so a force never outlives the file it was given for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import yaml
+
+from laion_assets.core.atomic import atomic_path
+from laion_assets.core.errors import BadInputError
+from laion_assets.core.paths import PROJECT_DIR
+
+ACTIVE_FILE = PROJECT_DIR / "predictors.yaml"
+SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
+FORCE_KEY = "force"
+
+_HEADER = """\
+# The active aesthetic predictors: score column -> weights file (relative paths start at the project folder).
+# Every stored score records the identity (kind + sha256 of the tensors) of the weights that made it, so changing a
+# file here marks exactly the shards scored by other weights out of date; `rescore` (job, schedule, CLI) re-scores them.
+# `laion-assets activate AESTHETIC_SCORE PATH` rewrites this file, e.g. to make a trained predictor the active V2.
+# `aesthetic` takes a V1 head, `AESTHETIC_SCORE` a V2 one; `force: [COLUMN]` (from `activate --force`) uses
+# weights that do not fit their column anyway, and every release made with them says so.
+"""
+
+
+def _read(path: Path) -> tuple[dict[str, str], list[str]]:
+    if not path.is_file():
+        raise BadInputError(f"{path}: active-predictors file not found (it maps {list(SCORE_COLUMNS)} to weights)")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise BadInputError(f"{path}: expected a mapping of score column -> weights file, got {type(loaded).__name__}")
+    forced = loaded.pop(FORCE_KEY, None) or []
+    if not isinstance(forced, list) or any(c not in SCORE_COLUMNS for c in forced):
+        raise BadInputError(f"{path}: `{FORCE_KEY}` must be a list of score columns from {list(SCORE_COLUMNS)}")
+    missing = [c for c in SCORE_COLUMNS if c not in loaded]
+    unknown = [c for c in loaded if c not in SCORE_COLUMNS]
+    if missing or unknown:
+        raise BadInputError(
+            f"{path}: columns must be exactly {list(SCORE_COLUMNS)} (missing {missing}, unknown {unknown})"
+        )
+    bad = [c for c, v in loaded.items() if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise BadInputError(f"{path}: {bad} must name a weights file")
+    return {c: str(loaded[c]) for c in SCORE_COLUMNS}, [c for c in SCORE_COLUMNS if c in forced]
+
+
+def read_active(path: str | Path = ACTIVE_FILE) -> dict[str, str]:
+    """Return ``{score column: weights path}`` from a predictors file; errors name the file and the fault."""
+    return _read(Path(path))[0]
+
+
+def read_forced(path: str | Path = ACTIVE_FILE) -> list[str]:
+    """Return the score columns whose weights the predictors file forces (used although they do not fit)."""
+    return _read(Path(path))[1]
+
+
+def write_active(mapping: Mapping[str, str], path: str | Path = ACTIVE_FILE, forced: Collection[str] = ()) -> Path:
+    """Write a predictors file atomically (keeping the explanatory header); ``forced`` columns go in ``force``."""
+    document: dict[str, object] = {c: str(mapping[c]) for c in SCORE_COLUMNS}
+    if forced:
+        document[FORCE_KEY] = [c for c in SCORE_COLUMNS if c in forced]
+    body = yaml.safe_dump(document, sort_keys=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(_HEADER + body)
+    return Path(path)
+
+
+def weights_entry(given: str, cwd: Path | None = None) -> tuple[Path, str]:
+    """The weights file a user named on the command line, and how ``predictors.yaml`` records it.
+
+    A relative path that names a file from the current directory means that file (recorded project-relative when it
+    is inside the project, else absolute); otherwise it is taken from the project folder, as every path in
+    ``predictors.yaml`` is. An absolute path is recorded as it is.
+    """
+    path = Path(given).expanduser()
+    if path.is_absolute():
+        return path, str(path)
+    here = Path(os.path.abspath((Path.cwd() if cwd is None else cwd) / path))  # normalised, symlinks kept
+    if here.is_file():
+        inside = here.is_relative_to(PROJECT_DIR)
+        return here, here.relative_to(PROJECT_DIR).as_posix() if inside else str(here)
+    in_project = PROJECT_DIR / path
+    if in_project.is_file():
+        return in_project, given
+    raise BadInputError(
+        f"{given}: predictor weights file not found, neither from the current directory ({here}) nor from the "
+        f"project folder ({in_project})"
+    )
+
+
+def activate(column: str, weights: str | Path, path: str | Path = ACTIVE_FILE, force: bool = False) -> dict[str, str]:
+    """Make ``weights`` the active predictor of ``column`` (forced or not); returns the new mapping."""
+    if column not in SCORE_COLUMNS:
+        raise BadInputError(f"{column!r} is not a score column; choose one of {list(SCORE_COLUMNS)}")
+    mapping, forced = _read(Path(path))
+    mapping[column] = str(weights)
+    forced = [c for c in forced if c != column] + ([column] if force else [])
+    write_active(mapping, path, forced)
+    return mapping

@@ -1,0 +1,70 @@
+"""Scoring one validated part with the active predictors, and reading back which predictors made its scores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from laion_assets.core.atomic import write_parquet
+from laion_assets.core.errors import BadInputError
+from laion_assets.scoring.predictors import Predictor, PredictorIdentity
+from laion_assets.scoring.stored import score_file
+from laion_assets.sources.indexing import VALIDATION_ID_KEY, check_source_unchanged, read_validation
+from laion_assets.sources.layout import Part
+
+# Key under which a scores file records which predictor made each column.
+IDENTITY_KEY = "laion_assets.predictors"
+
+
+@dataclass(frozen=True)
+class ScoredPart:
+    """Scores of one part and the predictors that made them."""
+
+    key: str
+    rows: int
+    identities: dict[str, PredictorIdentity]
+    summary: dict[str, dict[str, float]]
+
+
+def score_part(part: Part, indexed_metadata: Path, predictors: Mapping[str, Predictor], out: Path) -> ScoredPart:
+    """Score a part's embeddings with each predictor (column name -> predictor) and write them with its hashes.
+
+    Only a part whose files are still the ones ``clip_embeddings`` validated is scored; the scores record that
+    validation.
+    """
+    validation = read_validation(indexed_metadata)
+    check_source_unchanged(part, validation)
+    hashes = pl.read_parquet(indexed_metadata, columns=["hash"])["hash"]
+    scores = score_file(part.embeddings, predictors)
+    for name, column in scores.items():
+        if column.shape[0] != hashes.len():
+            raise BadInputError(
+                f"{part.embeddings}: {column.shape[0]} rows but {indexed_metadata} has {hashes.len()}; "
+                "re-materialize clip_embeddings for this shard"
+            )
+        bad = ~np.isfinite(column)
+        if bad.any():
+            raise BadInputError(f"{part.embeddings}: row {int(np.argmax(bad))} scored non-finite by {name!r}")
+    table = pl.DataFrame({"hash": hashes, **{k: pl.Series(k, v, dtype=pl.Float32) for k, v in scores.items()}})
+    identities = {name: p.identity for name, p in predictors.items()}
+    recorded = json.dumps({k: str(v) for k, v in identities.items()}, sort_keys=True)
+    write_parquet(table.to_arrow(), out, {IDENTITY_KEY: recorded, VALIDATION_ID_KEY: validation.id})
+    summary = {
+        name: {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())} if v.size else {}
+        for name, v in scores.items()
+    }
+    return ScoredPart(part.key, hashes.len(), identities, summary)
+
+
+def read_identities(scores_path: Path) -> dict[str, PredictorIdentity]:
+    """Return the predictor identity of every score column recorded in a scores file."""
+    raw = (pq.read_schema(scores_path).metadata or {}).get(IDENTITY_KEY.encode())
+    if raw is None:
+        raise BadInputError(f"{scores_path}: no predictor identity recorded; re-materialize its scores")
+    return {k: PredictorIdentity.parse(v) for k, v in json.loads(raw).items()}

@@ -1,0 +1,329 @@
+"""LAION's aesthetic predictors: V1 (linear), V2 (MLP, linear or ReLU) and simulacra's linear heads.
+
+Weights are loaded with ``map_location="cpu", weights_only=True`` (the V2 files were saved from CUDA).
+
+Identity. Every predictor is identified as ``kind@sha256:<hex>`` (recorded beside every score it produces): the
+kind its state_dict's keys fit, and the sha256 of its *tensors* in one canonical encoding, not of the file. So the
+same weights saved twice (another file name, another pickle or zip layout, CUDA or CPU storage) keep one identity,
+and a retrained predictor with bit-identical tensors does not make any shard stale. The canonical encoding
+(:func:`weights_sha256`) is, for each key of the state_dict in sorted (Unicode code point) order:
+
+1. one header line, UTF-8: ``json.dumps([key, dtype, shape, nbytes]) + "\n"`` with ``dtype`` torch's name without
+   ``torch.`` (``"float32"``), ``shape`` the list of sizes and ``nbytes`` the byte length of the data that follows;
+2. the tensor's elements in C-contiguous (row-major) order, each in little-endian byte order.
+
+The digest is the sha256 of that whole stream. Device, ``requires_grad``, strides and the container do not count.
+The weights file's own sha256 stays useful as provenance and is recorded beside the identity in release manifests.
+
+Columns. ``aesthetic`` takes a V1-kind head and ``AESTHETIC_SCORE`` a V2-kind one (:data:`COLUMN_KINDS`); a head
+of another kind, or weights with NaN/Inf, are refused by :func:`load_for_column` unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from laion_assets.core.errors import BadInputError
+
+CLIP_L14_DIM = 768
+V1_LINEAR = "v1-linear"
+V2_MLP_LINEAR = "v2-mlp-linear"
+V2_MLP_RELU = "v2-mlp-relu"
+SIMULACRA_LINEAR = "simulacra-linear"
+
+# The heads each score column accepts: LAION's V1 made ``aesthetic``, its V2 MLP (either variant) made
+# ``AESTHETIC_SCORE``. simulacra's heads take a sqrt(d)-scaled input and fit neither column.
+COLUMN_KINDS: dict[str, tuple[str, ...]] = {
+    "aesthetic": (V1_LINEAR,),
+    "AESTHETIC_SCORE": (V2_MLP_LINEAR, V2_MLP_RELU),
+}
+
+# improved-aesthetic-predictor's MLP: Linear(d,1024) Dropout Linear(1024,128) Dropout Linear(128,64) Dropout
+# Linear(64,16) Linear(16,1); the reluMSE files put a ReLU after each of the first four Linear layers.
+_V2_WIDTHS = (1024, 128, 64, 16, 1)
+_V2_LINEAR_KEYS = (0, 2, 4, 6, 7)
+_V2_RELU_KEYS = (0, 3, 6, 9, 11)
+
+
+@dataclass(frozen=True)
+class PredictorIdentity:
+    """Which predictor made a score: its kind and the canonical sha256 of its tensors (:func:`weights_sha256`)."""
+
+    kind: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}@sha256:{self.sha256}"
+
+    @classmethod
+    def parse(cls, text: str) -> PredictorIdentity:
+        """Parse the ``kind@sha256:hex`` form written by ``str()``."""
+        kind, _, digest = text.partition("@sha256:")
+        if not kind or len(digest) != 64:
+            raise ValueError(f"not a predictor identity: {text!r}")
+        return cls(kind, digest)
+
+
+@dataclass(frozen=True)
+class LinearPredictor:
+    """A predictor that is one affine map ``x @ weight + bias`` on the float32 embedding."""
+
+    identity: PredictorIdentity
+    weight: np.ndarray  # (d,) float32
+    bias: float
+
+    @property
+    def dim(self) -> int:
+        """Embedding width the predictor expects."""
+        return int(self.weight.shape[0])
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Score a (n, d) batch; returns float32 (n,)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        return (x @ self.weight + np.float32(self.bias)).astype(np.float32)
+
+
+class MLPPredictor:
+    """A predictor evaluated as a torch module in eval mode (the ReLU variant of V2)."""
+
+    def __init__(self, identity: PredictorIdentity, module: nn.Module, dim: int) -> None:
+        self.identity = identity
+        self.module = module.eval()
+        self.dim = dim
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Score a (n, d) batch; returns float32 (n,)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+            return self.module(x)[:, 0].numpy().astype(np.float32)
+
+
+Predictor = LinearPredictor | MLPPredictor
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BadInputError(f"{path}: predictor weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise BadInputError(f"{path}: cannot load as a torch state_dict: {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInputError(f"{path}: expected a state_dict of tensors, got {_what_it_holds(state)}")
+    sparse = sorted(k for k, v in state.items() if v.layout != torch.strided)
+    if sparse:
+        raise BadInputError(f"{path}: tensors {sparse} are not dense; a predictor's weights must be dense tensors")
+    return state
+
+
+def _what_it_holds(loaded: object, shown: int = 10) -> str:
+    """Say what a weights file holds instead of a flat state_dict, e.g. a training checkpoint that nests one."""
+    if not isinstance(loaded, dict):
+        return type(loaded).__name__
+    keys = sorted(str(k) for k in loaded)
+    listed = keys if len(keys) <= shown else [*keys[:shown], f"... {len(keys) - shown} more"]
+    nested = sorted(
+        str(k)
+        for k, v in loaded.items()
+        if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+    )
+    if nested:
+        key = nested[0]
+        return (
+            f"a dict with keys {listed}: weights nested under {key!r}? save that dict itself "
+            f"(torch.save(checkpoint[{key!r}], PATH))"
+        )
+    others = sorted(f"{k} ({type(v).__name__})" for k, v in loaded.items() if not isinstance(v, torch.Tensor))
+    return f"a dict with keys {listed}, of which {others[:shown]} are not tensors"
+
+
+def _expect_shape(path: Path, state: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> None:
+    actual = tuple(state[key].shape)
+    if actual != shape:
+        raise BadInputError(f"{path}: {key} has shape {actual}, expected {shape}")
+
+
+def detect_kind(state: dict[str, torch.Tensor]) -> str | None:
+    """Return the predictor kind a state_dict's keys fit, or None."""
+    keys = set(state)
+    if keys == {"weight", "bias"}:
+        return V1_LINEAR
+    if keys == {"linear.weight", "linear.bias"}:
+        return SIMULACRA_LINEAR
+    for kind, idx in ((V2_MLP_LINEAR, _V2_LINEAR_KEYS), (V2_MLP_RELU, _V2_RELU_KEYS)):
+        if keys == {f"layers.{i}.{p}" for i in idx for p in ("weight", "bias")}:
+            return kind
+    return None
+
+
+def v2_module(kind: str, dim: int = CLIP_L14_DIM) -> nn.Sequential:
+    """Build LAION's V2 MLP exactly as improved-aesthetic-predictor defines it."""
+    w = _V2_WIDTHS
+    if kind not in (V2_MLP_LINEAR, V2_MLP_RELU):
+        raise ValueError(f"not a V2 kind: {kind!r}")
+    if kind == V2_MLP_LINEAR:
+        return nn.Sequential(
+            nn.Linear(dim, w[0]), nn.Dropout(0.2), nn.Linear(w[0], w[1]), nn.Dropout(0.2),
+            nn.Linear(w[1], w[2]), nn.Dropout(0.1), nn.Linear(w[2], w[3]), nn.Linear(w[3], w[4]),
+        )  # fmt: skip
+    return nn.Sequential(
+        nn.Linear(dim, w[0]), nn.ReLU(), nn.Dropout(0.2), nn.Linear(w[0], w[1]), nn.ReLU(),
+        nn.Dropout(0.2), nn.Linear(w[1], w[2]), nn.ReLU(), nn.Dropout(0.1), nn.Linear(w[2], w[3]),
+        nn.ReLU(), nn.Linear(w[3], w[4]),
+    )  # fmt: skip
+
+
+def _strip_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("layers."): v for k, v in state.items()}
+
+
+def _tensor_bytes(key: str, tensor: torch.Tensor) -> bytes:
+    """A tensor's elements as little-endian, C-contiguous bytes (the payload of the canonical encoding)."""
+    if tensor.layout != torch.strided:
+        raise ValueError(f"tensor {key} has layout {tensor.layout}; only dense tensors have a canonical encoding")
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    raw = flat.view(torch.uint8)
+    if sys.byteorder == "big" and flat.element_size() > 1:
+        raw = raw.reshape(-1, flat.element_size()).flip(1).reshape(-1)
+    return raw.numpy().tobytes()
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 of a state_dict's tensors in the canonical encoding described in this module's docstring."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key]
+        data = _tensor_bytes(key, tensor)
+        header = json.dumps([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), len(data)])
+        digest.update(header.encode("utf-8") + b"\n")
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def non_finite(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """``(key, NaN/Inf count, size)`` of every floating tensor holding NaN or Inf, keys in sorted order."""
+    found = []
+    for key in sorted(state):
+        tensor = state[key]
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                found.append((key, bad, tensor.numel()))
+    return found
+
+
+def _kind_of(path: Path, state: dict[str, torch.Tensor], kind: str | None = None) -> str:
+    detected = detect_kind(state)
+    if detected is None:
+        raise BadInputError(
+            f"{path}: keys {sorted(state)} fit no known predictor "
+            "(V1: weight/bias; V2: layers.{0,2,4,6,7} or layers.{0,3,6,9,11}; simulacra: linear.*)"
+        )
+    if kind is not None and kind != detected:
+        raise BadInputError(f"{path}: configured as {kind} but its keys are those of {detected}")
+    return detected
+
+
+def _non_finite_problems(state: dict[str, torch.Tensor]) -> list[str]:
+    return [f"tensor {key} holds {bad} NaN/Inf value(s) of {size}" for key, bad, size in non_finite(state)]
+
+
+def fit_problems(kind: str, state: dict[str, torch.Tensor], column: str) -> list[str]:
+    """Why a head of ``kind`` with these tensors does not fit score ``column`` (empty when it fits)."""
+    accepted = COLUMN_KINDS.get(column)
+    if accepted is None:
+        raise BadInputError(f"{column!r} is not a score column; choose one of {list(COLUMN_KINDS)}")
+    problems = [] if kind in accepted else [f"its kind is {kind}, but {column!r} takes {' or '.join(accepted)}"]
+    return problems + _non_finite_problems(state)
+
+
+def refusal(path: str | Path, column: str, problems: list[str]) -> str:
+    """The error message for weights refused as ``column``'s predictor: what is wrong and how to force it."""
+    return (
+        f"{path}: refused as the predictor of {column!r}: {'; '.join(problems)}. Use weights that fit the column, "
+        f"or force it (the release's manifest and dataset card then say so): set `force: true` on the `predictors` "
+        f"resource, or run `laion-assets activate {column} {path} --force`"
+    )
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a weights file is without building the predictor: its identity and why it does not fit a column."""
+
+    identity: PredictorIdentity
+    problems: tuple[str, ...] = ()
+
+
+def inspect_weights(path: str | Path, column: str | None = None) -> WeightsInfo:
+    """Identity of a weights file and, given a score column, why it does not fit that column (empty: it fits)."""
+    path = Path(path)
+    state = _load_state_dict(path)
+    kind = _kind_of(path, state)
+    problems = tuple(fit_problems(kind, state, column)) if column is not None else ()
+    return WeightsInfo(PredictorIdentity(kind, weights_sha256(state)), problems)
+
+
+def load_predictor(path: str | Path, dim: int = CLIP_L14_DIM, kind: str | None = None) -> Predictor:
+    """Load a V1, V2 (linear or ReLU) or simulacra predictor, checking every shape against ``dim``.
+
+    Weights with NaN or Inf are refused; :func:`load_for_column` also checks the kind against a score column.
+    """
+    path = Path(path)
+    state = _load_state_dict(path)
+    detected = _kind_of(path, state, kind)
+    problems = _non_finite_problems(state)
+    if problems:
+        raise BadInputError(f"{path}: refused: {'; '.join(problems)}")
+    return _build(path, state, detected, dim)
+
+
+def load_for_column(path: str | Path, column: str, dim: int = CLIP_L14_DIM, force: bool = False) -> Predictor:
+    """Load the predictor of score ``column``: refuses a head of the wrong kind or with NaN/Inf unless ``force``."""
+    path = Path(path)
+    state = _load_state_dict(path)
+    kind = _kind_of(path, state)
+    problems = fit_problems(kind, state, column)
+    if problems and not force:
+        raise BadInputError(refusal(path, column, problems))
+    return _build(path, state, kind, dim)
+
+
+def _build(path: Path, state: dict[str, torch.Tensor], kind: str, dim: int) -> Predictor:
+    identity = PredictorIdentity(kind, weights_sha256(state))
+    if kind in (V1_LINEAR, SIMULACRA_LINEAR):
+        prefix = "linear." if kind == SIMULACRA_LINEAR else ""
+        _expect_shape(path, state, f"{prefix}weight", (1, dim))
+        _expect_shape(path, state, f"{prefix}bias", (1,))
+        weight = state[f"{prefix}weight"].double().numpy()[0]
+        bias = float(state[f"{prefix}bias"].double()[0])
+        if kind == SIMULACRA_LINEAR:
+            # simulacra's forward is linear(normalize(x) * sqrt(d)); fold the scale into the weight.
+            weight = weight * math.sqrt(dim)
+        return LinearPredictor(identity, weight.astype(np.float32), bias)
+    idx = _V2_LINEAR_KEYS if kind == V2_MLP_LINEAR else _V2_RELU_KEYS
+    fan_in = dim
+    for i, width in zip(idx, _V2_WIDTHS, strict=True):
+        _expect_shape(path, state, f"layers.{i}.weight", (width, fan_in))
+        _expect_shape(path, state, f"layers.{i}.bias", (width,))
+        fan_in = width
+    if kind == V2_MLP_LINEAR:
+        # No activations: in eval mode the MLP is one affine map; collapse it in float64 once.
+        weight = np.eye(dim)
+        bias = np.zeros(dim)
+        for i in idx:
+            w = state[f"layers.{i}.weight"].double().numpy()
+            weight, bias = w @ weight, w @ bias + state[f"layers.{i}.bias"].double().numpy()
+        return LinearPredictor(identity, weight[0].astype(np.float32), float(bias[0]))
+    module = v2_module(kind, dim)
+    module.load_state_dict(_strip_layers(state))
+    return MLPPredictor(identity, module, dim)

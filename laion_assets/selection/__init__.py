@@ -1,0 +1,1 @@
+"""LAION's rules over the scores: thresholds, schemas, tags, subsets, buckets, histogram, audit, the gate."""

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import transforms
+
+from laion_assets.images.image_reader import decode_sample, image_loader
+from laion_assets_tests.img2dataset_tars import NOT_AN_IMAGE, image_bytes, sample, write_tar
+
+PREPROCESS = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()])
+
+
+@pytest.fixture
+def tars(tmp_path: Path) -> list[Path]:
+    first = write_tar(
+        tmp_path / "00000.tar",
+        [
+            sample(0, image_bytes(0)),
+            sample(1, NOT_AN_IMAGE),
+            sample(2, image_bytes(2, "PNG"), ext="png"),
+            sample(3, None),
+        ],
+    )
+    second = write_tar(tmp_path / "00001.tar", [sample(10 + i, image_bytes(10 + i)) for i in range(5)])
+    return [first, second]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_yields_every_decodable_image_and_counts_the_rest(tars: list[Path], workers: int) -> None:
+    keys, skipped, shapes = [], [], set()
+    for batch in image_loader(tars, PREPROCESS, batch_size=3, num_workers=workers):
+        skipped.extend(batch.skipped)
+        if batch.images is not None:
+            assert batch.images.shape[0] == len(batch.keys) == len(batch.metas)
+            shapes.add(tuple(batch.images.shape[1:]))
+            keys.extend(batch.keys)
+            assert [m["laion_row"] for m in batch.metas] == [int(k) for k in batch.keys]
+    assert sorted(int(k) for k in keys) == [0, 2, 10, 11, 12, 13, 14]
+    assert shapes == {(3, 16, 16)}
+    reasons = dict(skipped)
+    assert set(reasons) == {"000000001", "000000003"}
+    assert reasons["000000001"].startswith("UnidentifiedImageError")
+    assert reasons["000000003"] == "no image in the sample"
+
+
+def test_decoded_pixels_match_the_file() -> None:
+    data = image_bytes(5, "PNG")
+    decoded = decode_sample("k", {"png": data, "txt": b"hello"}, transforms.ToTensor())
+    assert decoded.error is None and decoded.meta == {"key": "k", "caption": "hello"}
+    assert decoded.image.shape == (3, 30, 40)
+    assert torch.all((decoded.image >= 0) & (decoded.image <= 1))
+
+
+def test_a_truncated_tar_keeps_what_was_read(tars: list[Path]) -> None:
+    data = tars[1].read_bytes()
+    tars[1].write_bytes(data[: len(data) // 2])
+    keys, skipped = [], []
+    for batch in image_loader([tars[1]], PREPROCESS, batch_size=8, num_workers=0):
+        keys.extend(batch.keys)
+        skipped.extend(batch.skipped)
+    assert 0 < len(keys) < 5
+    assert any("unreadable tar" in reason for _, reason in skipped)
