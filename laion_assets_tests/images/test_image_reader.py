@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -104,3 +106,9 @@ def test_a_missing_tar_or_a_repeated_member_is_reported_by_name(tmp_path: Path) 
     samples = list(TarImages([twice], PREPROCESS))
     assert [s.key for s in samples] == ["00002.tar:rest"]
     assert samples[0].error.startswith(f"unreadable tar {twice}: ValueError: 000000000.jpg: duplicate file name")
+
+
+def test_loading_the_reader_does_not_import_webdataset() -> None:
+    # The definitions import this module; webdataset loads only when a tar is read.
+    code = "import sys, laion_assets.images.image_reader; assert 'webdataset' not in sys.modules, 'imported at load'"
+    subprocess.run([sys.executable, "-c", code], check=True)
