@@ -1,6 +1,7 @@
 """Streaming img2dataset's webdataset tars (``KEY.jpg`` + ``KEY.txt`` + ``KEY.json``) through a DataLoader.
 
-Tars are read sequentially (no random access, so they may sit on slow disks) and split between loader workers
+The tars are read and their members grouped into samples by ``webdataset`` (its tar iterators). Tars are read
+sequentially (no random access, so they may sit on slow disks) and split between loader workers
 by file. Images are decoded and preprocessed in the workers; one that cannot be decoded is passed on as a
 skipped sample with its reason, counted by the caller, and never stops the run.
 """
@@ -41,23 +42,26 @@ class Batch:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _tar_error(exc: BaseException) -> str:
+    """The error's own message: webdataset appends ``@ <stream>`` and the stream/URL to an exception's args."""
+    if isinstance(exc, OSError) and exc.strerror:  # e.g. the tar is missing: args[0] is the errno
+        return f"{type(exc).__name__}: {exc.strerror}"
+    first = str(exc.args[0]) if exc.args else str(exc)
+    return f"{type(exc).__name__}: {first.split(' @ ')[0]}"
+
+
 def _members(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` for consecutive members sharing a key."""
-    key, files = None, {}
-    with tarfile.open(tar_path, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = Path(member.name).name
-            stem, _, ext = name.partition(".")
-            if stem != key and key is not None:
-                yield key, files
-                files = {}
-            key = stem
-            handle = tar.extractfile(member)
-            files[ext.lower()] = handle.read() if handle is not None else b""
-    if key is not None:
-        yield key, files
+    """Yield ``(key, {extension: bytes})`` per sample of one tar, read and grouped by webdataset, in file order."""
+    # Imported here: webdataset's package import pulls in more than loading the definitions should pay for.
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open(tar_path, "rb") as stream:
+        # Our own file handle (closed when done) instead of webdataset's gopen; group_by_keys joins the consecutive
+        # members sharing a key, lowercases extensions and raises on a repeated one.
+        for sample in group_by_keys(tar_file_expander([{"url": str(tar_path), "stream": stream}])):
+            # img2dataset writes flat names; a folder in the tar is not part of the key.
+            key = sample["__key__"].rsplit("/", 1)[-1]
+            yield key, {ext: data for ext, data in sample.items() if not ext.startswith("__")}
 
 
 def decode_sample(key: str, files: dict[str, bytes], preprocess: Callable) -> Sample:
@@ -92,12 +96,19 @@ class TarImages(IterableDataset):
         info = get_worker_info()
         mine = self.tars if info is None else self.tars[info.id :: info.num_workers]
         for tar in mine:
-            try:
-                for key, files in _members(tar):
-                    yield decode_sample(key, files, self.preprocess)
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                # A truncated tar: keep what was read, report the rest of the file as one skipped entry.
-                yield Sample(f"{tar.name}:rest", {}, error=f"unreadable tar {tar}: {exc}")
+            members = _members(tar)
+            while True:
+                # Only reading the tar is guarded here, so an error of decoding is never taken for a broken tar.
+                try:
+                    key, files = next(members)
+                except StopIteration:
+                    break
+                except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                    # A truncated or corrupt tar (ValueError: webdataset's repeated file name in one sample): keep
+                    # what was read, report the rest of the file as one skipped entry naming the tar.
+                    yield Sample(f"{tar.name}:rest", {}, error=f"unreadable tar {tar}: {_tar_error(exc)}")
+                    break
+                yield decode_sample(key, files, self.preprocess)
 
 
 def collate(samples: list[Sample]) -> Batch:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from PIL import Image, ImageDraw
 
 from laion_assets.core.atomic import atomic_dir
+from laion_assets.release.plots import binned_histogram
 from laion_assets.selection.histogram import bucket_sentence
 
 SCORE_RANGE = (0.0, 10.0)
@@ -138,25 +138,11 @@ def histogram_counts(tags: pl.LazyFrame, column: str, value_range: tuple[float, 
     return out
 
 
-def histogram_png(counts: np.ndarray, value_range: tuple[float, float], title: str, path: Path) -> Path:
-    """Draw a bar chart of ``counts`` with PIL (fixed size, no timestamps) and save it as PNG."""
-    width, height, margin = 640, 360, 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((margin, 10), title, fill="black")
-    peak = int(counts.max()) if counts.size and counts.max() > 0 else 1
-    plot_w, plot_h = width - 2 * margin, height - 2 * margin - 10
-    bar_w = plot_w / max(len(counts), 1)
-    base = height - margin
-    for i, c in enumerate(counts):
-        h = plot_h * int(c) / peak
-        x0 = margin + i * bar_w
-        draw.rectangle([x0 + 1, base - h, x0 + bar_w - 1, base], fill=(70, 110, 180))
-    draw.line([margin, base, width - margin, base], fill="black")
-    draw.text((margin, base + 5), f"{value_range[0]:g}", fill="black")
-    draw.text((width - margin - 20, base + 5), f"{value_range[1]:g}", fill="black")
-    draw.text((width - margin - 120, 10), f"max bin {peak:,}", fill="black")
-    image.save(path, format="PNG")
+def histogram_png(
+    counts: np.ndarray, value_range: tuple[float, float], title: str, path: Path, xlabel: str = "value"
+) -> Path:
+    """Draw a bar chart of ``counts`` with matplotlib (640 x 360, same bytes for the same counts) and save it as PNG."""
+    path.write_bytes(binned_histogram(counts, value_range, title, xlabel))
     return path
 
 
@@ -183,9 +169,8 @@ def write_galleries(tags: pl.LazyFrame, out: Path, per_bucket: int = 20, extreme
                 continue
             pages[f"{column} histogram"] = f"histogram_{column}.png"
             counts = histogram_counts(tags, column, value_range, bins)
-            histogram_png(
-                counts, value_range, f"{column}: {int(counts.sum()):,} rows", tmp / pages[f"{column} histogram"]
-            )
+            title = f"{column}: {int(counts.sum()):,} rows"
+            histogram_png(counts, value_range, title, tmp / pages[f"{column} histogram"], xlabel=column)
         links = [f'<li><a href="{html.escape(f)}">{html.escape(k)}</a></li>' for k, f in pages.items()]
         (tmp / "index.html").write_text(_page("laion-assets galleries", ["<ul>", *links, "</ul>"]))
     return {"index": "index.html", **pages}

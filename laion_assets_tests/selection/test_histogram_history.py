@@ -1,8 +1,3 @@
-import io
-
-from PIL import Image
-
-from laion_assets.release.plots import comparison_png, png_markdown, predicted_vs_true
 from laion_assets.selection.histogram import LABELS
 from laion_assets.selection.histogram_history import changed_columns, previous_for, read_document
 
@@ -22,16 +17,5 @@ def test_previous_is_kept_across_rebuilds_until_the_next_change():
     assert previous_for({}, NEW) is None
 
 
-def test_comparison_png_draws_before_and_after(tmp_path):
+def test_an_absent_history_reads_as_empty(tmp_path):
     assert read_document(tmp_path / "absent.json") == {}
-    png = comparison_png(COUNTS, NEW, {"identities": OLD, "counts": COUNTS}, LABELS)
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG" and image.size == (640, 480)
-    plain = comparison_png(COUNTS, OLD, None, LABELS)
-    assert plain != png  # the plain one has two series, the comparison three (before/after + the other column)
-    assert png_markdown(png, "h").startswith("![h](data:image/png;base64,iVBORw0KGgo")
-
-
-def test_predicted_vs_true_plot_is_a_png():
-    png = predicted_vs_true([1.0, 2.0, 3.0], [1.1, 2.2, 2.9])
-    assert Image.open(io.BytesIO(png)).size == (640, 480)
