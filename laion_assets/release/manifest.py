@@ -49,8 +49,9 @@ def hub_dtype(arrow_type: pa.DataType, path: Path, column: str) -> str:
 def parquet_facts(path: Path) -> dict[str, object]:
     """Rows, columns (Hub dtypes), in-memory Arrow size and, with a LANGUAGE column, its languages of one parquet file.
 
-    ``arrow_bytes`` is what ``datasets`` reports as a split's ``num_bytes``: the Arrow size of the table as read,
-    one row group at a time (so memory stays bounded by a row group).
+    ``arrow_bytes`` is the Arrow size of the table read one row group at a time (memory stays bounded by a row
+    group): what ``datasets`` reports as a split's ``num_bytes``, up to a few offset bytes per batch where it cuts
+    batches otherwise.
     """
     parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
