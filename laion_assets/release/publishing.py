@@ -40,7 +40,15 @@ from laion_assets.core.errors import BadInputError, LaionAssetsError
 from laion_assets.core.locations import file_sha256
 from laion_assets.release.build import release_card, release_folder_lock
 from laion_assets.release.card import REPO_PLACEHOLDER
-from laion_assets.release.manifest import CARD, MANIFEST, bytes_entry, check_files, dumps, load_manifest
+from laion_assets.release.manifest import (
+    CARD,
+    MANIFEST,
+    bytes_entry,
+    check_files,
+    dumps,
+    load_manifest,
+    parquet_facts,
+)
 
 REPO_TYPE = "dataset"
 # Files the Hub creates or owns; never deleted by a release push.
@@ -74,9 +82,15 @@ def named_for_repo(release_dir: Path, repo_id: str) -> dict[str, bytes]:
     manifest = load_manifest(release_dir)
     if manifest.get("hub_repo") == repo_id:
         return {}
-    named = {**manifest, "hub_repo": repo_id}
+    files = dict(manifest["files"])
+    for rel, entry in files.items():
+        # A release built before the card declared features records no parquet facts: read them now (the files
+        # are checked against their sha256 before anything is pushed).
+        if rel.endswith(".parquet") and "features" not in entry:
+            files[rel] = {**entry, **parquet_facts(release_dir / rel)}
+    named = {**manifest, "files": files, "hub_repo": repo_id}
     card = release_card(release_dir, named)
-    named["files"] = {**manifest["files"], CARD: bytes_entry(card)}
+    named["files"] = {**files, CARD: bytes_entry(card)}
     return {CARD: card, MANIFEST: dumps(named).encode()}
 
 
@@ -380,9 +394,15 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
         if theirs is None:
             same = False
         elif theirs.lfs is not None:  # what create_commit compares too: sha256 for LFS, git blob sha1 otherwise
-            same = theirs.lfs.sha256 == (hashlib.sha256(data).hexdigest() if data else file_sha256(release_dir / rel))
+            if data is not None:
+                ours = hashlib.sha256(data).hexdigest()
+            elif rel in manifest["files"]:  # release_paths just checked the file against it
+                ours = manifest["files"][rel]["sha256"]
+            else:
+                ours = file_sha256(release_dir / rel)
+            same = theirs.lfs.sha256 == ours
         else:
-            same = theirs.blob_id == (_blob_sha1(data) if data else git_blob_sha1(release_dir / rel))
+            same = theirs.blob_id == (_blob_sha1(data) if data is not None else git_blob_sha1(release_dir / rel))
         (plan.unchanged if same else plan.add).append(rel)
     plan.delete = sorted(set(remote) - set(plan.files) - KEEP_REMOTE)
     return plan

@@ -9,7 +9,8 @@ from urllib.parse import quote
 import pytest
 
 from laion_assets.core.errors import BadInputError
-from laion_assets.release.manifest import check_files, load_manifest
+from laion_assets.release.card import parse_front_matter
+from laion_assets.release.manifest import check_files, dumps, load_manifest
 from laion_assets.release.publishing import (
     PublishError,
     clean_token,
@@ -191,6 +192,16 @@ def test_pushed_card_names_the_repo_and_the_release_stays_consistent(
         assert push_release(folder, "laion/second", TOKEN, endpoint=hub.endpoint).committed
         assert hub.repos["laion/second"].files == _release_files(folder)
         assert load_manifest(folder)["hub_repo"] == "laion/second" and not check_files(folder, load_manifest(folder))
+        # A release built before the card declared features (no parquet facts in its manifest) gets them on push.
+        old = load_manifest(folder)
+        for entry in old["files"].values():
+            for key in ("features", "arrow_bytes", "languages"):
+                entry.pop(key, None)
+        (folder / "manifest.json").write_text(dumps(old))
+        push_release(folder, "laion/third", TOKEN, endpoint=hub.endpoint)
+        meta = parse_front_matter(hub.repos["laion/third"].files["README.md"].decode())
+        assert meta["dataset_info"] == parse_front_matter(text)["dataset_info"] and meta["language"]
+        assert load_manifest(folder)["files"] == {**manifest["files"], "README.md": ANY}
     assert verify_release(folder, source).ok
 
 
