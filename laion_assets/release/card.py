@@ -1,7 +1,10 @@
 """The release's dataset card (``README.md``): YAML front matter the Hub reads, then counts, rules and history.
 
-One ``configs`` entry per subset lets ``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet
-folder. The card is a pure function of the manifest and the histogram, so rebuilding it gives the same bytes.
+The header follows the Hub's dataset card conventions (licence, languages, size and task categories), with one
+``configs`` and ``dataset_info`` entry per subset under the names users know (``improved_aesthetics_6.5plus``), so
+``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet folder. The card is a pure function of
+the manifest (including ``hub_repo``, the repo its usage snippet names) and the histogram, so rebuilding it gives the
+same bytes.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ def config_name(subset: Mapping[str, object]) -> str:
     return str(subset.get("hub_name") or subset["name"])
 
 
+def default_config(subsets: list[Mapping[str, object]]) -> str:
+    """The config ``load_dataset(repo)`` loads when none is named: :data:`DEFAULT_CONFIG` when released."""
+    names = [config_name(s) for s in subsets]
+    return DEFAULT_CONFIG if DEFAULT_CONFIG in names else names[0]
+
+
 def size_category(rows: int) -> str:
     """The Hub's size bucket of a row count (``1K<n<10K`` for 5000)."""
     return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
@@ -103,7 +112,7 @@ def languages(manifest: Mapping[str, object]) -> list[str]:
     """ISO 639 codes of the rows released: each LANGUAGE column's values (primary subtag), and the V2 rule's language.
 
     V2 subsets keep only rows in the rule's language and drop the LANGUAGE column (as LAION's files do), so a
-    non-empty file without one counts as that language. Codes that are not 2-3 letters (none, ``nolang``) are left out.
+    non-empty file without one counts as that language. Values that are not 2-3 letter codes (``nolang``) are left out.
     """
     rule = str(manifest["thresholds"]["language"])  # type: ignore[index]
     found: set[str] = set()
@@ -160,12 +169,6 @@ def _licence(identity: str) -> tuple[str, str]:
     if known is None:
         return "unknown origin", "unknown: check the weights file's licence before publishing"
     return f"{known[1]} (`{known[0]}`)", known[2]
-
-
-def default_config(subsets: list[Mapping[str, object]]) -> str:
-    """The config ``load_dataset(repo)`` loads when none is named: :data:`DEFAULT_CONFIG` when released."""
-    names = [config_name(s) for s in subsets]
-    return DEFAULT_CONFIG if DEFAULT_CONFIG in names else names[0]
 
 
 def usage(manifest: Mapping[str, object]) -> list[str]:

@@ -113,6 +113,8 @@ def release_paths(release_dir: Path, named: dict[str, bytes] | None = None) -> l
 
 def write_named(release_dir: Path, named: dict[str, bytes]) -> None:
     """Write what :func:`named_for_repo` gave into the release: each file atomically, the manifest last."""
+    if not named:
+        return
     with release_folder_lock(release_dir):  # a build reading the folder, or another push, sees one pair or the other
         for rel in (CARD, MANIFEST):
             if rel in named:
