@@ -1,7 +1,9 @@
 """A tiny Hub-compatible HTTP endpoint on 127.0.0.1 for publishing tests (stdlib only).
 
 It implements the calls huggingface_hub 2.4.0 makes for a release push: repo create, tree listing, refs,
-preupload, commit (NDJSON with base64 file contents, deletions) and tag, keeping repos in memory.
+preupload (each file's upload mode and current ``oid``, which ``create_commit`` compares with the local file to
+drop unchanged ones), repo info (what ``create_commit`` reads when nothing changed), commit (NDJSON with base64
+file contents, deletions) and tag, keeping repos in memory. Each commit records the paths it carried.
 
 ``fail`` names calls that answer HTTP 500 (or ``fail_status``); with ``echo_authorization`` those answers repeat
 the request's Authorization header (plain, base64 and URL-encoded, in the body, ``X-Error-Message`` and
@@ -24,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 
-_REPO_CALL = re.compile(r"^/api/datasets/([^/]+/[^/]+)/(tree|refs|preupload|commit|tag)(?:/(.*))?$")
+_REPO_CALL = re.compile(r"^/api/datasets/([^/]+/[^/]+)/(tree|refs|preupload|commit|tag|revision)(?:/(.*))?$")
 
 
 def blob_sha1(data: bytes) -> str:
@@ -53,7 +55,7 @@ def token_found(token: str, text: str | bytes, piece: int = 10) -> list[str]:
 
 @dataclass
 class Repo:
-    """One dataset repo: current files, commit history (oid, message, files after it) and tags."""
+    """One dataset repo: current files, commit history (oid, message, files after it, paths it carried) and tags."""
 
     private: bool
     files: dict[str, bytes] = field(default_factory=dict)
@@ -160,6 +162,8 @@ class FakeHub:
             branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in sorted(repo.tags.items())]
             return self._send(h, 200, {"branches": [branch], "converts": [], "tags": tags})
+        if call == "revision" and method == "GET":
+            return self._send(h, 200, {"id": repo_id, "sha": repo.head, "private": repo.private})
         if call == "preupload" and method == "POST":
             files = [
                 {
@@ -230,6 +234,7 @@ class FakeHub:
     def _commit(self, h: BaseHTTPRequestHandler, repo_id: str, repo: Repo, body: bytes) -> None:
         files = dict(repo.files)
         message = ""
+        uploaded, deleted = [], []
         for line in body.decode().splitlines():
             if not line.strip():
                 continue
@@ -240,12 +245,16 @@ class FakeHub:
             elif item["key"] == "file":
                 assert value["encoding"] == "base64"
                 files[value["path"]] = base64.b64decode(value["content"])
+                uploaded.append(value["path"])
             elif item["key"] == "deletedFile":
                 files.pop(value["path"], None)
+                deleted.append(value["path"])
             else:
                 return self._send(h, 400, {"error": f"unsupported commit item {item['key']}"})
         oid = hashlib.sha1(f"{repo.head}{message}{sorted(files)}{len(repo.commits)}".encode()).hexdigest()
         repo.files = files
-        repo.commits.append({"oid": oid, "message": message, "files": dict(files)})
+        repo.commits.append(
+            {"oid": oid, "message": message, "files": dict(files), "uploaded": uploaded, "deleted": deleted}
+        )
         commit_url = f"{self.endpoint}/datasets/{repo_id}/commit/{oid}"
         return self._send(h, 200, {"commitUrl": commit_url, "commitOid": oid, "pullRequestUrl": None})

@@ -214,6 +214,14 @@ def compute_changelog(previous: Path | None, release_dir: Path, manifest: Mappin
     return changelog
 
 
+def release_card(release_dir: Path, manifest: Mapping[str, object]) -> bytes:
+    """The dataset card (UTF-8) of a release folder, from its manifest (any README entry left out) and histogram."""
+    files: dict = manifest["files"]  # type: ignore[assignment]
+    histogram = json.loads((release_dir / HISTOGRAM).read_text())
+    rendered = render_card({**manifest, "files": {rel: e for rel, e in files.items() if rel != CARD}}, histogram)
+    return rendered.encode()
+
+
 @dataclass(frozen=True)
 class ReleaseSummary:
     """What building a release wrote (``unchanged``: an existing release already held exactly this)."""
@@ -259,6 +267,7 @@ def build_release(
     changelog: dict | None = None,
     code: dict | None = None,
     packages: dict | None = None,
+    hub_repo: str | None = None,
 ) -> ReleaseSummary:
     """Assemble ``releases/<version>/`` with its dataset card and manifest; a built version is never rewritten.
 
@@ -266,12 +275,16 @@ def build_release(
     patch version after it (``v0.1.0`` when there is none). An explicit version that already exists is left as it
     is when the contents are the same and refused (:class:`ReleaseExistsError`) when they differ. ``changelog``,
     ``code`` and ``packages`` default to a fresh comparison with the previous release and the running code;
-    ``verify`` passes the recorded ones so that only the data decides whether bytes match.
+    ``verify`` passes the recorded ones so that only the data decides whether bytes match. ``hub_repo`` is the Hub
+    repo the card's usage snippet names (None: a placeholder; a push writes the repo in, and ``verify`` passes the
+    recorded one).
     """
     if version != AUTO:
         check_version(version)
     with release_lock(layout):  # one build at a time decides the version and renames into place
-        return _build_release_locked(layout, version, inputs, predictors, name, subsets, changelog, code, packages)
+        return _build_release_locked(
+            layout, version, inputs, predictors, name, subsets, changelog, code, packages, hub_repo
+        )
 
 
 @contextmanager
@@ -280,8 +293,28 @@ def release_lock(layout: OutputLayout) -> Iterator[None]:
 
     The lock file sits beside ``releases/``, not in it, so mirroring that folder never touches it.
     """
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.root / ".releases.lock", "a") as handle:
+    with _releases_lock(layout.root):
+        yield
+
+
+@contextmanager
+def release_folder_lock(release_dir: Path) -> Iterator[None]:
+    """The release lock of the data root holding ``release_dir`` (``<data_root>/releases/<version>``).
+
+    A folder elsewhere (a copy handed to ``laion-assets push``) belongs to no data root and is not locked.
+    """
+    folder = Path(release_dir).resolve()
+    if folder.parent.name != "releases":
+        yield
+        return
+    with _releases_lock(folder.parent.parent):
+        yield
+
+
+@contextmanager
+def _releases_lock(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".releases.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -299,6 +332,7 @@ def _build_release_locked(
     changelog: dict | None,
     code: dict | None,
     packages: dict | None,
+    hub_repo: str | None,
 ) -> ReleaseSummary:
     newest = newest_release(layout) if version == AUTO else None
     target_version = (next_version(newest.name) if newest else FIRST_VERSION) if version == AUTO else version
@@ -329,6 +363,7 @@ def _build_release_locked(
             "files": files,
             "code": code if code is not None else code_version(),
             "packages": packages if packages is not None else package_versions(),
+            "hub_repo": hub_repo,
         }
         if changelog is None:
             changelog = compute_changelog(previous_release(layout, target_version), tmp, json.loads(dumps(manifest)))
@@ -347,8 +382,7 @@ def _build_release_locked(
                     f"version is never rewritten: set release_config.version to a new version (e.g. "
                     f"{next_version(newest_release(layout).name)}) or to 'auto'"
                 )
-        histogram = json.loads((tmp / HISTOGRAM).read_text())
-        (tmp / CARD).write_text(render_card(manifest, histogram))
+        (tmp / CARD).write_bytes(release_card(tmp, manifest))
         manifest["files"][CARD] = file_entry(tmp / CARD)
         (tmp / MANIFEST).write_text(dumps(manifest))
         os.rename(tmp, target)  # under the lock, and checked above: the target does not exist

@@ -1,15 +1,21 @@
 """The release's dataset card (``README.md``): YAML front matter the Hub reads, then counts, rules and history.
 
-One ``configs`` entry per subset lets ``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet
-folder. The card is a pure function of the manifest and the histogram, so rebuilding it gives the same bytes.
+The header follows the Hub's dataset card conventions (licence, languages, size and task categories), with one
+``configs`` and ``dataset_info`` entry per subset under the names users know (``improved_aesthetics_6.5plus``), so
+``datasets.load_dataset(repo, name)`` and the Hub viewer find each parquet folder. The card is a pure function of
+the manifest (including ``hub_repo``, the repo its usage snippet names) and the histogram, so rebuilding it gives the
+same bytes.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 
 import yaml
 
+from laion_assets.core.errors import BadInputError
 from laion_assets.selection.histogram import LABELS
 
 DATA_LICENSE = "cc-by-4.0"  # LAION's metadata (URLs, captions, scores) is released under CC-BY 4.0
@@ -45,24 +51,110 @@ def subset_path(name: str) -> str:
     return f"data/{name}"
 
 
+# LAION-Aesthetics was made to train image generators ("The intended usage of this dataset is image generation",
+# LAION's laion-aesthetic.md); the Hub files its derivatives under text-to-image.
+TASK_CATEGORIES = ["text-to-image"]
+# The Hub's size buckets (DatasetCardData.size_categories), by upper bound of the number of rows.
+SIZE_CATEGORIES = [
+    (10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"), (10**7, "1M<n<10M"),
+    (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"), (10**11, "10B<n<100B"),
+    (10**12, "100B<n<1T"),
+]  # fmt: skip
+# The config `load_dataset(repo)` picks without a name: the best-known subset (LAION-Aesthetics V2 6.5+).
+DEFAULT_CONFIG = "improved_aesthetics_6.5plus"
+# Shown in the usage snippet of a release not pushed yet; `laion-assets push` (hf_release) writes the repo in.
+REPO_PLACEHOLDER = "ORG/NAME"
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
+
+
+def config_name(subset: Mapping[str, object]) -> str:
+    """The config name users know: LAION's Hub name for V2 (``improved_aesthetics_6.5plus``), else the subset's."""
+    return str(subset.get("hub_name") or subset["name"])
+
+
+def default_config(subsets: list[Mapping[str, object]]) -> str:
+    """The config ``load_dataset(repo)`` loads when none is named: :data:`DEFAULT_CONFIG` when released."""
+    names = [config_name(s) for s in subsets]
+    return DEFAULT_CONFIG if DEFAULT_CONFIG in names else names[0]
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket of a row count (``1K<n<10K`` for 5000)."""
+    return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
+def subset_files(manifest: Mapping[str, object], name: str) -> dict[str, dict]:
+    """The manifest entries of one subset's parquet files, by path inside the release."""
+    prefix = f"{subset_path(name)}/"
+    files: dict[str, dict] = manifest["files"]  # type: ignore[assignment]
+    return {rel: e for rel, e in sorted(files.items()) if rel.startswith(prefix) and rel.endswith(".parquet")}
+
+
+def _subset_info(manifest: Mapping[str, object], subset: Mapping[str, object]) -> dict:
+    """One ``dataset_info`` entry: the subset's columns, its train split's rows and bytes, and its download size."""
+    files = subset_files(manifest, str(subset["name"]))
+    # As the Hub writes them: name, then dtype.
+    features = {json.dumps([{"name": f["name"], "dtype": f["dtype"]} for f in e["features"]]) for e in files.values()}
+    if len(features) != 1:
+        raise BadInputError(f"subset {subset['name']}: its files {sorted(files)} do not have one schema to declare")
+    num_bytes = sum(int(e["arrow_bytes"]) for e in files.values())
+    split = {"name": "train", "num_bytes": num_bytes, "num_examples": sum(int(e["rows"]) for e in files.values())}
+    return {
+        "config_name": config_name(subset),
+        "features": json.loads(features.pop()),
+        "splits": [split],
+        "download_size": sum(int(e["bytes"]) for e in files.values()),
+        "dataset_size": num_bytes,
+    }
+
+
+def languages(manifest: Mapping[str, object]) -> list[str]:
+    """ISO 639 codes of the rows released: each LANGUAGE column's values (primary subtag), and the V2 rule's language.
+
+    V2 subsets keep only rows in the rule's language and drop the LANGUAGE column (as LAION's files do), so a
+    non-empty file without one counts as that language. Values that are not 2-3 letter codes (``nolang``) are left out.
+    """
+    rule = str(manifest["thresholds"]["language"])  # type: ignore[index]
+    found: set[str] = set()
+    for subset in manifest["subsets"]:  # type: ignore[attr-defined]
+        for entry in subset_files(manifest, str(subset["name"])).values():
+            if "languages" in entry:
+                found |= {str(code).split("-")[0].lower() for code in entry["languages"]}
+            elif entry["rows"]:
+                found.add(rule)
+    return sorted(code for code in found if _LANGUAGE_CODE.match(code))
+
+
 def front_matter(manifest: dict) -> dict:
-    """The card's YAML header: licence, tags and one ``configs`` entry per subset (the first is the default)."""
+    """The card's YAML header by the Hub's dataset card conventions: licence, tasks, size, languages and one
+    ``configs`` and ``dataset_info`` entry per subset (``improved_aesthetics_6.5plus`` is the default)."""
+    subsets = manifest["subsets"]
+    default = default_config(subsets)
     configs = []
-    for i, subset in enumerate(manifest["subsets"]):
-        name = subset["name"]
+    for subset in subsets:
+        name = config_name(subset)
         entry: dict = {
             "config_name": name,
-            "data_files": [{"split": "train", "path": f"{subset_path(name)}/*.parquet"}],
+            "data_files": [{"split": "train", "path": f"{subset_path(subset['name'])}/*.parquet"}],
         }
-        if i == 0:
+        if name == default:
             entry["default"] = True
         configs.append(entry)
-    return {
-        "pretty_name": manifest["name"],
-        "license": DATA_LICENSE,
+    infos = [_subset_info(manifest, s) for s in subsets]
+    largest = max(info["splits"][0]["num_examples"] for info in infos)
+    meta: dict = {"pretty_name": manifest["name"], "license": DATA_LICENSE}
+    found = languages(manifest)
+    if found:
+        meta["language"] = found
+    meta |= {
+        # Subsets overlap (every V2 subset holds the next one), so the largest one is the dataset's size.
+        "size_categories": [size_category(largest)],
+        "task_categories": TASK_CATEGORIES,
         "tags": ["laion", "aesthetics", "clip", "image-text"],
         "configs": configs,
+        "dataset_info": infos,
     }
+    return meta
 
 
 def _table(header: list[str], rows: list[list[object]]) -> list[str]:
@@ -79,10 +171,27 @@ def _licence(identity: str) -> tuple[str, str]:
     return f"{known[1]} (`{known[0]}`)", known[2]
 
 
+def usage(manifest: Mapping[str, object]) -> list[str]:
+    """The card's usage lines: ``load_dataset`` on the Hub repo the release was pushed to, or on a placeholder."""
+    name = default_config(manifest["subsets"])  # type: ignore[arg-type]
+    repo = manifest.get("hub_repo")
+    lines = ["```python", "from datasets import load_dataset", ""]
+    lines.append(f'ds = load_dataset("{repo or REPO_PLACEHOLDER}", "{name}", split="train")')
+    if repo:
+        return [*lines, "```"]
+    folder = f"path/to/releases/{manifest['version']}"
+    lines += [f'ds = load_dataset("{folder}", "{name}", split="train")  # the release folder itself', "```"]
+    return [
+        *lines,
+        "",
+        f"Not pushed to the Hub yet: `{REPO_PLACEHOLDER}` stands for the dataset repo. Pushing the release "
+        f"(`laion-assets push RELEASE_DIR --repo-id {REPO_PLACEHOLDER}`, or `hf_release`) writes the repo in.",
+    ]
+
+
 def render_card(manifest: dict, histogram: dict) -> str:
     """Render ``README.md`` (front matter + body) from a manifest (without its README entry) and the histogram."""
     header = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, width=1000)
-    files = manifest["files"]
     lines = ["---", header.rstrip("\n"), "---", "", f"# {manifest['name']} {manifest['version']}", ""]
     lines += [
         "LAION-Aesthetics subsets rebuilt with laion-assets from stored CLIP ViT-L/14 "
@@ -95,20 +204,24 @@ def render_card(manifest: dict, histogram: dict) -> str:
     rows = []
     for subset in manifest["subsets"]:
         name = subset["name"]
-        entry = files[f"{subset_path(name)}/part-00000.parquet"]
+        files = subset_files(manifest, name)
         funnel = subset.get("funnel", {})
         rows.append(
             [
-                f"`{name}`",
+                f"`{config_name(subset)}`",
+                f"`{subset_path(name)}/`",
                 subset["rule"],
-                f"{entry['rows']:,}",
+                f"{sum(e['rows'] for e in files.values()):,}",
                 f"{funnel.get('dropped_by_language', 0):,}",
                 f"{funnel.get('dropped_without_url', 0):,}",
-                f"`{entry['sha256'][:16]}…`",
+                ", ".join(f"`{e['sha256'][:16]}…`" for e in files.values()),
             ]
         )
-    lines += _table(["config", "filter rule", "rows", "dropped by language", "dropped without URL", "sha256"], rows)
-    if any(subset.get("funnel") for subset in manifest["subsets"]):
+    lines += _table(
+        ["config", "folder", "filter rule", "rows", "dropped by language", "dropped without URL", "sha256"], rows
+    )
+    subsets = manifest["subsets"]
+    if any(subset.get("funnel") for subset in subsets):
         lines += ["", "Rows meeting each score threshold, and which filter dropped the others:", ""]
         keys = [
             "candidates", "dropped_by_language", "dropped_without_url", "dropped_without_safety_tags",
@@ -116,14 +229,10 @@ def render_card(manifest: dict, histogram: dict) -> str:
         ]  # fmt: skip
         lines += _table(
             ["config", *(k.replace("_", " ") for k in keys)],
-            [[f"`{s['name']}`", *(f"{s.get('funnel', {}).get(k, 0):,}" for k in keys)] for s in manifest["subsets"]],
+            [[f"`{config_name(s)}`", *(f"{s.get('funnel', {}).get(k, 0):,}" for k in keys)] for s in subsets],
         )
+    lines += ["", *usage(manifest)]
     lines += [
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("REPO_ID", "{manifest["subsets"][0]["name"]}", split="train")',
-        "```",
         "",
         "## Score histograms",
         "",

@@ -6,12 +6,16 @@ bytes. Inputs are located by paths relative to the project folder (when they liv
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from laion_assets.core.errors import BadInputError
@@ -27,11 +31,56 @@ FORMAT_VERSION = 1
 PACKAGES = ("laion-assets", "numpy", "polars", "pyarrow", "torch", "mmh3", "dagster", "huggingface_hub")
 
 
-def file_entry(path: Path, record_size: int | None = None) -> dict[str, int | str]:
-    """sha256, size and, for parquet and KV files, the row count of one file."""
-    entry: dict[str, int | str] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+# Arrow types as the Hub and ``datasets`` name them (``Value(dtype)``); other Arrow types print their own name.
+_HUB_DTYPES = {"double": "float64", "float": "float32", "halffloat": "float16"}
+_PRIMITIVE = re.compile(r"^(u?int(8|16|32|64)|float(16|32|64)|bool|string|large_string)$")
+# The column whose distinct values say which languages a table holds (LAION's cld3 codes).
+LANGUAGE_COLUMN = "LANGUAGE"
+
+
+def hub_dtype(arrow_type: pa.DataType, path: Path, column: str) -> str:
+    """The Hub/``datasets`` dtype of an Arrow column type (``double`` -> ``float64``); raises for nested types."""
+    name = _HUB_DTYPES.get(str(arrow_type), str(arrow_type))
+    if not _PRIMITIVE.match(name):
+        raise BadInputError(f"{path}: column {column!r} has type {arrow_type}, which the dataset card cannot declare")
+    return name
+
+
+def parquet_facts(path: Path) -> dict[str, object]:
+    """Rows, columns (Hub dtypes), in-memory Arrow size and, with a LANGUAGE column, its languages of one parquet file.
+
+    ``arrow_bytes`` is the Arrow size of the table read one row group at a time (memory stays bounded by a row
+    group): what ``datasets`` reports as a split's ``num_bytes``, up to a few offset bytes per batch where it cuts
+    batches otherwise.
+    """
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    facts: dict[str, object] = {
+        "rows": parquet.metadata.num_rows,
+        "features": [{"name": f.name, "dtype": hub_dtype(f.type, path, f.name)} for f in schema],
+    }
+    arrow_bytes, languages = 0, set()
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group)
+        arrow_bytes += table.nbytes
+        if LANGUAGE_COLUMN in schema.names:
+            languages |= set(pc.unique(table[LANGUAGE_COLUMN]).drop_null().to_pylist())
+    facts["arrow_bytes"] = arrow_bytes
+    if LANGUAGE_COLUMN in schema.names:
+        facts["languages"] = sorted(languages)
+    return facts
+
+
+def bytes_entry(data: bytes) -> dict[str, int | str]:
+    """sha256 and size of a file's content (what :func:`file_entry` records for a file holding ``data``)."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def file_entry(path: Path, record_size: int | None = None) -> dict[str, object]:
+    """sha256, size and, for KV files, the row count of one file; for parquet files :func:`parquet_facts` too."""
+    entry: dict[str, object] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     if path.suffix == ".parquet":
-        entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+        entry.update(parquet_facts(path))
     elif record_size:
         entry["rows"] = path.stat().st_size // record_size
     return entry

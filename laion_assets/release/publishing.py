@@ -1,8 +1,16 @@
 """Push a release folder to a Hugging Face dataset repo: one commit holding every file, tagged with the version.
 
-Unchanged files are detected by comparing the remote tree's git blob ids (and LFS sha256) with the local files,
-so re-pushing an unchanged release makes no commit. A Hub commit is all-or-nothing: if any step fails the repo
-keeps its previous release and the error says which step failed and what to run again.
+Every file of the release goes to ``HfApi.create_commit``, which asks the Hub for each file's current oid
+(``preupload``) and drops the files whose remote oid equals the local one (git blob sha1, or sha256 for LFS), so
+re-pushing an unchanged release uploads nothing and makes no commit. The plan (``--dry-run``, ``hf.dry_run``)
+predicts the same from the remote tree's blob ids and LFS sha256 without sending anything. A Hub commit is
+all-or-nothing: if any step fails the repo keeps its previous release and the error says which step failed and
+what to run again.
+
+The dataset card's usage snippet names the repo the release is pushed to: before committing, a push to another
+repo than the card names rewrites ``README.md`` and ``manifest.json`` (which records the card's sha256 and the
+repo, ``hub_repo``) in the release folder, each atomically and the manifest last, so the folder, its manifest and
+the Hub hold the same bytes and ``verify`` (which renders the card with the recorded repo) still passes.
 
 The token is cleaned first (``clean_token``: surrounding whitespace stripped, anything else that an HTTP header
 cannot carry refused without showing it), then passed to huggingface_hub only. A Hub answer may echo the request's
@@ -27,9 +35,20 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
+from laion_assets.core.atomic import atomic_path
 from laion_assets.core.errors import BadInputError, LaionAssetsError
 from laion_assets.core.locations import file_sha256
-from laion_assets.release.manifest import MANIFEST, check_files, load_manifest
+from laion_assets.release.build import release_card, release_folder_lock
+from laion_assets.release.card import REPO_PLACEHOLDER
+from laion_assets.release.manifest import (
+    CARD,
+    MANIFEST,
+    bytes_entry,
+    check_files,
+    dumps,
+    load_manifest,
+    parquet_facts,
+)
 
 REPO_TYPE = "dataset"
 # Files the Hub creates or owns; never deleted by a release push.
@@ -50,14 +69,57 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def release_paths(release_dir: Path) -> list[str]:
-    """Every file of a release (its manifest's files plus ``manifest.json``), checked against the manifest."""
+def _blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def named_for_repo(release_dir: Path, repo_id: str) -> dict[str, bytes]:
+    """``README.md`` and ``manifest.json`` as they read once the card names ``repo_id``; empty when it already does.
+
+    The manifest keeps everything but ``hub_repo`` and the card's entry (sha256, size), so its content, the data
+    files and their hashes are unchanged.
+    """
+    manifest = load_manifest(release_dir)
+    if manifest.get("hub_repo") == repo_id:
+        return {}
+    files = dict(manifest["files"])
+    for rel, entry in files.items():
+        # A release built before the card declared features records no parquet facts: read them now (the files
+        # are checked against their sha256 before anything is pushed).
+        if rel.endswith(".parquet") and "features" not in entry:
+            files[rel] = {**entry, **parquet_facts(release_dir / rel)}
+    named = {**manifest, "files": files, "hub_repo": repo_id}
+    card = release_card(release_dir, named)
+    named["files"] = {**files, CARD: bytes_entry(card)}
+    return {CARD: card, MANIFEST: dumps(named).encode()}
+
+
+def release_paths(release_dir: Path, named: dict[str, bytes] | None = None) -> list[str]:
+    """Every file of a release (its manifest's files plus ``manifest.json``), checked against the manifest.
+
+    ``named`` is what :func:`named_for_repo` gave: a card already holding those bytes is accepted (a push that
+    stopped between writing the card and the manifest left it; this push writes the manifest).
+    """
     manifest = load_manifest(release_dir)
     problems = check_files(release_dir, manifest)
+    card = release_dir / CARD
+    if named and CARD in problems and card.is_file() and card.read_bytes() == named.get(CARD):
+        del problems[CARD]
     if problems:
         shown = "; ".join(f"{rel}: {why}" for rel, why in list(problems.items())[:5])
         raise BadInputError(f"{release_dir}: files do not match manifest.json ({shown}); rebuild the release first")
     return sorted([*manifest["files"], MANIFEST])
+
+
+def write_named(release_dir: Path, named: dict[str, bytes]) -> None:
+    """Write what :func:`named_for_repo` gave into the release: each file atomically, the manifest last."""
+    if not named:
+        return
+    with release_folder_lock(release_dir):  # a build reading the folder, or another push, sees one pair or the other
+        for rel in (CARD, MANIFEST):
+            if rel in named:
+                with atomic_path(release_dir / rel) as tmp:
+                    tmp.write_bytes(named[rel])
 
 
 @dataclass
@@ -66,11 +128,15 @@ class PushPlan:
 
     repo_id: str
     version: str
+    files: list[str] = field(default_factory=list)
     add: list[str] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     repo_exists: bool = False
     tag_exists: bool = False
+    head: str | None = None  # the main branch's commit when planned
+    named: dict[str, bytes] = field(default_factory=dict, repr=False)  # card and manifest naming repo_id
+    card_named: str | None = None  # the repo the release's card named when planned (None: the placeholder)
 
     @property
     def needs_commit(self) -> bool:
@@ -80,6 +146,11 @@ class PushPlan:
     def text(self) -> str:
         """A readable list of what would be committed."""
         lines = [f"release {self.version} -> {REPO_TYPE} repo {self.repo_id}"]
+        if self.named:
+            lines.append(
+                f"  card names {self.card_named or REPO_PLACEHOLDER}: README.md and manifest.json are rewritten in "
+                f"the release folder to name {self.repo_id} before the commit"
+            )
         lines += [f"  add/update {p}" for p in self.add]
         lines += [f"  delete     {p}" for p in self.delete]
         lines.append(f"  {len(self.unchanged)} file(s) unchanged")
@@ -287,15 +358,16 @@ def _api(endpoint: str | None, token: str | None):  # noqa: ANN202 - HfApi, impo
 
 
 def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoint: str | None = None) -> PushPlan:
-    """Compare a release folder with the repo's main branch and tags."""
+    """Compare a release folder, its card naming ``repo_id``, with the repo's main branch and tags (sends nothing)."""
     from huggingface_hub.errors import RepositoryNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
     release_dir = Path(release_dir)
     token = clean_token(token)
-    version = load_manifest(release_dir)["version"]
-    paths = release_paths(release_dir)
-    plan = PushPlan(repo_id, version)
+    manifest = load_manifest(release_dir)
+    named = named_for_repo(release_dir, repo_id)
+    plan = PushPlan(repo_id, manifest["version"], named=named, card_named=manifest.get("hub_repo"))
+    plan.files = release_paths(release_dir, named)
     api = _api(endpoint, token)
     remote: dict[str, RepoFile] = {}
     failure: str | None = None
@@ -305,7 +377,9 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
                 if isinstance(item, RepoFile):
                     remote[item.path] = item
             plan.repo_exists = True
-            plan.tag_exists = any(t.name == version for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags)
+            refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
+            plan.tag_exists = any(t.name == plan.version for t in refs.tags)
+            plan.head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
         except RepositoryNotFoundError:
             plan.repo_exists = False
         except Exception as exc:
@@ -316,16 +390,23 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
             f"listing {REPO_TYPE} repo {repo_id} failed ({failure}); nothing was pushed: "
             "check the endpoint and token, then run the push again"
         )
-    for rel in paths:
-        local = release_dir / rel
+    for rel in plan.files:
         theirs = remote.get(rel)
+        data = named.get(rel)
         if theirs is None:
-            plan.add.append(rel)
-        elif theirs.lfs is not None:
-            (plan.unchanged if theirs.lfs.sha256 == file_sha256(local) else plan.add).append(rel)
+            same = False
+        elif theirs.lfs is not None:  # what create_commit compares too: sha256 for LFS, git blob sha1 otherwise
+            if data is not None:
+                ours = hashlib.sha256(data).hexdigest()
+            elif rel in manifest["files"]:  # release_paths just checked the file against it
+                ours = manifest["files"][rel]["sha256"]
+            else:
+                ours = file_sha256(release_dir / rel)
+            same = theirs.lfs.sha256 == ours
         else:
-            (plan.unchanged if theirs.blob_id == git_blob_sha1(local) else plan.add).append(rel)
-    plan.delete = sorted(set(remote) - set(paths) - KEEP_REMOTE)
+            same = theirs.blob_id == (_blob_sha1(data) if data is not None else git_blob_sha1(release_dir / rel))
+        (plan.unchanged if same else plan.add).append(rel)
+    plan.delete = sorted(set(remote) - set(plan.files) - KEEP_REMOTE)
     return plan
 
 
@@ -337,7 +418,12 @@ def push_release(
     private: bool = True,
     dry_run: bool = False,
 ) -> PushResult:
-    """Create the repo if needed, commit every changed file in one commit, and tag it with the release version."""
+    """Create the repo if needed, commit the release in one commit (unchanged files skipped) and tag the version.
+
+    The card is first made to name ``repo_id`` (:func:`named_for_repo`, written into the release folder). Every
+    file goes to ``create_commit``, which uploads only the files whose remote oid differs and makes no commit when
+    none does; ``committed`` says whether the main branch moved.
+    """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     release_dir = Path(release_dir)
@@ -352,6 +438,7 @@ def push_release(
         )
     if not token:
         raise PublishError(f"no Hugging Face token: set HF_TOKEN to push release {plan.version} to {repo_id}")
+    write_named(release_dir, plan.named)
     api = _api(endpoint, token)
     retry = f"nothing was lost: run the push of {release_dir} again (hf_release / `laion-assets push`)"
     step = "creating the repo"
@@ -361,25 +448,24 @@ def push_release(
         try:
             if not plan.repo_exists:
                 api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-            if plan.needs_commit:
-                step = "committing the release files"
-                operations = [
-                    CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(release_dir / rel)) for rel in plan.add
-                ]
-                operations += [CommitOperationDelete(path_in_repo=rel) for rel in plan.delete]
-                info = api.create_commit(
-                    repo_id,
-                    operations=operations,
-                    commit_message=f"Release {plan.version}",
-                    commit_description=f"{len(plan.add)} file(s) added or updated, {len(plan.delete)} deleted.",
-                    repo_type=REPO_TYPE,
-                )
-                commit_oid = info.oid
+            step = "committing the release files"
+            operations = [
+                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(release_dir / rel)) for rel in plan.files
+            ]
+            operations += [CommitOperationDelete(path_in_repo=rel) for rel in plan.delete]
+            # create_commit drops every addition whose remote oid equals the local one; with nothing left it makes
+            # no commit and returns the branch's current commit.
+            info = api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=f"Release {plan.version}",
+                commit_description=f"{len(plan.add)} file(s) added or updated, {len(plan.delete)} deleted.",
+                repo_type=REPO_TYPE,
+            )
+            commit_oid = info.oid
             if not plan.tag_exists:
                 step = f"tagging the commit {plan.version}"
-                api.create_tag(
-                    repo_id, tag=plan.version, revision=commit_oid or "main", repo_type=REPO_TYPE, exist_ok=False
-                )
+                api.create_tag(repo_id, tag=plan.version, revision=commit_oid, repo_type=REPO_TYPE, exist_ok=False)
         except Exception as exc:
             failure = _describe(exc, token)
     # Raised after the except block: the Hub's error (whose text may hold the token) is no part of the chain.
@@ -392,6 +478,11 @@ def push_release(
         raise PublishError(
             f"pushing release {plan.version} to {repo_id} failed while {step}: {failure}; {state}; {retry}"
         )
+    committed = commit_oid is not None and commit_oid != plan.head
     return PushResult(
-        plan, committed=commit_oid is not None, tagged=not plan.tag_exists, commit_oid=commit_oid, dry_run=False
+        plan,
+        committed=committed,
+        tagged=not plan.tag_exists,
+        commit_oid=commit_oid if committed else None,
+        dry_run=False,
     )

@@ -207,6 +207,7 @@ def verify_release(
             changelog=manifest["changelog"],
             code=manifest["code"],
             packages=manifest["packages"],
+            hub_repo=manifest.get("hub_repo"),  # the card names the repo a push wrote in
         ).manifest
     for rel, entry in sorted(manifest["files"].items()):
         new = rebuilt["files"].get(rel)

@@ -3,20 +3,24 @@ import json
 import logging
 import traceback
 from pathlib import Path
+from unittest.mock import ANY
 from urllib.parse import quote
 
 import pytest
 
 from laion_assets.core.errors import BadInputError
-from laion_assets.release.manifest import load_manifest
+from laion_assets.release.card import parse_front_matter
+from laion_assets.release.manifest import check_files, dumps, load_manifest
 from laion_assets.release.publishing import (
     PublishError,
     clean_token,
     git_blob_sha1,
+    named_for_repo,
     push_release,
     scrub,
     scrubbed_logs,
 )
+from laion_assets.release.verify import verify_release
 from laion_assets_tests.hub_server import FakeHub, blob_sha1, token_found
 from laion_assets_tests.release_helpers import build, copy_sample, grow
 
@@ -60,14 +64,18 @@ def test_push_commits_every_file_once_and_tags(
         # The commit carries every file of the manifest (and the manifest) with its content.
         assert repo.files == _release_files(first)
         assert repo.tags == {"v0.1.0": result.commit_oid}
-        assert hub.validated and [c["config_name"] for c in hub.validated[0]["configs"]][0] == "subset_4_5plus"
+        assert sorted(repo.commits[0]["uploaded"]) == sorted(result.plan.add) == sorted(repo.files)
+        # create_commit had the Hub check the card's YAML (the fake Hub parses it).
+        assert hub.validated and hub.validated[0]["configs"][0]["config_name"] == "improved_aesthetics_4.5plus"
         assert set(hub.tokens) == {TOKEN}
-        # A second push of the same release commits nothing and creates no tag.
+        # A second push of the same release: create_commit gets every file, learns from preupload that each
+        # remote oid equals the local one, drops them all and sends no commit; no tag is created either.
         seen = len(hub.requests)
         again = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
         assert not again.committed and not again.tagged and not again.plan.add and not again.plan.delete
-        assert len(repo.commits) == 1
-        assert [method for method, _ in hub.requests[seen:]] == ["GET", "GET"]  # tree and refs only
+        assert again.commit_oid is None and len(repo.commits) == 1
+        calls = [(method, path.split("/")[5]) for method, path in hub.requests[seen:] if path.startswith("/api/d")]
+        assert calls == [("GET", "tree"), ("GET", "refs"), ("POST", "preupload"), ("GET", "revision")]
     assert TOKEN not in caplog.text
 
 
@@ -81,6 +89,9 @@ def test_new_version_replaces_files_in_one_commit(online: None, releases: tuple[
         assert len(repo.commits) == 2 and result.committed
         assert repo.files == _release_files(second)  # stale.txt deleted in the same commit
         assert "stale.txt" in result.plan.delete and "manifest.json" in result.plan.add
+        # What create_commit sent (after dropping unchanged files) is exactly what the plan listed.
+        assert sorted(repo.commits[1]["uploaded"]) == sorted(result.plan.add)
+        assert repo.commits[1]["deleted"] == ["stale.txt"]
         assert set(repo.tags) == {"v0.1.0", "v0.2.0"} and repo.tags["v0.2.0"] == repo.commits[1]["oid"]
         # Only changed files travel: unchanged ones are byte-equal across the two releases, added ones differ.
         old, new = _release_files(first), _release_files(second)
@@ -101,6 +112,7 @@ def test_only_changed_files_travel(
         repo = hub.repos["laion/aesthetics"]
         assert sorted(result.plan.add) == ["README.md", "manifest.json"] and not result.plan.delete
         assert len(result.plan.unchanged) == 21 and len(repo.commits) == 2
+        assert sorted(repo.commits[1]["uploaded"]) == ["README.md", "manifest.json"]
         assert repo.files == _release_files(patch) and set(repo.tags) == {"v0.1.0", "v0.1.1"}
 
 
@@ -125,13 +137,72 @@ def test_failed_push_keeps_previous_release(online: None, releases: tuple[Path, 
 
 def test_dry_run_lists_and_sends_nothing(online: None, releases: tuple[Path, Path]) -> None:
     first, _ = releases
+    before = _release_files(first)
     with FakeHub() as hub:
         result = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint, dry_run=True)
         assert result.dry_run and not result.committed
-        assert sorted(result.plan.add) == sorted(_release_files(first))
-        assert "add/update data/laion_art/part-00000.parquet" in result.plan.text()
+        assert sorted(result.plan.add) == sorted(before)
+        text = result.plan.text()
+        assert "add/update data/laion_art/part-00000.parquet" in text
+        assert "card names ORG/NAME: README.md and manifest.json are rewritten in the release folder" in text
         assert "laion/aesthetics" not in hub.repos
         assert all(method == "GET" for method, _ in hub.requests)
+    assert _release_files(first) == before  # nothing written here either
+    # The plan compares the card as it will be pushed: after a real push, a dry run to the same repo finds every
+    # file unchanged, and one to another repo only the card and the manifest to update.
+    with FakeHub() as hub:
+        push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        same = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint, dry_run=True).plan
+        assert not same.add and not same.named and len(same.unchanged) == len(before)
+        hub.repos["laion/other"] = hub.repos["laion/aesthetics"]
+        other = push_release(first, "laion/other", TOKEN, endpoint=hub.endpoint, dry_run=True).plan
+        assert sorted(other.add) == ["README.md", "manifest.json"] and other.card_named == "laion/aesthetics"
+
+
+def test_pushed_card_names_the_repo_and_the_release_stays_consistent(
+    online: None, small_sample_session: Path, tmp_path: Path
+) -> None:
+    """The card on the Hub names the repo it was pushed to; the release folder holds the same bytes, its manifest
+    records them, and verify (which renders the card with the recorded repo) still passes."""
+    source = copy_sample(small_sample_session, tmp_path / "source", keep_parts=1)
+    folder = build(source, tmp_path / "out")[1].path
+    card = (folder / "README.md").read_text()
+    assert 'load_dataset("ORG/NAME", "improved_aesthetics_6.5plus", split="train")' in card
+    built = load_manifest(folder)
+    assert built["hub_repo"] is None
+    with FakeHub() as hub:
+        push_release(folder, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+        pushed = hub.repos["laion/aesthetics"].files
+        assert pushed == _release_files(folder) and not check_files(folder, load_manifest(folder))
+        text = pushed["README.md"].decode()
+        assert 'load_dataset("laion/aesthetics", "improved_aesthetics_6.5plus", split="train")' in text
+        assert "ORG/NAME" not in text and text != card
+        # Only the repo and the card's entry changed in the manifest.
+        manifest = json.loads(pushed["manifest.json"])
+        assert (
+            manifest["hub_repo"] == "laion/aesthetics" and manifest["files"]["README.md"] != built["files"]["README.md"]
+        )
+        for changed in (manifest, built):
+            del changed["hub_repo"], changed["files"]["README.md"]
+        assert manifest == built
+        # A push that stopped after writing the card (before the manifest) is finished by the next push.
+        named = named_for_repo(folder, "laion/second")
+        (folder / "README.md").write_bytes(named["README.md"])
+        assert check_files(folder, load_manifest(folder)) == {"README.md": ANY}
+        assert push_release(folder, "laion/second", TOKEN, endpoint=hub.endpoint).committed
+        assert hub.repos["laion/second"].files == _release_files(folder)
+        assert load_manifest(folder)["hub_repo"] == "laion/second" and not check_files(folder, load_manifest(folder))
+        # A release built before the card declared features (no parquet facts in its manifest) gets them on push.
+        old = load_manifest(folder)
+        for entry in old["files"].values():
+            for key in ("features", "arrow_bytes", "languages"):
+                entry.pop(key, None)
+        (folder / "manifest.json").write_text(dumps(old))
+        push_release(folder, "laion/third", TOKEN, endpoint=hub.endpoint)
+        meta = parse_front_matter(hub.repos["laion/third"].files["README.md"].decode())
+        assert meta["dataset_info"] == parse_front_matter(text)["dataset_info"] and meta["language"]
+        assert load_manifest(folder)["files"] == {**manifest["files"], "README.md": ANY}
+    assert verify_release(folder, source).ok
 
 
 def test_refuses_to_rewrite_a_published_version(online: None, releases: tuple[Path, Path], tmp_path: Path) -> None:

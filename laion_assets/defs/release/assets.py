@@ -183,7 +183,9 @@ def release_matches_manifest(storage: StorageResource, release_config: ReleaseRe
     kinds={"huggingface"},
     code_version="1",
     description="Pushes the release to a Hugging Face dataset repo: creates it if needed, one commit holding every "
-    "changed file, tag = release version; an unchanged release makes no commit. Token read from HF_TOKEN at run time.",
+    "changed file (huggingface_hub's create_commit skips unchanged ones), tag = release version; an unchanged release "
+    "makes no commit. The dataset card's usage snippet is rewritten to name the repo (card and manifest, in the "
+    "release folder too). Token read from HF_TOKEN at run time.",
 )
 def hf_release(
     context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource, hf: HfResource
@@ -197,6 +199,8 @@ def hf_release(
         require(folder / MANIFEST, f"release {release_config.version}", "materialize `release` first")
         # The token is read here, at run time, and goes to push_release only (never to logs or metadata).
         result = push_release(folder, hf.repo_id, hf.resolved_token(), hf.endpoint, hf.private, hf.dry_run)
+        if result.plan.named and not result.dry_run:
+            storage.push(folder)  # the card and manifest now name the repo: a remote data root gets them too
     plan = result.plan
     context.log.info(plan.text())
     endpoint = (hf.endpoint or "https://huggingface.co").rstrip("/")

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -8,7 +9,7 @@ from laion_assets.definitions import ASSETS, CHECKS, defs
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.demos.local import run_graph
 from laion_assets.release.kv import OnDiskKV
-from laion_assets.release.manifest import load_manifest
+from laion_assets.release.manifest import check_files, load_manifest
 from laion_assets.release.verify import verify_release
 from laion_assets_tests.hub_server import FakeHub
 from laion_assets_tests.release_helpers import build, tree_hashes
@@ -108,9 +109,35 @@ def test_hf_release_pushes_once(graph, monkeypatch: pytest.MonkeyPatch) -> None:
         assert sorted(repo.files) == sorted([*manifest["files"], "manifest.json"])
         assert all(repo.files[rel] == (folder / rel).read_bytes() for rel in repo.files)
         assert set(hub.tokens) == {TOKEN}
+        # The card pushed (and the one in the release folder, which the manifest records) names the repo.
+        assert b'load_dataset("laion/demo", "improved_aesthetics_6.5plus"' in repo.files["README.md"]
+        assert manifest["hub_repo"] == "laion/demo" and not check_files(folder, manifest)
         second = push()
         assert not second["committed"].value and second["files_unchanged"].value == 23 and len(repo.commits) == 1
         assert TOKEN not in json.dumps({k: str(v.value) for k, v in second.items()})
+
+
+def test_hf_release_sends_the_renamed_card_to_a_remote_data_root(
+    graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a remote data root, the card and manifest a push rewrote to name the repo go up to the data root too."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    _, local, _ = graph
+    remote = tmp_path / "remote"
+    shutil.copytree(local.layout.releases_dir, remote / "releases")
+    storage = StorageResource(source=local.source, data_root=f"local://{remote}", staging=str(tmp_path / "staging"))
+    with FakeHub() as hub, dg.instance_for_test() as instance:
+        hf = HfResource(repo_id="laion/remote", endpoint=hub.endpoint)
+        resources = {"storage": storage, "predictors": PredictorsResource(), "release_config": ReleaseResource()}
+        dg.materialize([*ASSETS], selection=["hf_release"], instance=instance, resources={**resources, "hf": hf})
+        pushed = hub.repos["laion/remote"].files
+    folder = remote / "releases" / "v0.1.0"
+    assert load_manifest(folder)["hub_repo"] == "laion/remote" and not check_files(folder, load_manifest(folder))
+    assert (folder / "README.md").read_bytes() == pushed["README.md"] and b'"laion/remote"' in pushed["README.md"]
 
 
 def test_hf_release_without_repo_fails_clearly(graph) -> None:
