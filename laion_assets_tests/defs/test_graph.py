@@ -7,15 +7,19 @@ import re
 import dagster as dg
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.definitions import ASSETS, CHECKS, default_resources, defs
+from laion_assets.defs.metadata import PREVIEW_ROWS, round_float
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
 from laion_assets.demos.local import run_graph
 from laion_assets.scoring.predictors import load_predictor
+from laion_assets.selection.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS
+from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
 from laion_assets.sources.hashing import laion_hash
 from laion_assets.sources.layout import discover_parts
 
@@ -210,3 +214,88 @@ def test_missing_upstream_says_what_to_run(small_sample, tmp_path):
     assert "aesthetic_tags stopped: 3 registered shard(s) cannot be released (00000, 00001, 00002)" in text
     assert "00000: clip_embeddings is not materialized" in text
     assert "--partition 00000` for each" in text and 'exclude_shards: ["00000", "00001", "00002"]' in text
+
+
+# pyarrow's names for the parquet types, read apart from the polars schema the assets publish.
+ARROW_TYPES = {"string": "String", "large_string": "String", "int64": "Int64", "float": "Float32", "double": "Float64"}
+
+
+def latest_metadata(instance, asset, partition=None) -> dict:
+    """The metadata of the latest materialization of ``asset`` (of one partition when given)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return dict(records[0].asset_materialization.metadata)
+
+
+def assert_schema_and_preview(meta: dict, files: list) -> None:
+    """``dagster/column_schema`` names every column of each file with its type; ``preview`` is the first rows."""
+    published = [(c.name, c.type) for c in meta["dagster/column_schema"].schema.columns]
+    for path in files:
+        written = pq.read_schema(path)
+        assert published == [(f.name, ARROW_TYPES[str(f.type)]) for f in written], path
+    preview = meta["preview"]
+    assert [c.name for c in preview.schema.columns] == [name for name, _ in published]
+    first = pl.read_parquet(files[0])
+    assert 0 < len(preview.records) == min(PREVIEW_ROWS, first.height)
+    for record, row in zip(preview.records, first.iter_rows(named=True), strict=False):
+        for name, value in row.items():
+            cell = record.data[name]
+            if isinstance(value, str):
+                assert value.startswith(cell.removesuffix("…")) and len(cell) <= 80, (name, cell)
+            elif isinstance(value, float):
+                assert cell == pytest.approx(value, abs=5e-5), name
+            else:
+                assert cell in (value, str(value)), name
+
+
+def test_parquet_assets_publish_the_written_column_schema_and_a_preview(built):
+    instance, storage, _, _ = built
+    layout = storage.layout
+    for key in ("00000", "00002"):
+        assert_schema_and_preview(latest_metadata(instance, "clip_embeddings", key), [layout.shard_metadata(key)])
+        assert_schema_and_preview(latest_metadata(instance, "aesthetic_scores", key), [layout.shard_scores(key)])
+    tags = sorted(layout.tags_dir.glob("part-*.parquet"))
+    assert len(tags) == 3
+    assert_schema_and_preview(latest_metadata(instance, "aesthetic_tags"), tags)
+    for name in [rule.asset_name for rule in (*V2_SUBSETS, *V1_SUBSETS)]:
+        meta = latest_metadata(instance, name)
+        assert_schema_and_preview(meta, [layout.subset_dir(name) / "part-00000.parquet"])
+        expected = V2_SUBSET_COLUMNS if name.startswith("subset_") else V1_SUBSET_COLUMNS
+        assert [c.name for c in meta["dagster/column_schema"].schema.columns] == list(expected)
+        assert 0 < len(meta["top_rows"].records) <= 10
+
+
+def _floats(value):
+    if isinstance(value, dg.FloatMetadataValue):
+        yield value.value
+    elif isinstance(value, dg.JsonMetadataValue):
+        yield from _floats(value.data)
+    elif isinstance(value, dg.TableMetadataValue):
+        for record in value.records:
+            yield from _floats(record.data)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _floats(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _floats(v)
+    elif isinstance(value, float):
+        yield value
+
+
+def test_metadata_floats_are_rounded(built):
+    instance, storage, _, _ = built
+    seen = 0
+    for asset in ALL_ASSETS - NOT_IN_DEMO:
+        for record in instance.fetch_materializations(dg.AssetKey(asset), limit=100).records:
+            for key, value in record.asset_materialization.metadata.items():
+                for number in _floats(value):
+                    assert number == round_float(number), (asset, key, number)
+                    seen += 1
+    assert seen > 100
+    # The shard's mean V1 score has many digits; the UI shows four decimals of it.
+    exact = pl.read_parquet(storage.layout.shard_scores("00001"))["aesthetic"].cast(pl.Float64).mean()
+    shown = latest_metadata(instance, "aesthetic_scores", "00001")["aesthetic/mean"].value
+    assert shown != exact and shown == pytest.approx(exact, abs=5e-5) and shown == round(shown, 4)

@@ -12,6 +12,7 @@ import pytest
 from upath import UPath
 
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
+from laion_assets.defs.metadata import PREVIEW_ROWS
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
 from laion_assets.demos.local import run_graph
@@ -100,7 +101,8 @@ def test_laion_layout_with_separate_safety_gives_the_same_subsets(laion_layout, 
     laion, safety, expected = laion_layout
     assert [p.key for p in discover_parts(laion)] == ["00000", "00001", "00003"]
     storage = StorageResource(source=str(laion), safety=str(safety), data_root=str(tmp_path / "out-laion"))
-    counts = run_graph(dg.DagsterInstance.ephemeral(), storage, PredictorsResource())
+    instance = dg.DagsterInstance.ephemeral()
+    counts = run_graph(instance, storage, PredictorsResource())
     reference = StorageResource(source=str(expected), data_root=str(tmp_path / "out-ref"))
     run_graph(dg.DagsterInstance.ephemeral(), reference, PredictorsResource())
     got, want = read_subsets(storage), read_subsets(reference)
@@ -118,6 +120,16 @@ def test_laion_layout_with_separate_safety_gives_the_same_subsets(laion_layout, 
     assert len(load_manifest(release_dir)["inputs"]["safety"]["files"]) == 3
     report = verify_release(release_dir, source=laion, safety=safety, workdir=tmp_path)
     assert report.ok, report.text()
+    # safety_tags shows its three row-aligned npy columns as a table: their types and first rows.
+    meta = instance.get_latest_materialization_event(dg.AssetKey("safety_tags")).asset_materialization.metadata
+    columns = {n: np.load(storage.layout.safety_dir / f"{n}.npy") for n in ("hash", "punsafe", "pwatermark")}
+    published = [(c.name, c.type) for c in meta["dagster/column_schema"].schema.columns]
+    assert published == [(n, {"int64": "Int64", "float32": "Float32"}[str(a.dtype)]) for n, a in columns.items()]
+    records = meta["preview"].records
+    assert len(records) == PREVIEW_ROWS
+    for i, record in enumerate(records):
+        assert record.data["hash"] in (int(columns["hash"][i]), str(columns["hash"][i]))
+        assert record.data["punsafe"] == pytest.approx(float(columns["punsafe"][i]), abs=5e-5)
 
 
 def test_safety_table_without_hash_fails_naming_the_file(laion_layout, tmp_path):

@@ -11,6 +11,7 @@ import polars as pl
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import require
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource
 from laion_assets.defs.sources.partitions import shards
 from laion_assets.images.downloading import SOURCE_FILE, ShardTimeoutError, download_shard, summarize
@@ -20,16 +21,12 @@ from laion_assets.sources.url_sources import find_url_shard, read_url_shard
 STORED_MODE = "stored embeddings (storage.urls is empty): nothing to download or embed"
 
 
-def _markdown(frame: pl.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines)
-
-
 @dg.asset(
     partitions_def=shards,
     group_name="images",
     kinds={"webdataset"},
+    owners=OWNERS,
+    tags=asset_tags("images", "images"),
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec(
@@ -98,9 +95,9 @@ def images(
         passed=result.success_rate >= floor,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{result.success_rate:.1%} of {result.rows} URLs fetched (floor {floor:.0%})",
-        metadata={"success_rate": result.success_rate, "floor": floor, "failures": result.failures},
+        metadata=rounded({"success_rate": result.success_rate, "floor": floor, "failures": result.failures}),
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(metadata=rounded(metadata), check_results=[check])
 
 
 @dg.asset(
@@ -109,6 +106,8 @@ def images(
     group_name="images",
     kinds={"pytorch", "numpy", "parquet"},
     pool="gpu",
+    owners=OWNERS,
+    tags=asset_tags("images", "embeddings"),
     code_version="1",
     description="CLIP image (and caption) embeddings of a shard's downloaded images in clip-retrieval's layout "
     "(float16, L2-normalised, row-aligned with metadata); undecodable images are skipped and counted.",
@@ -152,22 +151,23 @@ def image_embeddings(
         f"shard {key}: {result.rows} images embedded, {result.skipped} skipped, "
         f"{result.images_per_second:.1f} images/s on {loaded.device}"
     )
-    preview = pl.read_parquet(result.part.metadata, n_rows=5).select("key", "URL", "TEXT", "WIDTH", "HEIGHT")
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": result.rows,
-            "skipped_images": result.skipped,
-            "skipped_reasons": dg.MetadataValue.json(result.skipped_reasons),
-            "images_per_second": result.images_per_second,
-            "seconds": result.seconds,
-            "model": clip.model,
-            "pretrained": clip.pretrained,
-            "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "batch_size": result.batch_size,
-            "oom_halvings": result.halvings,
-            "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
-            "metadata": dg.MetadataValue.path(str(result.part.metadata)),
-            "preview": dg.MetadataValue.md(_markdown(preview)),
-        }
+        metadata=rounded(
+            {
+                "dagster/row_count": result.rows,
+                "skipped_images": result.skipped,
+                "skipped_reasons": dg.MetadataValue.json(result.skipped_reasons),
+                "images_per_second": result.images_per_second,
+                "seconds": result.seconds,
+                "model": clip.model,
+                "pretrained": clip.pretrained,
+                "device": str(loaded.device),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "batch_size": result.batch_size,
+                "oom_halvings": result.halvings,
+                "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
+                "metadata": dg.MetadataValue.path(str(result.part.metadata)),
+                **table_metadata(result.part.metadata),
+            }
+        )
     )

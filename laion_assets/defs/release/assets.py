@@ -9,6 +9,7 @@ from laion_assets.core.locations import file_sha256
 from laion_assets.core.outputs import require
 from laion_assets.core.paths import resolve
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, asset_tags, rounded
 from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
 from laion_assets.defs.selection.gate import gate_tags
 from laion_assets.defs.selection.stats import bucket_embeddings, score_histogram
@@ -27,6 +28,8 @@ from laion_assets.selection.tags import built_from_path, scan_tags
     deps=[aesthetic_tags],
     group_name="release",
     kinds={"binary"},
+    owners=OWNERS,
+    tags=asset_tags("release", "kv"),
     code_version="1",
     description="LAION's on-disk KV files: aesthetic.kv (<qe: hash, V1 score) and safety.kv (<qee: hash, punsafe, "
     "pwatermark), sorted by signed int64 hash, no header, nulls dropped, first row per hash.",
@@ -45,7 +48,7 @@ def aesthetic_kv(context: dg.AssetExecutionContext, storage: StorageResource) ->
         metadata[f"{name}/format"] = summary.fmt
         context.log.info(f"{name}: {summary.records} records ({summary.dropped} null or repeated rows dropped)")
     metadata["dagster/row_count"] = written["aesthetic.kv"].records
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=rounded(metadata))
 
 
 @dg.asset_check(asset=aesthetic_kv, blocking=True, description="Each KV file is sorted by hash with no repeated hash.")
@@ -73,6 +76,8 @@ def kv_sorted_unique(storage: StorageResource) -> dg.AssetCheckResult:
     deps=[aesthetic_tags],
     group_name="release",
     kinds={"html"},
+    owners=OWNERS,
+    tags=asset_tags("release", "gallery"),
     code_version="1",
     description="Static LAION-style galleries: 10 integer and 40 quarter-point score buckets ('In bucket a - b there "
     "is P.PP% (N.NNM) samples:'), top/bottom pages for aesthetic, punsafe, pwatermark and similarity, and a PNG "
@@ -101,6 +106,8 @@ def aesthetic_viz(context: dg.AssetExecutionContext, storage: StorageResource) -
     deps=[*SUBSET_ASSETS, score_histogram, bucket_embeddings, aesthetic_kv],
     group_name="release",
     kinds={"parquet", "json"},
+    owners=OWNERS,
+    tags=asset_tags("release", "release"),
     code_version="1",
     description="A versioned, byte-reproducible release folder releases/<version>/: the subsets (one config each), "
     "KV files, histogram, bucket embeddings, a dataset card (README.md) and manifest.json with every file's sha256.",
@@ -181,6 +188,8 @@ def release_matches_manifest(storage: StorageResource, release_config: ReleaseRe
     deps=[release],
     group_name="release",
     kinds={"huggingface"},
+    owners=OWNERS,
+    tags=asset_tags("release", "release"),
     code_version="1",
     description="Pushes the release to a Hugging Face dataset repo: creates it if needed, one commit holding every "
     "changed file (huggingface_hub's create_commit skips unchanged ones), tag = release version; an unchanged release "

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.assets import clip_embeddings
 from laion_assets.defs.sources.partitions import shards
@@ -17,9 +18,11 @@ from laion_assets.selection.tags import shard_hint
     deps=[clip_embeddings],
     group_name="shards",
     kinds={"pytorch", "parquet"},
+    owners=OWNERS,
+    tags=asset_tags("scoring", "scores"),
     code_version="1",
     description="V1 (`aesthetic`) and V2 (`AESTHETIC_SCORE`) scores of every row of a shard, float32, with the "
-    "identity (kind + sha256) of the predictor that made each column.",
+    f"identity (kind + sha256) of the predictor that made each column. {V1_RANGE}",
 )
 def aesthetic_scores(
     context: dg.AssetExecutionContext, storage: StorageResource, predictors: PredictorsResource
@@ -40,13 +43,13 @@ def aesthetic_scores(
 
 
 def scores_metadata(scored: ScoredPart, path: Path) -> dict[str, object]:
-    """Metadata of one shard's scores: rows, path, and per column its predictor identity and score summary."""
+    """Metadata of one shard's scores: rows, path, schema and preview, per column its predictor and score summary."""
     metadata: dict[str, object] = {"dagster/row_count": scored.rows, "path": dg.MetadataValue.path(str(path))}
     for column, identity in scored.identities.items():
         metadata[f"predictor/{column}"] = str(identity)
         for stat, value in scored.summary[column].items():
             metadata[f"{column}/{stat}"] = value
-    return metadata
+    return rounded({**metadata, **table_metadata(path)})
 
 
 def scores_version(scored: ScoredPart) -> dg.DataVersion:

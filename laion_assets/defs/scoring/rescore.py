@@ -9,6 +9,7 @@ release-level assets downstream of it in the ``rescore`` job are skipped.
 import dagster as dg
 
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, asset_tags
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.scoring.assets import aesthetic_scores, scores_metadata, scores_version
 from laion_assets.defs.sources.partitions import shards
@@ -19,6 +20,8 @@ from laion_assets.scoring.rescoring import UNINDEXED, identity_table, rescore, s
     deps=[aesthetic_scores],
     group_name="shards",
     kinds={"pytorch", "parquet"},
+    owners=OWNERS,
+    tags=asset_tags("scoring", "scores"),
     code_version="1",
     output_required=False,
     description="Re-scores the shards whose scores were made by predictors other than the active ones "

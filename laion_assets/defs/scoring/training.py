@@ -8,6 +8,7 @@ from laion_assets.core.atomic import atomic_path
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.paths import resolve
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, asset_tags, rounded
 from laion_assets.defs.resources import StorageResource
 from laion_assets.release.plots import png_markdown, predicted_vs_true
 from laion_assets.scoring.predictors import V2_MLP_LINEAR, load_for_column, weights_sha256
@@ -55,9 +56,14 @@ def load_ratings(config: TrainingConfig) -> RatingsTable:
 @dg.asset(
     group_name="predictors",
     kinds={"pytorch"},
+    owners=OWNERS,
+    tags=asset_tags("scoring", "predictor"),
     code_version="2",
     description="A V2 aesthetic predictor (LAION's MLP, MSE, Adam 1e-3, batch 256, 50 epochs, last 5% validation, "
-    "best checkpoint) trained on a ratings table; make it active with `laion-assets activate AESTHETIC_SCORE PATH`.",
+    "best checkpoint) trained on a ratings table. Apart from the shard graph on purpose: a trained predictor scores "
+    "nothing until a person accepts it. `laion-assets activate AESTHETIC_SCORE PATH` (PATH is in this asset's "
+    "`activate` metadata) makes it the active V2 predictor in predictors.yaml; the `rescore` job "
+    "(`rescored_shards`) then re-scores only the shards it outdates and rebuilds the tags and everything after.",
 )
 def aesthetic_predictor_trained(
     context: dg.AssetExecutionContext, config: TrainingConfig, storage: StorageResource
@@ -94,18 +100,20 @@ def aesthetic_predictor_trained(
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     context.log.info(f"val MSE {result.val_mse:.4f}, MAE {result.val_mae:.4f}, Spearman {result.spearman:.4f}")
     return dg.MaterializeResult(
-        metadata={
-            "val_mse": result.val_mse,
-            "val_mae": result.val_mae,
-            "val_spearman": result.spearman,
-            "best_epoch": result.best_epoch,
-            "train_rows": result.train_rows,
-            "val_rows": result.val_rows,
-            "predictor": str(identity),
-            "path": dg.MetadataValue.path(str(weights)),
-            "plot_path": dg.MetadataValue.path(str(plot)),
-            "predicted_vs_true": dg.MetadataValue.md(png_markdown(png, "predicted vs true")),
-            "activate": dg.MetadataValue.md(f"`laion-assets activate AESTHETIC_SCORE {weights}`"),
-            "ratings": table.source,
-        }
+        metadata=rounded(
+            {
+                "val_mse": result.val_mse,
+                "val_mae": result.val_mae,
+                "val_spearman": result.spearman,
+                "best_epoch": result.best_epoch,
+                "train_rows": result.train_rows,
+                "val_rows": result.val_rows,
+                "predictor": str(identity),
+                "path": dg.MetadataValue.path(str(weights)),
+                "plot_path": dg.MetadataValue.path(str(plot)),
+                "predicted_vs_true": dg.MetadataValue.md(png_markdown(png, "predicted vs true")),
+                "activate": dg.MetadataValue.md(f"`laion-assets activate AESTHETIC_SCORE {weights}`"),
+                "ratings": table.source,
+            }
+        )
     )

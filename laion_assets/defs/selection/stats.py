@@ -4,6 +4,7 @@ import dagster as dg
 
 from laion_assets.core.atomic import atomic_path
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, rounded
 from laion_assets.defs.resources import ReleaseResource, StorageResource
 from laion_assets.defs.selection.gate import gate_tags
 from laion_assets.defs.selection.tags import aesthetic_tags
@@ -22,10 +23,13 @@ SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
     deps=[aesthetic_tags],
     group_name="stats",
     kinds={"numpy"},
+    owners=OWNERS,
+    tags=asset_tags("selection", "stats"),
     code_version="1",
     description="LAION's aesthetic bucket embeddings: for k in 0..9 the L2-normalised sum of the embeddings whose "
-    "V1 score s has k <= s <= k+1 (both edges inclusive), saved as rating{k}.npy, float32 (1, d). Reads only parts "
-    "still identical to what clip_embeddings validated.",
+    "V1 score s has k <= s <= k+1 (both edges inclusive; rows scored below 0 or above 10 are in no bucket), saved "
+    "as rating{k}.npy, float32 (1, d). Reads only parts still identical to what clip_embeddings validated. "
+    f"{V1_RANGE}",
 )
 def bucket_embeddings(
     context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource
@@ -41,12 +45,14 @@ def bucket_embeddings(
     if empty:
         context.log.warning(f"empty buckets {empty}: their rating{{k}}.npy is a zero vector")
     return dg.MaterializeResult(
-        metadata={
-            "rows_per_bucket": dg.MetadataValue.json(counts),
-            "empty_buckets": dg.MetadataValue.json(empty),
-            "dim": storage.embedding_dim,
-            "path": dg.MetadataValue.path(str(layout.buckets_dir)),
-        }
+        metadata=rounded(
+            {
+                "rows_per_bucket": dg.MetadataValue.json(counts),
+                "empty_buckets": dg.MetadataValue.json(empty),
+                "dim": storage.embedding_dim,
+                "path": dg.MetadataValue.path(str(layout.buckets_dir)),
+            }
+        )
     )
 
 
@@ -54,9 +60,12 @@ def bucket_embeddings(
     deps=[aesthetic_tags],
     group_name="stats",
     kinds={"json"},
+    owners=OWNERS,
+    tags=asset_tags("selection", "stats"),
     code_version="1",
     description="Ten integer score buckets '0-1' … '9-10' for each predictor, as counts and as LAION printed them "
-    "({'0-1': '2.66M', …}).",
+    "({'0-1': '2.66M', …}); a score below 0 counts in '0-1' and one of 10 or more in '9-10', so every row counts "
+    f"once. {V1_RANGE}",
 )
 def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """Count the tags table's V1 and V2 scores per integer bucket."""
@@ -85,14 +94,16 @@ def score_histogram(context: dg.AssetExecutionContext, storage: StorageResource)
     for column, line in text.items():
         context.log.info(f"{column}: {line}")
     return dg.MaterializeResult(
-        metadata={
-            **{f"{column}/laion": line for column, line in text.items()},
-            **{f"{column}/counts": dg.MetadataValue.json(c) for column, c in counts.items()},
-            "dagster/row_count": sum(counts["aesthetic"].values()),
-            "path": dg.MetadataValue.path(str(layout.histogram_path)),
-            **{f"predictor/{c}": i for c, i in identities.items()},
-            "predictor_changed": dg.MetadataValue.json(changed_columns(previous, identities)),
-            "plot": dg.MetadataValue.md(png_markdown(png, "score histogram")),
-            "plot_path": dg.MetadataValue.path(str(plot)),
-        }
+        metadata=rounded(
+            {
+                **{f"{column}/laion": line for column, line in text.items()},
+                **{f"{column}/counts": dg.MetadataValue.json(c) for column, c in counts.items()},
+                "dagster/row_count": sum(counts["aesthetic"].values()),
+                "path": dg.MetadataValue.path(str(layout.histogram_path)),
+                **{f"predictor/{c}": i for c, i in identities.items()},
+                "predictor_changed": dg.MetadataValue.json(changed_columns(previous, identities)),
+                "plot": dg.MetadataValue.md(png_markdown(png, "score histogram")),
+                "plot_path": dg.MetadataValue.path(str(plot)),
+            }
+        )
     )

@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, preview_table, rounded, table_metadata
 from laion_assets.defs.resources import StorageResource
 from laion_assets.defs.selection.tags import aesthetic_tags
 from laion_assets.selection.audit import audit_subset
@@ -21,13 +22,19 @@ from laion_assets.selection.subsets import (
 from laion_assets.selection.tags import tag_files
 from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 
-PREVIEW_ROWS = 10
+TOP_ROWS = 10
 
 
 def _rule_text(rule: V1Subset | V2Subset) -> str:
     if isinstance(rule, V2Subset):
         return f"English rows with a URL and AESTHETIC_SCORE >= {rule.threshold:g} (LAION's {rule.hub_name})"
     return f"rows with punsafe < 0.5, pwatermark < 0.8 and a URL, one per hash, aesthetic > {rule.threshold:g}"
+
+
+def _description(rule: V1Subset | V2Subset) -> str:
+    if isinstance(rule, V2Subset):
+        return f"{_rule_text(rule)}."
+    return f"{_rule_text(rule)}. {V1_RANGE}"
 
 
 def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
@@ -38,8 +45,10 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
         deps=[aesthetic_tags],
         group_name="subsets",
         kinds={"parquet"},
+        owners=OWNERS,
+        tags=asset_tags("selection", "subset", predictor="v2" if isinstance(rule, V2Subset) else "v1"),
         code_version="1",
-        description=f"{_rule_text(rule)}.",
+        description=_description(rule),
         metadata={"threshold": rule.threshold, "score_column": score},
     )
     def _subset(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
@@ -58,31 +67,26 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
             )
             .collect()
         )
-        preview = top_rows(path, score, PREVIEW_ROWS).select("URL", "TEXT", score)
+        top = top_rows(path, score, TOP_ROWS).select("URL", "TEXT", score)
         context.log.info(f"{rule.asset_name}: {rows} rows; " + ", ".join(f"{k} {v}" for k, v in funnel.items()))
         return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": rows,
-                "rule": _rule_text(rule),
-                **{f"rows_{k}" if k == "candidates" else k: v for k, v in funnel.items()},
-                **{
-                    f"{score}/{k}": (None if stats[k].item() is None else float(stats[k].item())) for k in stats.columns
-                },
-                "path": dg.MetadataValue.path(str(path)),
-                "preview": dg.MetadataValue.md(_markdown(preview)),
-            }
+            metadata=rounded(
+                {
+                    "dagster/row_count": rows,
+                    "rule": _rule_text(rule),
+                    **{f"rows_{k}" if k == "candidates" else k: v for k, v in funnel.items()},
+                    **{
+                        f"{score}/{k}": (None if stats[k].item() is None else float(stats[k].item()))
+                        for k in stats.columns
+                    },
+                    "path": dg.MetadataValue.path(str(path)),
+                    **table_metadata(path),
+                    "top_rows": preview_table(top),
+                }
+            )
         )
 
     return _subset
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    """A small markdown table (no pandas/tabulate needed)."""
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.iter_rows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")[:80] for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _checks(rule: V1Subset | V2Subset, asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:

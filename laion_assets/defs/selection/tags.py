@@ -1,23 +1,44 @@
 """``aesthetic_tags``: every shard's metadata joined with its hash and scores, and its checks."""
 
+from pathlib import Path
+
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.metadata import (
+    OWNERS,
+    PREVIEW_ROWS,
+    V1_RANGE,
+    asset_tags,
+    frame_metadata,
+    rounded,
+    table_metadata,
+)
 from laion_assets.defs.resources import ReleaseResource, StorageResource
 from laion_assets.defs.scoring.assets import aesthetic_scores
 from laion_assets.defs.scoring.rescore import rescored_shards
 from laion_assets.defs.selection.gate import gate, released_keys
 from laion_assets.selection.audit import audit_tags
-from laion_assets.selection.tags import build_tags, scan_tags
+from laion_assets.selection.tags import build_tags, scan_tags, tag_files
 from laion_assets.sources.indexing import read_validation
-from laion_assets.sources.safety import SafetyIndex, build_safety_index, check_safety_current
+from laion_assets.sources.safety import INDEX_FILES, SafetyIndex, build_safety_index, check_safety_current
+
+
+def safety_head(folder: Path) -> pl.DataFrame:
+    """The first rows of the safety index's row-aligned npy columns (memory-mapped: nothing else is read)."""
+    return pl.DataFrame(
+        {name.removesuffix(".npy"): np.load(folder / name, mmap_mode="r")[:PREVIEW_ROWS] for name in INDEX_FILES}
+    )
 
 
 @dg.asset(
     group_name="tags",
     kinds={"numpy"},
+    owners=OWNERS,
+    tags=asset_tags("selection", "tags"),
     code_version="1",
     description="LAION's separate safety tags (punsafe, pwatermark by hash), de-duplicated by hash, missing "
     "pwatermark filled with 0.5, sorted for binary search. Empty when the embeddings' metadata carries them.",
@@ -33,15 +54,18 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
         summary = build_safety_index(source, folder)
     storage.push(folder)
     return dg.MaterializeResult(
-        metadata={
-            "source": str(source),
-            "files": summary.files,
-            "rows_read": summary.rows_read,
-            "dagster/row_count": summary.unique_hashes,
-            "duplicate_rows_dropped": summary.rows_read - summary.unique_hashes,
-            "pwatermark_filled_with_0.5": summary.pwatermark_filled,
-            "path": dg.MetadataValue.path(str(folder)),
-        }
+        metadata=rounded(
+            {
+                "source": str(source),
+                "files": summary.files,
+                "rows_read": summary.rows_read,
+                "dagster/row_count": summary.unique_hashes,
+                "duplicate_rows_dropped": summary.rows_read - summary.unique_hashes,
+                "pwatermark_filled_with_0.5": summary.pwatermark_filled,
+                "path": dg.MetadataValue.path(str(folder)),
+                **frame_metadata(safety_head(folder)),
+            }
+        )
     )
 
 
@@ -49,11 +73,13 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     deps=[aesthetic_scores, safety_tags, rescored_shards],
     group_name="tags",
     kinds={"parquet"},
+    owners=OWNERS,
+    tags=asset_tags("selection", "tags"),
     code_version="2",
     description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
     "every row of every released shard, one parquet per shard. Stops, naming the shards, when a registered shard "
     "is not validated and scored, its latest shard run failed, or its source changed since validation (unless "
-    "release_config.exclude_shards leaves it out).",
+    f"release_config.exclude_shards leaves it out). {V1_RANGE}",
 )
 def aesthetic_tags(
     context: dg.AssetExecutionContext, storage: StorageResource, release_config: ReleaseResource
@@ -85,23 +111,27 @@ def aesthetic_tags(
     if release_config.exclude_shards:
         context.log.warning(f"shards left out of the release by configuration: {release_config.exclude_shards}")
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": summary.rows,
-            "shards": len(validations),
-            "excluded_shards": dg.MetadataValue.json(sorted(release_config.exclude_shards)),
-            "rows_without_safety_tags": summary.without_safety_tags,
-            "rows_without_url": summary.without_url,
-            "rows_without_caption": summary.without_caption,
-            "duplicate_rows": summary.duplicate_rows,
-            "duplicate_rows_within_shards": summary.duplicate_rows_within_shards,
-            "duplicate_rows_across_shards": summary.duplicate_rows - summary.duplicate_rows_within_shards,
-            "declared_language": storage.language or "(none)",
-            "safety_source": str(storage.safety_path or "embeddings metadata"),
-            "per_shard": dg.MetadataValue.json(summary.per_shard),
-            **{f"predictor/{c}": i for c, i in summary.identities.items()},
-            **{name: float(stats[name].item()) for name in stats.columns if stats[name].item() is not None},
-            "path": dg.MetadataValue.path(str(storage.layout.tags_dir)),
-        }
+        metadata=rounded(
+            {
+                "dagster/row_count": summary.rows,
+                "shards": len(validations),
+                "excluded_shards": dg.MetadataValue.json(sorted(release_config.exclude_shards)),
+                "rows_without_safety_tags": summary.without_safety_tags,
+                "rows_without_url": summary.without_url,
+                "rows_without_caption": summary.without_caption,
+                "duplicate_rows": summary.duplicate_rows,
+                "duplicate_rows_within_shards": summary.duplicate_rows_within_shards,
+                "duplicate_rows_across_shards": summary.duplicate_rows - summary.duplicate_rows_within_shards,
+                "declared_language": storage.language or "(none)",
+                "safety_source": str(storage.safety_path or "embeddings metadata"),
+                "per_shard": dg.MetadataValue.json(summary.per_shard),
+                **{f"predictor/{c}": i for c, i in summary.identities.items()},
+                **{name: float(stats[name].item()) for name in stats.columns if stats[name].item() is not None},
+                "path": dg.MetadataValue.path(str(storage.layout.tags_dir)),
+                # Every part has the same columns: the first one's footer and rows stand for the table.
+                **table_metadata(tag_files(storage.layout)[0]),
+            }
+        )
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from laion_assets.core.paths import MODELS_DIR
 from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, default_resources
 from laion_assets.defs.images.assets import image_embeddings
+from laion_assets.defs.metadata import PREVIEW_ROWS
 from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
 from laion_assets.defs.sources.sensors import new_shards_sensor
@@ -101,6 +102,11 @@ def test_embeddings_are_clip_retrieval_layout_and_indexed(chain: Chain) -> None:
     assert indexed["URL"].to_list() == meta["URL"].to_list()  # clip_embeddings indexed this very part
     emb_meta = _metadata(chain.first, "image_embeddings")
     assert emb_meta["skipped_images"] == 0 and emb_meta["dtype"] == "float32" and emb_meta["device"] == "cpu"
+    # The column schema is the written metadata file's; the preview holds its first rows.
+    assert [(c.name, c.type) for c in emb_meta["dagster/column_schema"].columns] == [
+        (name, str(dtype)) for name, dtype in meta.schema.items()
+    ]
+    assert [r.data["URL"] for r in emb_meta["preview"].records] == meta["URL"].head(PREVIEW_ROWS).to_list()
     assert _metadata(chain.first, "clip_embeddings")["dagster/row_count"] == 6
 
 
