@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE
 from laion_assets.definitions import defs, register_shards, shard_job
-from laion_assets.demos.sample import SampleSpec, write_sample
 
 # A schedule's cron is part of the definitions themselves (Dagster has no EnvVar for it), so the one variable of
 # ours read when the code location loads is the rescore schedule's; see laion_assets/defs/scoring/schedules.py.
@@ -80,23 +78,16 @@ def test_importing_the_definitions_reads_no_setting_and_imports_no_torch(tmp_pat
     assert SOURCE.env in seen["at_use"] and seen["source"] == str(tmp_path / "from-env")
 
 
-@pytest.fixture
-def one_part(tmp_path: Path) -> Path:
-    source = tmp_path / "sample"
-    write_sample(source, SampleSpec(parts=1, rows_per_part=64, seed=3))
-    return source
-
-
-def test_the_environment_takes_effect_when_a_run_executes(one_part: Path, tmp_path: Path, monkeypatch):
+def test_the_environment_takes_effect_when_a_run_executes(small_sample_session: Path, tmp_path: Path, monkeypatch):
     """``defs`` was imported before these variables were set: the run still reads and writes where they say."""
     env_root, flag_root = tmp_path / "from-env", tmp_path / "from-config"
-    monkeypatch.setenv(SOURCE.env, str(one_part))
+    monkeypatch.setenv(SOURCE.env, str(small_sample_session))
     monkeypatch.setenv(DATA_ROOT.env, str(env_root))
     monkeypatch.delenv(SAFETY.env, raising=False)
     job = defs.resolve_job_def(shard_job.name)
     selection = [dg.AssetKey("clip_embeddings"), dg.AssetKey("aesthetic_scores")]
     with dg.instance_for_test() as instance:
-        register_shards(instance, one_part)
+        register_shards(instance, small_sample_session)
         result = job.execute_in_process(instance=instance, partition_key="00000", asset_selection=selection)
         assert result.success
         assert (env_root / "shards" / "00000" / "scores.parquet").is_file()
@@ -107,4 +98,4 @@ def test_the_environment_takes_effect_when_a_run_executes(one_part: Path, tmp_pa
         )
         assert result.success
     assert (flag_root / "shards" / "00000" / "scores.parquet").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["from-config", "from-env", "sample"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["from-config", "from-env"]
