@@ -1,10 +1,11 @@
 """CPU time of loading the code location: ``dagster asset list -m laion_assets.definitions``, per tree.
 
 Usage: python bench/asset_list.py [--runs 7] [TREE ...]
-Each TREE is a checkout of the project (default: this one); the command runs with ``PYTHONPATH=TREE`` so that tree's
-``laion_assets`` is loaded. Runs of the trees alternate, so drift in machine load falls on all of them. Reported per
-tree: the median user+sys CPU seconds of the command and its children (``getrusage(RUSAGE_CHILDREN)``), the median
-wall time, and the load average before and after (the machine may be shared).
+Each TREE is a checkout of the project (default: this one); the command runs in TREE with ``PYTHONPATH=TREE``, so
+that tree's ``laion_assets`` is loaded (``-m`` puts the working directory first on the path). Runs of the trees
+alternate, so drift in machine load falls on all of them. Reported per tree: the median user+sys CPU seconds of the
+command and its children (``getrusage(RUSAGE_CHILDREN)``), the median wall time, and the load average before and
+after (the machine may be shared).
 """
 
 import argparse
@@ -26,7 +27,7 @@ def one_run(tree: Path) -> tuple[float, float]:
     env.pop("DAGSTER_HOME", None)  # a throwaway instance: the measure is the load, not an instance's storage
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([str(dagster), *COMMAND], env=env, capture_output=True, text=True)
+    done = subprocess.run([str(dagster), *COMMAND], cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
