@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from laion_assets.defs import resources
 from laion_assets.defs.images.assets import image_embeddings, images
 from laion_assets.defs.jobs import publish_job, release_job, rescore_job, shard_job
 from laion_assets.defs.release.assets import RELEASE_ASSETS, RELEASE_CHECKS
@@ -33,17 +34,13 @@ from laion_assets.defs.sources.assets import clip_embeddings
 from laion_assets.defs.sources.partitions import register_shards, source_keys
 from laion_assets.defs.sources.sensors import new_shards_sensor
 
+# What the front ends may use: the resource classes, the jobs, the definitions and the shard partitions' helpers.
 __all__ = [
+    *resources.__all__,
     "ASSETS",
     "CHECKS",
     "URL_ASSETS",
     "build_defs",
-    "ClipResource",
-    "DownloaderResource",
-    "HfResource",
-    "PredictorsResource",
-    "ReleaseResource",
-    "StorageResource",
     "default_resources",
     "defs",
     "publish_job",
