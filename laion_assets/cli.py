@@ -58,7 +58,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from laion_assets.defs.sources.partitions import register_shards
+    from laion_assets.definitions import register_shards
 
     source = _source_argument(args)
     home, instance = _instance(args)
@@ -191,7 +191,7 @@ def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting
 def _stale(args: argparse.Namespace) -> None:
     root = resolve_setting(DATA_ROOT, args.data_root)
     home, keys = _registered_shards(args, root)
-    from laion_assets.defs.resources import PredictorsResource, StorageResource
+    from laion_assets.definitions import PredictorsResource, StorageResource
     from laion_assets.scoring.rescoring import shard_states
 
     storage = StorageResource(data_root=root.value)
@@ -211,7 +211,7 @@ def _rescore(args: argparse.Namespace) -> None:
         "safety": resolve_setting(SAFETY, args.safety),
     }
     home, _ = _registered_shards(args, settings["data_root"])
-    from laion_assets.definitions import defs  # slow (torch): only once the settings are known to be right
+    from laion_assets.definitions import defs  # slow (dagster, the graph): only once the settings are right
 
     # Given as run config (absolute paths), so the run records where it read and wrote.
     config = {k: str(s.location) if s.value else "" for k, s in settings.items()}

@@ -1,7 +1,17 @@
-"""The laion_assets code location: ``dagster dev`` and ``dagster asset materialize`` load ``defs`` from here."""
+"""The laion_assets code location: ``dagster dev``, ``dg dev``, ``dagster asset materialize`` load ``defs`` from here.
+
+It is also the public surface the front ends (``laion_assets/cli.py``, ``laion_assets/demos/``) use instead of
+reaching into ``laion_assets/defs/``: ``defs`` and its jobs, the resource classes and :func:`default_resources`,
+and :func:`register_shards` / :func:`source_keys` for the shard partitions. Importing it reads no setting from
+the environment (the storage resource reads its variables through ``dg.EnvVar`` when a run uses it) and imports
+no torch, so listing the assets stays quick.
+"""
+
+from collections.abc import Mapping
 
 import dagster as dg
 
+from laion_assets.defs import resources
 from laion_assets.defs.images.assets import image_embeddings, images
 from laion_assets.defs.jobs import publish_job, release_job, rescore_job, shard_job
 from laion_assets.defs.release.assets import RELEASE_ASSETS, RELEASE_CHECKS
@@ -21,7 +31,25 @@ from laion_assets.defs.selection.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.selection.subsets import SUBSET_ASSETS, SUBSET_CHECKS, subsets_nested
 from laion_assets.defs.selection.tags import aesthetic_tags, row_counts_conserved, safety_tags, scores_finite
 from laion_assets.defs.sources.assets import clip_embeddings
+from laion_assets.defs.sources.partitions import register_shards, source_keys
 from laion_assets.defs.sources.sensors import new_shards_sensor
+
+# What the front ends may use: the resource classes, the jobs, the definitions and the shard partitions' helpers.
+__all__ = [
+    *resources.__all__,
+    "ASSETS",
+    "CHECKS",
+    "URL_ASSETS",
+    "build_defs",
+    "default_resources",
+    "defs",
+    "publish_job",
+    "register_shards",
+    "release_job",
+    "rescore_job",
+    "shard_job",
+    "source_keys",
+]
 
 ASSETS = [
     clip_embeddings,
@@ -55,11 +83,19 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-defs = dg.Definitions(
-    assets=[*URL_ASSETS, *ASSETS],
-    asset_checks=CHECKS,
-    jobs=[shard_job, release_job, rescore_job, publish_job],
-    schedules=[rescore_schedule],
-    sensors=[new_shards_sensor],
-    resources=default_resources(),
-)
+def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+    """The code location's definitions, with ``resources`` in place of the defaults of the same keys.
+
+    ``defs`` is this with the defaults; the demos run the very same jobs with the resources they configure.
+    """
+    return dg.Definitions(
+        assets=[*URL_ASSETS, *ASSETS],
+        asset_checks=CHECKS,
+        jobs=[shard_job, release_job, rescore_job, publish_job],
+        schedules=[rescore_schedule],
+        sensors=[new_shards_sensor],
+        resources={**default_resources(), **(resources or {})},
+    )
+
+
+defs = build_defs()

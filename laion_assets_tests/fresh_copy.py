@@ -21,7 +21,7 @@ from pathlib import Path
 
 from laion_assets.core.paths import PROJECT_DIR
 
-SCRIPTS = ("dagster", "dagster-webserver", "dagster-daemon", "laion-assets")
+SCRIPTS = ("dagster", "dagster-webserver", "dagster-daemon", "dg", "laion-assets")
 # What a clone does not have: built or run-time folders.
 NOT_IN_A_CLONE = {".venv", ".git", ".dagster", ".dagster-urls", "__pycache__", ".pytest_cache", ".ruff_cache"}
 NOT_IN_A_CLONE_PATHS = {"data/out", "data/sample", "data/demo-urls"}

@@ -153,3 +153,39 @@ def test_readme_rule_table_matches_the_tree():
         if path.name != "__init__.py"
     }
     assert sorted(on_disk - named) == [], "modules the README's rule table does not name"
+
+
+# The front ends: the ``laion-assets`` command and the demos. They call the stages' public functions, Dagster's API
+# or the code location's public surface (``laion_assets.definitions``), never the wiring inside ``defs``.
+FRONT_ENDS = ("laion_assets.cli", "laion_assets.demos")
+
+
+def front_ends() -> list[str]:
+    return [n for n in all_modules() if n == FRONT_ENDS[0] or n.startswith(FRONT_ENDS[1] + ".")]
+
+
+def defs_imports(name: str, source: str) -> list[str]:
+    """Imports of ``source`` (module ``name``) that reach into ``laion_assets.defs``, however they are spelled."""
+    targets = set(imported(source))
+    for node in ast.walk(ast.parse(source)):  # `from laion_assets import defs` names the package as an alias
+        if isinstance(node, ast.ImportFrom) and node.module == "laion_assets":
+            targets.update(f"laion_assets.{alias.name}" for alias in node.names)
+    return [
+        f"{name} imports {t}" for t in sorted(targets) if t == "laion_assets.defs" or t.startswith("laion_assets.defs.")
+    ]
+
+
+def test_front_ends_use_public_entry_points():
+    names = front_ends()
+    assert {"laion_assets.cli", "laion_assets.demos.local", "laion_assets.demos.urls"} <= set(names)
+    wrong = [w for n in names for w in defs_imports(n, module_file(n).read_text())]
+    assert wrong == [], "front ends reach into defs; use laion_assets.definitions' public names instead"
+
+
+def test_the_front_end_walk_finds_every_spelling_of_a_defs_import():
+    inside = "def f():\n    from laion_assets.defs.resources import StorageResource\n"
+    assert defs_imports("laion_assets.cli", inside) == ["laion_assets.cli imports laion_assets.defs.resources"]
+    assert defs_imports("m", "import laion_assets.defs.jobs\n") == ["m imports laion_assets.defs.jobs"]
+    assert defs_imports("m", "from laion_assets import defs\n") == ["m imports laion_assets.defs"]
+    assert defs_imports("m", "from laion_assets.defs import jobs\n") == ["m imports laion_assets.defs"]
+    assert defs_imports("m", "from laion_assets.definitions import defs, shard_job\nimport dagster as dg\n") == []

@@ -1,7 +1,8 @@
 """Where every command finds the source, the data root, the safety table and the Dagster instance.
 
 One precedence for all of them, in every ``laion-assets`` subcommand, in ``make demo`` and in the ``storage``
-resource's defaults: the command-line flag, else the environment variable, else the project's default.
+resource's defaults: the command-line flag, else the environment variable, else the project's default. (The
+resource reads the variables through ``dg.EnvVar`` when a run uses it, never when the code location loads.)
 
 | setting | flag | environment | default |
 |---|---|---|---|

@@ -1,7 +1,8 @@
 """``make demo``: build the sample if needed, register its shards and materialize the whole graph.
 
 Runs go to the Dagster instance (``--dagster-home``, else ``$DAGSTER_HOME``, else ``.dagster/`` in the project),
-so ``dagster dev`` shows them afterwards. Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
+so ``dagster dev`` shows them afterwards, as runs of the code location's named jobs (``shard_job`` per shard, then
+``release_job``). Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
 DIR] [--dagster-home DIR]`` (or ``python -m laion_assets.demos.local``); see ``laion_assets/core/settings.py``.
 """
 
@@ -22,12 +23,20 @@ from laion_assets.core.settings import (
     resolve_setting,
     use_instance,
 )
-from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, defs
-from laion_assets.defs.release.assets import hf_release
-from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
-from laion_assets.defs.sources.partitions import register_shards, source_keys
+from laion_assets.definitions import (
+    HfResource,
+    PredictorsResource,
+    ReleaseResource,
+    StorageResource,
+    build_defs,
+    register_shards,
+    release_job,
+    shard_job,
+    source_keys,
+)
 from laion_assets.demos.sample import SampleSpec, write_sample
 
+# The shard steps of stored embeddings; URL sources run the whole shard_job (download and embed first).
 SHARD_SELECTION = ["clip_embeddings", "aesthetic_scores"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -38,10 +47,11 @@ def run_graph(
     predictors: PredictorsResource,
     url_resources: dict[str, dg.ConfigurableResource] | None = None,
 ) -> dict:
-    """Register the source's shards, materialize every shard, then every release-level asset and check.
+    """Register the source's shards, run ``shard_job`` on every shard, then ``release_job``, with these resources.
 
-    With ``storage.urls`` set, each shard is first downloaded and embedded (``images``, ``image_embeddings``)
-    with ``url_resources`` (``downloader`` and ``clip``).
+    The runs are the code location's named jobs, so the UI lists them as such. With ``storage.urls`` set, each
+    shard is first downloaded and embedded (``images``, ``image_embeddings``) with ``url_resources``
+    (``downloader`` and ``clip``). Pushing to the Hub (``publish_job``) needs a repo and a token: it is never run.
     """
     register_shards(instance, storage.shard_source)
     keys = sorted(instance.get_dynamic_partitions("shards"))
@@ -54,33 +64,25 @@ def run_graph(
             "for this source"
         )
     resources = {"storage": storage, "predictors": predictors, "release_config": ReleaseResource(), "hf": HfResource()}
-    assets, selection = [*ASSETS, *CHECKS], SHARD_SELECTION
+    selection = SHARD_SELECTION
     if storage.url_mode:
-        assets, selection = [*URL_ASSETS, *assets], ["images", "image_embeddings", *SHARD_SELECTION]
+        selection = ["images", "image_embeddings", *SHARD_SELECTION]
         resources.update(url_resources or {})
+    graph = build_defs(resources)  # the code location's jobs, run with these resources
+    shards = graph.resolve_job_def(shard_job.name)
     for i, key in enumerate(keys, 1):
         print(f"[{i}/{len(keys)}] shard {key}: {', '.join(selection)}", flush=True)
-        result = dg.materialize(
-            assets,
-            selection=selection,
-            partition_key=key,
-            instance=instance,
-            resources=resources,
+        result = shards.execute_in_process(
             run_config=QUIET,
+            instance=instance,
+            partition_key=key,
             raise_on_error=False,
+            asset_selection=[dg.AssetKey(name) for name in selection],
         )
         _stop_on_failure(result, f"shard {key}")
     print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, release", flush=True)
-    # Pushing to the Hub (hf_release) needs a repo and a token: it is never part of the demo.
-    local_assets = [a for a in ASSETS if a is not hf_release]
-    release = dg.AssetSelection.assets("safety_tags") | dg.AssetSelection.assets("aesthetic_tags").downstream()
-    result = dg.materialize(
-        [*local_assets, *CHECKS],
-        selection=release,
-        instance=instance,
-        resources=resources,
-        run_config=QUIET,
-        raise_on_error=False,
+    result = graph.resolve_job_def(release_job.name).execute_in_process(
+        run_config=QUIET, instance=instance, raise_on_error=False
     )
     _stop_on_failure(result, "release-level assets")
     counts = {}
@@ -132,7 +134,6 @@ def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home:
         f"source {source.describe()}, data root {data_root.describe()}, instance {dagster_home.describe()}",
         flush=True,
     )
-    assert defs is not None  # the code location the UI loads is the same one
     counts = run_graph(dg.DagsterInstance.get(), storage, PredictorsResource())
     width = max(map(len, counts))
     for name, rows in counts.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from laion_assets.core.paths import MODELS_DIR, resolve
-from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
+from laion_assets.definitions import ClipResource, DownloaderResource, PredictorsResource, StorageResource
 from laion_assets.demos.local import run_graph
 from laion_assets.demos.url_server import serve_images, url_frame, write_images
 

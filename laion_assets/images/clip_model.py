@@ -11,11 +11,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from laion_assets.core.errors import BadInputError, MissingUpstreamError
+
+if TYPE_CHECKING:  # torch is imported where it is used: loading the definitions must not pay for it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,20 @@ class LoadedClip:
     dtype: torch.dtype
     embed_dim: int
 
-    @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings (float32, not normalised) of a preprocessed batch."""
-        images = images.to(self.device, dtype=self.dtype, non_blocking=True)
-        return self.model.encode_image(images).float()
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            images = images.to(self.device, dtype=self.dtype, non_blocking=True)
+            return self.model.encode_image(images).float()
+
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings (float32, not normalised) of tokenized captions."""
-        return self.model.encode_text(tokens.to(self.device)).float()
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode_text(tokens.to(self.device)).float()
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Text embeddings (float32, not normalised) of captions."""
@@ -64,6 +71,8 @@ class LoadedClip:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error."""
+    import torch
+
     if device not in DEVICES:
         raise BadInputError(f"device {device!r} is not one of {DEVICES}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -112,6 +121,7 @@ def _weights_help(spec: ClipSpec, exc: Exception) -> str:
 def load_clip(spec: ClipSpec) -> LoadedClip:
     """Build the model described by ``spec`` on its device in eval mode."""
     import open_clip
+    import torch
 
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
@@ -154,6 +164,8 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
 
 def is_oom(exc: BaseException) -> bool:
     """True for a CUDA out-of-memory error (torch raises either its own class or a RuntimeError)."""
+    import torch
+
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
@@ -171,6 +183,8 @@ class BatchEmbedder:
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         """Embeddings of ``batch`` (float32 numpy), computed in chunks no bigger than the current batch size."""
+        import torch
+
         out, start = [], 0
         while start < len(batch):
             chunk = batch[start : start + self.batch_size]

@@ -18,7 +18,6 @@ import polars as pl
 from laion_assets.core.errors import BadInputError
 from laion_assets.images.clip_model import BatchEmbedder, LoadedClip
 from laion_assets.images.embedding_writer import write_part
-from laion_assets.images.image_reader import image_loader
 from laion_assets.sources.layout import Part
 from laion_assets.sources.schemas import METADATA_COLUMNS, OPTIONAL_METADATA_COLUMNS
 from laion_assets.sources.url_sources import ROW_COLUMN
@@ -48,6 +47,9 @@ def embed_images(
     tars: Sequence[Path], clip: LoadedClip, batch_size: int, num_workers: int
 ) -> tuple[list[dict], np.ndarray, list[tuple[str, str]], BatchEmbedder]:
     """Image embeddings (float32) of every decodable sample of ``tars``, their JSON metadata and the skipped ones."""
+    # The reader's torch DataLoader is imported here: loading the definitions must not pay for torch.
+    from laion_assets.images.image_reader import image_loader
+
     embedder = BatchEmbedder(clip.encode_images, batch_size)
     metas: list[dict] = []
     chunks: list[np.ndarray] = []

@@ -28,12 +28,15 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from laion_assets.core.errors import BadInputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: loading the definitions must not pay for it
+    import torch
+    from torch import nn
 
 CLIP_L14_DIM = 768
 V1_LINEAR = "v1-linear"
@@ -103,6 +106,8 @@ class MLPPredictor:
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Score a (n, d) batch; returns float32 (n,)."""
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
             return self.module(x)[:, 0].numpy().astype(np.float32)
@@ -112,6 +117,8 @@ Predictor = LinearPredictor | MLPPredictor
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if not path.is_file():
         raise BadInputError(f"{path}: predictor weights file not found")
     try:
@@ -128,6 +135,8 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _what_it_holds(loaded: object, shown: int = 10) -> str:
     """Say what a weights file holds instead of a flat state_dict, e.g. a training checkpoint that nests one."""
+    import torch
+
     if not isinstance(loaded, dict):
         return type(loaded).__name__
     keys = sorted(str(k) for k in loaded)
@@ -168,6 +177,8 @@ def detect_kind(state: dict[str, torch.Tensor]) -> str | None:
 
 def v2_module(kind: str, dim: int = CLIP_L14_DIM) -> nn.Sequential:
     """Build LAION's V2 MLP exactly as improved-aesthetic-predictor defines it."""
+    from torch import nn
+
     w = _V2_WIDTHS
     if kind not in (V2_MLP_LINEAR, V2_MLP_RELU):
         raise ValueError(f"not a V2 kind: {kind!r}")
@@ -189,6 +200,8 @@ def _strip_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _tensor_bytes(key: str, tensor: torch.Tensor) -> bytes:
     """A tensor's elements as little-endian, C-contiguous bytes (the payload of the canonical encoding)."""
+    import torch
+
     if tensor.layout != torch.strided:
         raise ValueError(f"tensor {key} has layout {tensor.layout}; only dense tensors have a canonical encoding")
     flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -212,6 +225,8 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 def non_finite(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
     """``(key, NaN/Inf count, size)`` of every floating tensor holding NaN or Inf, keys in sorted order."""
+    import torch
+
     found = []
     for key in sorted(state):
         tensor = state[key]

@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Iterator, Mapping
 
 import numpy as np
-import torch
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import Location
@@ -29,6 +28,8 @@ def float32_chunks(array: np.ndarray | StreamedNpy, rows: int = SCORE_CHUNK_ROWS
         for start in range(0, n, rows):
             yield start, np.asarray(array[start : start + rows])
         return
+    import torch  # here, not at the top: loading the definitions must not pay for torch
+
     buffer = np.empty((min(rows, max(n, 1)), d), dtype=np.float32)
     target = torch.from_numpy(buffer)
     for start in range(0, n, rows):

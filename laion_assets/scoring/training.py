@@ -13,16 +13,19 @@ import io
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import torch
-from torch import nn
 
 from laion_assets.core.atomic import atomic_path
 from laion_assets.core.errors import BadInputError
 from laion_assets.scoring.predictors import V2_MLP_LINEAR, v2_module
 from laion_assets.sources.embeddings import l2_normalize, open_embeddings
+
+if TYPE_CHECKING:  # torch is imported where it is used: loading the definitions must not pay for it
+    import torch
+    from torch import nn
 
 # SAC's tables: generations (prompts) -> images (one row per generated image) -> paths (file per image);
 # ratings holds one row per (rater, image). LAION trained on the mean rating per image.
@@ -169,6 +172,8 @@ def split(n: int, val_fraction: float) -> int:
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    import torch
+
     model.eval()
     with torch.inference_mode():
         return torch.cat([model(x[i : i + batch])[:, 0] for i in range(0, len(x), batch)])
@@ -176,6 +181,8 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tens
 
 def train_v2(table: RatingsTable, config: TrainConfig = TrainConfig()) -> TrainResult:
     """Train the V2 MLP on ``table`` and return the best-validation-MSE checkpoint with its metrics."""
+    import torch
+
     if config.threads is None:
         return _train(table, config)
     # Small batches gain nothing from many threads, and on a shared machine they lose a lot.
@@ -188,6 +195,9 @@ def train_v2(table: RatingsTable, config: TrainConfig = TrainConfig()) -> TrainR
 
 
 def _train(table: RatingsTable, config: TrainConfig) -> TrainResult:
+    import torch
+    from torch import nn
+
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     border = split(len(table), config.val_fraction)
@@ -237,6 +247,8 @@ def predictor_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     Saving into memory names the archive's records ``archive/...`` instead of after the (temporary) file, so the
     same tensors give the same bytes: a retrained predictor with identical weights is an identical file.
     """
+    import torch
+
     # Sorted keys and contiguous CPU tensors: the bytes depend on the values only, not on how training left them.
     state = {k: state_dict[k].detach().cpu().contiguous() for k in sorted(state_dict)}
     buffer = io.BytesIO()

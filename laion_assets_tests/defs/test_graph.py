@@ -72,6 +72,16 @@ def test_every_asset_is_materialized_and_loads_in_definitions(built):
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == ALL_ASSETS
 
 
+def test_the_demo_runs_the_code_locations_named_jobs(built):
+    """The UI lists the demo's runs by job (one shard_job per shard, then release_job), never as ephemeral runs."""
+    instance, _, _, _ = built
+    runs = instance.get_runs()
+    assert sorted(r.job_name for r in runs) == ["release_job"] + ["shard_job"] * 3
+    shard_runs = [r for r in runs if r.job_name == "shard_job"]
+    assert sorted(r.tags["dagster/partition"] for r in shard_runs) == ["00000", "00001", "00002"]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+
 def test_scores_match_an_independent_torch_computation(built):
     _, storage, _, rows = built
     tags = pl.read_parquet(sorted(storage.layout.tags_dir.glob("part-*.parquet")))

@@ -2,8 +2,9 @@
 
 Each command line of the section's code blocks runs in bash, in order, in the copy: ``make demo`` builds the venv
 (already there, see ``fresh_copy``) and the graph; after ``. .venv/bin/activate`` every later line runs activated;
-``dagster dev`` runs until its UI answers on http://127.0.0.1:3000 with the code location loaded, then is stopped
-by process group. The activated lines then run again with a ``DAGSTER_HOME`` set beforehand, which must be kept.
+``dagster dev`` and ``dg dev`` each run until the UI answers on http://127.0.0.1:3000 with the code location
+loaded, then are stopped by process group. ``dg check defs`` and ``dg launch`` run like the other lines. The
+activated lines then run again with a ``DAGSTER_HOME`` set beforehand, which must be kept.
 """
 
 from __future__ import annotations
@@ -63,7 +64,13 @@ def is_activation(line: str) -> bool:
 
 
 def is_server(line: str) -> bool:
-    return line.split()[:2] == ["dagster", "dev"]
+    return line.split()[:2] in (["dagster", "dev"], ["dg", "dev"])
+
+
+def materializes(line: str) -> str | None:
+    """The asset a command line materializes (``dagster asset materialize --select A``, ``dg launch --assets A``)."""
+    match = re.match(r"(?:dagster asset materialize --select|dg launch --assets) (\S+)", line)
+    return match.group(1) if match else None
 
 
 def bash(script: str, cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -144,10 +151,11 @@ def stop_group(process: subprocess.Popen, timeout: float = 60) -> bool:
 
 
 def run_quickstart(lines: list[str], repo: Path, env: dict[str, str], home: Path, log: Path) -> None:
-    """Run ``lines`` in order in ``repo``: ``dagster dev`` until its UI is ready, everything else to success.
+    """Run ``lines`` in order in ``repo``: ``dagster dev`` / ``dg dev`` until the UI is ready, the rest to success.
 
-    Once the UI is ready, dagster dev gets Ctrl-C (SIGINT to its process group) and the next lines run while it
-    shuts down (as from a second shell); it must then be gone.
+    Once the UI is ready, the server gets Ctrl-C (SIGINT to its process group) and the next lines run while it
+    shuts down (as from a second shell); it must then be gone, at the latest when the next server starts on the
+    same port.
     """
     prefix, server = "", None
     try:
@@ -155,6 +163,9 @@ def run_quickstart(lines: list[str], repo: Path, env: dict[str, str], home: Path
             if is_activation(line):
                 prefix = f"{line}\n"
             elif is_server(line):
+                if server is not None:
+                    assert stop_group(server), f"the server before `{line}` did not stop on Ctrl-C:\n{log.read_text()}"
+                    log = log.with_name(f"{log.stem}-{line.split()[0]}{log.suffix}")
                 with open(log, "w") as out:
                     server = subprocess.Popen(
                         [sys.executable, "-c", RESTORE_SIGNALS, "bash", "-c", prefix + line],
@@ -194,10 +205,13 @@ def fresh_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quickstart_commands_are_the_ones_we_expect():
-    """The parser reads the README's block (so the test below follows the README, whatever it says)."""
+    """The parser reads the README's blocks (so the test below follows the README, whatever it says)."""
     lines = quickstart_commands()
     assert lines[0].split()[:2] == ["make", "demo"]
-    assert any(is_activation(line) for line in lines) and any(is_server(line) for line in lines)
+    assert any(is_activation(line) for line in lines)
+    assert [line.split()[0] for line in lines if is_server(line)] == ["dagster", "dg"]
+    assert [line.split()[0] for line in lines if materializes(line) == "subset_6_5plus"] == ["dagster", "dg"]
+    assert "dg check defs" in [line.split("#")[0].strip() for line in lines]
     assert not any("DAGSTER_MODULE_NAME" in line or " -m " in line for line in lines)
 
 
@@ -209,7 +223,8 @@ def test_quickstart_works_as_written(fresh_repo: Path, tmp_path: Path):
                            env=user_env(), capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert where.strip() == str(repo / "laion_assets" / "__init__.py")
     default_home = repo / ".dagster"
-    (asset,) = (m.group(1) for line in lines if (m := re.match(r"dagster asset materialize --select (\S+)", line)))
+    (asset,) = {materializes(line) for line in lines} - {None}
+    runs = sum(materializes(line) == asset for line in lines)  # the dagster CLI's and dg's
 
     initial = materializations(default_home, asset)  # 0 on a fresh copy (unless another test here ran make demo)
     with port_3000():
@@ -218,14 +233,17 @@ def test_quickstart_works_as_written(fresh_repo: Path, tmp_path: Path):
         assert os.readlink(default_home / "dagster.yaml") == "../dagster.yaml"
         assert (repo / ".venv/.activate-patched").is_file()  # make applied the activation patch
         before = materializations(default_home, asset)
-        assert before == initial + 2  # make demo's, then the CLI's
+        assert before == initial + 1 + runs  # make demo's, then the CLIs'
 
         # Again with a DAGSTER_HOME of the user's (an existing, empty folder): activation keeps it, runs land there.
+        # `dg check defs` reads no instance and `dg dev` is `dagster dev` on a workspace file dg writes (its instance
+        # was checked above): they are not run twice; `dg launch` is.
         home = tmp_path / "my dagster home"
         home.mkdir()
         activated = lines[[is_activation(line) for line in lines].index(True) :]
+        activated = [line for line in activated if line.split()[:2] not in (["dg", "check"], ["dg", "dev"])]
         run_quickstart(activated, repo, user_env(DAGSTER_HOME=str(home)), home, tmp_path / "dev-user.log")
-    assert materializations(home, asset) == 1
+    assert materializations(home, asset) == sum(materializes(line) == asset for line in activated)
     assert materializations(default_home, asset) == before
 
 

@@ -35,7 +35,8 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, storage: StorageResou
         if not new:
             return dg.SensorResult(skip_reason=f"no new URL shards in {storage.shard_source}", cursor=context.cursor)
         return _requests(new, context.cursor)
-    url = storage.source if "://" in storage.source else str(storage.source_path)
+    source = storage.source_value
+    url = source if "://" in source else str(storage.source_path)
     previous = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(shards.name))
     try:

@@ -10,12 +10,27 @@ from pydantic import Field
 from laion_assets.core.hints import build_hint
 from laion_assets.core.locations import Location, is_local, location
 from laion_assets.core.outputs import OutputLayout
-from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE, resolve_setting
+from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE, Spec
 from laion_assets.scoring.predictors import CLIP_L14_DIM
 from laion_assets.selection.gating import ShardSettings
 from laion_assets.sources.layout import Part, discover_parts, find_part
 from laion_assets.sources.metadata import ENGLISH
 from laion_assets.sources.mirror import Mirror
+
+
+def from_environment(spec: Spec, configured: str) -> str:
+    """The configured value, else the spec's variable read through ``dg.EnvVar`` now, else the spec's default.
+
+    Called when a run, sensor or schedule uses the resource, never when the code location loads: importing the
+    definitions reads no setting from the environment, and a variable set for a run (``LAION_ASSETS_DATA_ROOT=…
+    dagster asset materialize …``) takes effect in it. An empty value counts as not given, as everywhere.
+    """
+    return configured or dg.EnvVar(spec.env).get_value() or spec.default
+
+
+def _unset(spec: Spec) -> str:
+    """The description of a setting whose empty config means "from the environment, else the default"."""
+    return f"empty: ${spec.env} when the run starts, else {spec.default or 'none'}"
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -26,16 +41,16 @@ class StorageResource(dg.ConfigurableResource):
     the data root, and ``source`` is not read. ``safety`` optionally names LAION's separate safety-tags table
     (parquet files with ``hash, punsafe, pwatermark``). A remote ``data_root`` is mirrored through the local
     ``staging`` folder, which a pull brings to the remote's current content (see
-    :class:`~laion_assets.sources.mirror.Mirror`; what was synced is kept in ``staging/.mirror/``). Defaults can be
-    moved
-    with ``LAION_ASSETS_SOURCE``, ``LAION_ASSETS_DATA_ROOT`` and ``LAION_ASSETS_SAFETY`` (read when the code
-    location loads). Credentials for URLs come from the environment fsspec reads (``AWS_*``, ``HF_TOKEN``, …), never
-    from this config.
+    :class:`~laion_assets.sources.mirror.Mirror`; what was synced is kept in ``staging/.mirror/``). Left empty,
+    ``source``, ``data_root`` and ``safety`` come from ``LAION_ASSETS_SOURCE``, ``LAION_ASSETS_DATA_ROOT`` and
+    ``LAION_ASSETS_SAFETY`` (``dg.EnvVar``, read when a run uses the resource), else the project's defaults
+    (``laion_assets/core/settings.py``). Credentials for URLs come from the environment fsspec reads (``AWS_*``,
+    ``HF_TOKEN``, …), never from this config.
     """
 
-    source: str = resolve_setting(SOURCE).value
-    data_root: str = resolve_setting(DATA_ROOT).value
-    safety: str = resolve_setting(SAFETY).value
+    source: str = Field(default="", description=f"clip-retrieval folder or URL ({_unset(SOURCE)})")
+    data_root: str = Field(default="", description=f"output folder or URL ({_unset(DATA_ROOT)})")
+    safety: str = Field(default="", description=f"safety-tags table, folder, file or URL ({_unset(SAFETY)})")
     staging: str = ""
     swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
@@ -45,6 +60,21 @@ class StorageResource(dg.ConfigurableResource):
         description="the source's declared language: rows of a part with no language column (or an all-null one) "
         "take it, as laion2B-en's rows are English by source; '' declares none (such rows stay unknown)",
     )
+
+    @property
+    def source_value(self) -> str:
+        """``source``, else ``$LAION_ASSETS_SOURCE``, else ``data/sample``."""
+        return from_environment(SOURCE, self.source)
+
+    @property
+    def data_root_value(self) -> str:
+        """``data_root``, else ``$LAION_ASSETS_DATA_ROOT``, else ``data/out``."""
+        return from_environment(DATA_ROOT, self.data_root)
+
+    @property
+    def safety_value(self) -> str:
+        """``safety``, else ``$LAION_ASSETS_SAFETY``, else none (``""``)."""
+        return from_environment(SAFETY, self.safety)
 
     @property
     def url_mode(self) -> bool:
@@ -74,27 +104,28 @@ class StorageResource(dg.ConfigurableResource):
     @property
     def source_path(self) -> Location:
         """The source folder (a local path or a UPath)."""
-        return location(self.source)
+        return location(self.source_value)
 
     @property
     def safety_path(self) -> Location | None:
         """The safety-tags table, or None when the metadata carries punsafe/pwatermark itself."""
-        return location(self.safety) if self.safety else None
+        safety = self.safety_value
+        return location(safety) if safety else None
 
     @property
     def _local_root(self) -> Path:
-        root = location(self.data_root)
+        root = location(self.data_root_value)
         if is_local(root):
             return root
         if self.staging:
             return location(self.staging)
-        digest = hashlib.sha256(self.data_root.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(self.data_root_value.encode()).hexdigest()[:16]
         return Path.home() / ".cache" / "laion-assets" / "staging" / digest
 
     @property
     def layout(self) -> OutputLayout:
         """Paths of every output below the (local working copy of the) data root."""
-        return OutputLayout(self._local_root, build_hint(self.source, self.data_root, self.urls))
+        return OutputLayout(self._local_root, build_hint(self.source_value, self.data_root_value, self.urls))
 
     @property
     def shard_settings(self) -> ShardSettings:
@@ -104,7 +135,7 @@ class StorageResource(dg.ConfigurableResource):
     @property
     def mirror(self) -> Mirror | None:
         """The remote mirror of the data root, or None when it is local."""
-        root = location(self.data_root)
+        root = location(self.data_root_value)
         return None if is_local(root) else Mirror(self._local_root, root)
 
     def pull(self, *paths: Path) -> None:
