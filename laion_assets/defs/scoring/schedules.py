@@ -1,7 +1,5 @@
 """Schedules: ``rescore`` weekly by default (cron from ``LAION_ASSETS_RESCORE_CRON``), skipped when nothing is stale."""
 
-import os
-
 import dagster as dg
 
 from laion_assets.core.errors import LaionAssetsError
@@ -11,7 +9,8 @@ from laion_assets.defs.sources.partitions import shards
 from laion_assets.scoring.rescoring import stale_shards
 
 DEFAULT_RESCORE_CRON = "0 3 * * 0"  # Sundays 03:00
-RESCORE_CRON = os.environ.get("LAION_ASSETS_RESCORE_CRON", DEFAULT_RESCORE_CRON)
+# The one setting read when the code location loads: a schedule's cron is part of its definition, not run config.
+RESCORE_CRON = dg.EnvVar("LAION_ASSETS_RESCORE_CRON").get_value(DEFAULT_RESCORE_CRON) or DEFAULT_RESCORE_CRON
 
 
 def build_rescore_schedule(cron: str = RESCORE_CRON) -> dg.ScheduleDefinition:
