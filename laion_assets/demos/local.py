@@ -11,6 +11,7 @@ import time
 
 import dagster as dg
 
+from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import is_local
 from laion_assets.core.settings import (
     DAGSTER_HOME,
@@ -122,11 +123,20 @@ def _stop_on_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
 
 
 def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home: Setting) -> dict:
-    """Build the sample if the source is a missing local folder, then run the whole graph in the instance."""
+    """Build the shipped sample on first use, then run the whole graph in the instance.
+
+    Only the default source (``data/sample``) is built when missing: a source given by flag or environment that does
+    not exist is a typo or an unmounted disk, and filling it with made-up rows would release them as that source.
+    """
     start = time.perf_counter()
     use_instance(dagster_home)  # first: a wrong instance folder is refused before any work
     folder = source.location
     if is_local(folder) and not folder.exists():
+        if not source.is_default:
+            raise BadInputError(
+                f"source {source.describe()} does not exist: {source.how_to_change()} to your clip-retrieval "
+                f"folder, or build the demo sample there first with `laion-assets sample {source.spec.flag} {folder}`"
+            )
         print(f"building the sample in {folder}", flush=True)
         write_sample(folder, SampleSpec())
     storage = StorageResource(source=str(folder), data_root=data_root.value, safety=safety.value)
