@@ -72,10 +72,24 @@ def config_name(subset: Mapping[str, object]) -> str:
     return str(subset.get("hub_name") or subset["name"])
 
 
-def default_config(subsets: list[Mapping[str, object]]) -> str:
-    """The config ``load_dataset(repo)`` loads when none is named: :data:`DEFAULT_CONFIG` when released."""
+def default_config(subsets: list[Mapping[str, object]]) -> str | None:
+    """The config ``load_dataset(repo)`` loads when none is named: :data:`DEFAULT_CONFIG` when it has rows, else the
+    highest V2 threshold with rows, else the first subset with rows; None when every subset is empty."""
     names = [config_name(s) for s in subsets]
-    return DEFAULT_CONFIG if DEFAULT_CONFIG in names else names[0]
+    if DEFAULT_CONFIG in names:
+        return DEFAULT_CONFIG
+    v2 = [config_name(s) for s in subsets if s.get("hub_name")]
+    return v2[-1] if v2 else (names[0] if names else None)
+
+
+def released_rows(manifest: Mapping[str, object], subset: Mapping[str, object]) -> int:
+    """Rows of one subset's parquet files in the release."""
+    return sum(int(e["rows"]) for e in subset_files(manifest, str(subset["name"])).values())
+
+
+def loadable(manifest: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """The subsets that get a config: those with rows (``datasets`` refuses a split whose files hold none)."""
+    return [s for s in manifest["subsets"] if released_rows(manifest, s)]  # type: ignore[attr-defined]
 
 
 def size_category(rows: int) -> str:
@@ -127,8 +141,8 @@ def languages(manifest: Mapping[str, object]) -> list[str]:
 
 def front_matter(manifest: dict) -> dict:
     """The card's YAML header by the Hub's dataset card conventions: licence, tasks, size, languages and one
-    ``configs`` and ``dataset_info`` entry per subset (``improved_aesthetics_6.5plus`` is the default)."""
-    subsets = manifest["subsets"]
+    ``configs`` and ``dataset_info`` entry per subset with rows (``improved_aesthetics_6.5plus`` is the default)."""
+    subsets = loadable(manifest)
     default = default_config(subsets)
     configs = []
     for subset in subsets:
@@ -141,7 +155,7 @@ def front_matter(manifest: dict) -> dict:
             entry["default"] = True
         configs.append(entry)
     infos = [_subset_info(manifest, s) for s in subsets]
-    largest = max(info["splits"][0]["num_examples"] for info in infos)
+    largest = max((info["splits"][0]["num_examples"] for info in infos), default=0)
     meta: dict = {"pretty_name": manifest["name"], "license": DATA_LICENSE}
     found = languages(manifest)
     if found:
@@ -173,7 +187,9 @@ def _licence(identity: str) -> tuple[str, str]:
 
 def usage(manifest: Mapping[str, object]) -> list[str]:
     """The card's usage lines: ``load_dataset`` on the Hub repo the release was pushed to, or on a placeholder."""
-    name = default_config(manifest["subsets"])  # type: ignore[arg-type]
+    name = default_config(loadable(manifest))
+    if name is None:
+        return ["Every subset of this release is empty, so there is no config to load."]
     repo = manifest.get("hub_repo")
     lines = ["```python", "from datasets import load_dataset", ""]
     lines.append(f'ds = load_dataset("{repo or REPO_PLACEHOLDER}", "{name}", split="train")')
@@ -221,6 +237,13 @@ def render_card(manifest: dict, histogram: dict) -> str:
         ["config", "folder", "filter rule", "rows", "dropped by language", "dropped without URL", "sha256"], rows
     )
     subsets = manifest["subsets"]
+    empty = [f"`{config_name(s)}`" for s in subsets if not released_rows(manifest, s)]
+    if empty:
+        lines += [
+            "",
+            f"No rows met the rule of {', '.join(empty)}: their files are in the release, but they have no config in "
+            "the header, as `datasets` cannot load a split whose files hold no rows.",
+        ]
     if any(subset.get("funnel") for subset in subsets):
         lines += ["", "Rows meeting each score threshold, and which filter dropped the others:", ""]
         keys = [

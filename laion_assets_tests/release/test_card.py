@@ -1,4 +1,5 @@
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -6,6 +7,7 @@ import pytest
 import yaml
 
 from laion_assets.core.paths import MODELS_DIR
+from laion_assets.release.build import release_card
 from laion_assets.release.card import KNOWN_PREDICTORS, parse_front_matter, size_category
 from laion_assets.release.manifest import load_manifest
 from laion_assets.scoring.predictors import load_predictor
@@ -147,3 +149,29 @@ def test_known_predictors_are_the_shipped_weights_by_identity() -> None:
     # The card knows each shipped head by the digest of its tensors (what the manifest records), not the file sha256.
     shipped = {load_predictor(p).identity.sha256: p.name for p in MODELS_DIR.glob("*.pth")}
     assert {digest: known[0] for digest, known in KNOWN_PREDICTORS.items()} == shipped
+
+
+def test_empty_subsets_get_no_config_and_the_default_falls_back(release: Path, tmp_path: Path) -> None:
+    """A subset no row met (laion_art on a small URL run) cannot be loaded by ``datasets``: it gets no config, and
+    the default moves to the highest V2 threshold that has rows."""
+    datasets = pytest.importorskip("datasets")
+    copy = tmp_path / "release"
+    shutil.copytree(release, copy)
+    manifest = load_manifest(copy)
+    for name in ("subset_6_5plus", "laion_art"):
+        path = copy / f"data/{name}/part-00000.parquet"
+        table = pq.read_table(path)
+        pq.write_table(table.slice(0, 0), path)
+        manifest["files"][f"data/{name}/part-00000.parquet"]["rows"] = 0
+    (copy / "README.md").write_bytes(release_card(copy, manifest))
+    text = (copy / "README.md").read_text()
+    meta = parse_front_matter(text)
+    names = [c["config_name"] for c in meta["configs"]]
+    assert "improved_aesthetics_6.5plus" not in names and "laion_art" not in names and len(names) == 6
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["improved_aesthetics_6.25plus"]
+    assert [i["config_name"] for i in meta["dataset_info"]] == names
+    assert "No rows met the rule of `improved_aesthetics_6.5plus`, `laion_art`" in text
+    assert 'load_dataset("ORG/NAME", "improved_aesthetics_6.25plus", split="train")' in text
+    default = datasets.load_dataset(str(copy), split="train", cache_dir=str(tmp_path / "cache"))
+    assert default.info.config_name == "improved_aesthetics_6.25plus"
+    assert default.num_rows == manifest["files"]["data/subset_6_25plus/part-00000.parquet"]["rows"] > 0
