@@ -138,6 +138,17 @@ def histogram_counts(tags: pl.LazyFrame, column: str, value_range: tuple[float, 
     return out
 
 
+def outside_range(tags: pl.LazyFrame, column: str, value_range: tuple[float, float]) -> tuple[int, int]:
+    """How many finite values of ``column`` lie below and above ``value_range`` (drawn in the edge bars)."""
+    value = pl.col(column)
+    row = (
+        tags.filter(value.is_not_null() & value.is_finite())
+        .select((value < value_range[0]).sum().alias("below"), (value > value_range[1]).sum().alias("above"))
+        .collect(engine="streaming")
+    )
+    return int(row["below"][0] or 0), int(row["above"][0] or 0)
+
+
 def histogram_png(
     counts: np.ndarray, value_range: tuple[float, float], title: str, path: Path, xlabel: str = "value"
 ) -> Path:
@@ -170,6 +181,13 @@ def write_galleries(tags: pl.LazyFrame, out: Path, per_bucket: int = 20, extreme
             pages[f"{column} histogram"] = f"histogram_{column}.png"
             counts = histogram_counts(tags, column, value_range, bins)
             title = f"{column}: {int(counts.sum()):,} rows"
+            below, above = outside_range(tags, column, value_range)
+            if below or above:
+                # V1 is an unbounded linear head: its scores below 0 and above 10 are real and land in the edge bars.
+                title += (
+                    f" ({below:,} below {value_range[0]:g} and {above:,} above {value_range[1]:g} "
+                    "are counted in the edge bars)"
+                )
             histogram_png(counts, value_range, title, tmp / pages[f"{column} histogram"], xlabel=column)
         links = [f'<li><a href="{html.escape(f)}">{html.escape(k)}</a></li>' for k, f in pages.items()]
         (tmp / "index.html").write_text(_page("laion-assets galleries", ["<ul>", *links, "</ul>"]))

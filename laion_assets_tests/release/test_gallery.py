@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from laion_assets.release.gallery import bucket_page, extreme_page, write_galleries
+from laion_assets.release.gallery import bucket_page, extreme_page, outside_range, write_galleries
 from laion_assets.selection.histogram import bucket_sentence
 from laion_assets.selection.tags import scan_tags
 from laion_assets_tests.release_helpers import build
@@ -91,3 +91,12 @@ def test_unsafe_urls_and_text_are_escaped(tmp_path: Path) -> None:
     page = bucket_page(frame, "aesthetic", 1.0, per_bucket=2)
     assert "javascript:" not in page and "<script>x" not in page and "&lt;script&gt;" in page
     assert 'src="https://x.test/a&quot;b.jpg"' in page
+
+
+def test_edge_bars_say_how_many_scores_fall_outside_the_range(tags: pl.LazyFrame) -> None:
+    frame = tags.collect()
+    # Counted independently of the gallery's query: V1 scores below 0 and above 10 are normal (unbounded head).
+    below, above = int((frame["aesthetic"] < 0).sum()), int((frame["aesthetic"] > 10).sum())
+    assert below + above > 0, "the sample should hold V1 scores outside 0-10"
+    assert outside_range(tags, "aesthetic", (0.0, 10.0)) == (below, above)
+    assert outside_range(tags, "punsafe", (0.0, 1.0)) == (0, 0)
