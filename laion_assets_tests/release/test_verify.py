@@ -152,3 +152,35 @@ def test_a_forced_release_says_so_and_verifies_forced(small_sample_session, tmp_
     assert "> **Warning: `aesthetic` was scored by a forced predictor**" in card
     assert "Warning: `AESTHETIC_SCORE`" not in card
     assert verify_release(folder, source).ok  # verify rebuilds with the same force
+
+
+def test_a_card_rendered_by_older_code_is_a_note_when_every_data_file_matches(
+    release: tuple[Path, Path], monkeypatch
+) -> None:
+    """A release from before a card change (its card and manifest agree) keeps verifying, with a note; under the
+    same code the same difference fails."""
+    import json
+
+    import laion_assets.release.verify as verify_module
+    from laion_assets.release.manifest import file_entry
+
+    source, folder = release
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace("## Subsets", "## Subsets (as an older laion-assets wrote them)"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["README.md"] = file_entry(card)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    same_code = verify_release(folder, source)
+    assert list(same_code.differing) == ["README.md"]
+
+    built_by = manifest["code"]["git_commit"]
+    monkeypatch.setattr(verify_module, "code_version", lambda: {"git_commit": f"not-{built_by}"})
+    other_code = verify_release(folder, source)
+    assert other_code.ok, other_code.text()
+    notes = [n for n in other_code.notes if n.startswith("README.md differs (rebuilt sha256")]
+    assert len(notes) == 1 and "every data file matches" in notes[0]
+
+    # A card edited in the folder (file and manifest disagree) still fails, whatever code verifies it.
+    card.write_text(card.read_text() + "\nedited\n")
+    assert list(verify_release(folder, source).differing) == ["README.md"]
