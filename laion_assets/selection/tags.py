@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +237,7 @@ def build_tags(
     layout: OutputLayout,
     safety: SafetyIndex | None = None,
     safety_id: str = NO_SAFETY_ID,
+    fetch: Callable[[Path], object] | None = None,
 ) -> TagsSummary:
     """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``.
 
@@ -247,7 +248,9 @@ def build_tags(
 
     Incremental: a part of the previous table whose part id is unchanged (same validation, predictors, safety table
     and input file contents) is carried over as it is (hard-linked); only the others are written. The new folder,
-    its sidecar last, replaces the old one in one rename, so a failure leaves the previous table whole.
+    its sidecar last, replaces the old one in one rename, so a failure leaves the previous table whole. ``fetch``
+    brings a part that is about to be carried over into the working copy first (a remote data root's pull; the
+    previous table's ``_table.json`` must be pulled before).
     """
     if not validations:
         raise BadInputError(
@@ -290,6 +293,8 @@ def build_tags(
                 key, validation.id, shard_ids[key], safety_id, {n: str(r["sha256"]) for n, r in inputs.items()}
             )
             target = tmp / f"part-{key}.parquet"
+            if fetch is not None and isinstance(old, Mapping) and old.get("part_id") == part_id:
+                fetch(layout.tags_part(key))  # only parts that will be carried over are brought down
             carried = _kept_entry(old, part_id, layout.tags_part(key))
             if carried is not None:
                 _carry_over(layout.tags_part(key), target)
