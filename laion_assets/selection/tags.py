@@ -14,9 +14,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from laion_assets.core.atomic import atomic_dir, write_parquet
+from laion_assets.core.atomic import atomic_dir, atomic_path, write_parquet
 from laion_assets.core.errors import BadInputError
-from laion_assets.core.locations import file_sha256, stat_fingerprint
+from laion_assets.core.locations import stat_fingerprint
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.scoring.parts import IDENTITY_KEY, read_identities
 from laion_assets.selection.schemas import TAGS_COLUMNS
@@ -25,10 +25,12 @@ from laion_assets.sources.metadata import missing_url
 from laion_assets.sources.safety import NO_SAFETY_ID, SafetyIndex
 
 # Each tags part records what it was built from for its own shard (its validation, its scores' predictors, the
-# safety table joined and the content of its two input files), digested into its part id; the id of the whole table
+# safety table joined and the sha256 of its two input files' rows), digested into its part id; the id of the whole table
 # (all shards' validations, the predictors and the safety table: ``tags_table_id``) and every part's id live in one
-# sidecar, ``tags/_table.json``, written last inside the folder swap. A rebuild carries over a part whose inputs did
-# not change, so one changed shard rewrites one part. Outputs computed from the tags record the table id they read
+# sidecar, ``tags/_table.json``, written last inside the folder swap (content only, no paths or times: rebuilds in
+# two folders agree byte for byte). A rebuild carries over a part whose inputs did not change, so one changed shard
+# rewrites one part; a hidden ``.tags-inputs.json`` beside the folder remembers the input files' fingerprints, so
+# only files written since are hashed again. Outputs computed from the tags record the table id they read
 # (``built_from``).
 TAGS_ID_KEY = "laion_assets.tags_id"  # the table id: in the sidecar (in part footers only in tables built before it)
 PART_ID_KEY = "laion_assets.tags_part_id"
@@ -175,13 +177,62 @@ class TagsSummary:
     removed: tuple[str, ...] = ()
 
 
+def parquet_data_sha256(path: Path) -> str:
+    """sha256 of a parquet file's rows: its column chunks and its schema, without its footer's key-value entries.
+
+    The footer of an indexed metadata file records the validation with the source's paths and times, which differ
+    between two data roots of the same content; the part id names what was validated by the validation id instead.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(size - 8, 0))
+        tail = f.read(8)
+        if len(tail) != 8 or tail[4:] != b"PAR1":
+            raise BadInputError(f"{path}: not a parquet file; re-materialize the asset that writes it")
+        end = size - 8 - int.from_bytes(tail[:4], "little")
+        digest = hashlib.sha256(pq.read_schema(path).remove_metadata().to_string().encode())
+        f.seek(0)
+        while f.tell() < end:
+            digest.update(f.read(min(1 << 20, end - f.tell())))
+    return digest.hexdigest()
+
+
 def _input_record(path: Path, before: Mapping | None) -> dict[str, object]:
-    """A file's fingerprint and sha256; the sha256 is taken from ``before`` when the fingerprint did not change."""
+    """A file's fingerprint and data sha256, taken from ``before`` when the fingerprint did not change."""
     now = stat_fingerprint(path)
     if before is not None and all(before.get(k) == v for k, v in now.items()) and before.get("sha256"):
         return {**now, "sha256": before["sha256"]}
     # Rewritten (or pulled again) since: only the content says whether it changed.
-    return {**now, "sha256": file_sha256(path)}
+    return {**now, "sha256": parquet_data_sha256(path)}
+
+
+def _seen_path(layout: OutputLayout) -> Path:
+    """Where this working copy keeps its input files' fingerprints and sha256 (beside ``tags/``, never in it)."""
+    return layout.tags_dir.with_name(f".{layout.tags_dir.name}-inputs.json")
+
+
+def _read_seen(layout: OutputLayout) -> dict:
+    """The input files' fingerprints and sha256 the last build saw; empty when unknown (everything is hashed)."""
+    try:
+        seen = json.loads(_seen_path(layout).read_text())
+    except (OSError, ValueError):
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
+def _seen_entry(seen: Mapping, key: str, name: str) -> Mapping | None:
+    entry = seen.get(key)
+    found = entry.get(name) if isinstance(entry, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _write_seen(layout: OutputLayout, fingerprints: Mapping[str, object]) -> None:
+    """Remember the input files' fingerprints and sha256, so the next build hashes only the files written since."""
+    try:
+        with atomic_path(_seen_path(layout)) as tmp:
+            tmp.write_text(json.dumps(fingerprints, sort_keys=True))
+    except OSError:  # only a cache: without it the next build hashes its inputs again
+        pass
 
 
 def _carry_over(source: Path, target: Path) -> None:
@@ -274,6 +325,8 @@ def build_tags(
     except BadInputError:
         previous = None  # an unreadable record: nothing is carried over, the whole table is rebuilt
     old_parts: Mapping[str, Mapping] = previous["parts"] if previous else {}
+    seen = _read_seen(layout)
+    fingerprints: dict[str, dict[str, dict[str, object]]] = {}
     per_shard: dict[str, dict[str, int]] = {}
     parts: dict[str, dict[str, object]] = {}
     rewritten: list[str] = []
@@ -281,9 +334,8 @@ def build_tags(
     with atomic_dir(layout.tags_dir) as tmp:
         for key, validation in sorted(validations.items()):
             old = old_parts.get(key)
-            old_inputs = old.get("inputs", {}) if isinstance(old, Mapping) else {}
             inputs = {
-                name: _input_record(layout.require(path, f"{step} for shard {key}"), old_inputs.get(name))
+                name: _input_record(layout.require(path, f"{step} for shard {key}"), _seen_entry(seen, key, name))
                 for name, path, step in (
                     ("metadata", layout.shard_metadata(key), "clip_embeddings"),
                     ("scores", layout.shard_scores(key), "aesthetic_scores"),
@@ -292,6 +344,7 @@ def build_tags(
             part_id = tags_part_id(
                 key, validation.id, shard_ids[key], safety_id, {n: str(r["sha256"]) for n, r in inputs.items()}
             )
+            fingerprints[key] = inputs
             target = tmp / f"part-{key}.parquet"
             if fetch is not None and isinstance(old, Mapping) and old.get("part_id") == part_id:
                 fetch(layout.tags_part(key))  # only parts that will be carried over are brought down
@@ -311,11 +364,17 @@ def build_tags(
                 counts = _write_part(key, validation, layout, safety, recorded, target)
                 rewritten.append(key)
             per_shard[key] = counts
-            parts[key] = {"part_id": part_id, "validation_id": validation.id, "inputs": inputs, "counts": counts}
+            parts[key] = {
+                "part_id": part_id,
+                "validation_id": validation.id,
+                "inputs": {name: record["sha256"] for name, record in inputs.items()},
+                "counts": counts,
+            }
         distinct = pl.scan_parquet(sorted(tmp.glob("part-*.parquet"))).select(pl.col("hash").n_unique()).collect()
         record = {"format": PART_FORMAT, "table_id": table_id, "safety_id": safety_id,
                   "predictors": dict(sorted(identities.items())), "parts": parts}  # fmt: skip
         (tmp / TABLE_FILE).write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")  # last: names the parts
+    _write_seen(layout, fingerprints)
     totals = {name: sum(c[name] for c in per_shard.values()) for name in next(iter(per_shard.values()))}
     return TagsSummary(
         rows=totals["tags"],

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,6 +18,7 @@ from laion_assets.selection.tags import (
     TABLE_FILE,
     TAGS_ID_KEY,
     build_tags,
+    parquet_data_sha256,
     read_built_from,
     recorded_ids,
     tag_files,
@@ -165,3 +167,18 @@ def test_a_table_from_before_the_record_still_reads_and_is_rebuilt_whole(layout)
     rebuilt = build_tags(validations(layout), layout)
     assert rebuilt.rewritten == ("00000", "00001", "00002") and rebuilt.table_id == record["table_id"]
     assert recorded_ids(tag_files(layout)) == record["table_id"]
+
+
+def test_an_input_is_known_by_its_rows_not_its_footer(tmp_path):
+    table = pa.table({"hash": pa.array([1, 2, 3], pa.int64()), "aesthetic": pa.array([4.0, 5.0, 6.0], pa.float32())})
+    a = write_parquet(table, tmp_path / "a.parquet", {"laion_assets.validation": '{"path": "/one/root"}'})
+    b = write_parquet(table, tmp_path / "b.parquet", {"laion_assets.validation": '{"path": "/another/root/x"}'})
+    c = write_parquet(table.set_column(1, "aesthetic", pa.array([4.0, 5.0, 6.5], pa.float32())), tmp_path / "c.parquet")
+    d = write_parquet(
+        table.cast(pa.schema([("hash", pa.int64()), ("aesthetic", pa.float64())])), tmp_path / "d.parquet"
+    )
+    assert a.read_bytes() != b.read_bytes() and parquet_data_sha256(a) == parquet_data_sha256(b)
+    assert len({parquet_data_sha256(a), parquet_data_sha256(c), parquet_data_sha256(d)}) == 3
+    (tmp_path / "e.parquet").write_bytes(b"not parquet")
+    with pytest.raises(BadInputError, match=r"e\.parquet: not a parquet file"):
+        parquet_data_sha256(tmp_path / "e.parquet")
