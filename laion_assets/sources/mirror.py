@@ -3,6 +3,8 @@
 Assets compute on local files (memory maps, atomic renames, streaming parquet writers) and the mirror moves
 their inputs down and their outputs up at the asset's edges. Uploading a folder goes to a temporary sibling
 first and replaces the old folder only once every file is up, so a failed push leaves the previous output whole.
+A folder whose files are mostly unchanged between pushes (the tags table) can instead be pushed with
+:meth:`Mirror.push_changes`, which uploads only the files that changed and its record file last.
 
 The remote is the source of truth: a pull keeps a local file only when it is known to hold the remote's current
 bytes. For that, every file the mirror pulls or pushes gets a small record, ``<local>/.mirror/records/<path>.json``:
