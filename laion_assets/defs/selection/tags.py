@@ -78,8 +78,9 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     code_version="3",
     description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
     "every row of every released shard, one parquet per shard; a rebuild rewrites only the parts whose shard, "
-    "predictors or safety table changed (tags/_table.json names the table and its parts). Stops, naming the shards, when a registered shard "
-    "is not validated and scored, its latest shard run failed, or its source changed since validation (unless "
+    "predictors or safety table changed (tags/_table.json names the table and its parts). Stops, naming the "
+    "shards, when a registered shard is not validated and scored, its latest shard run failed, or its source "
+    "changed since validation (unless "
     f"release_config.exclude_shards leaves it out). {V1_RANGE}",
 )
 def aesthetic_tags(
