@@ -107,7 +107,7 @@ def _check_parts_belong(files: Sequence[Path], folder: Path, record: Mapping) ->
 
 
 def recorded_ids(files: Sequence[Path], key: str = TAGS_ID_KEY) -> str:
-    """The id the tags table records under ``key`` (the table id by default, or ``SAFETY_ID_KEY``).
+    """The id the tags table records under ``key`` (the table id by default, ``SAFETY_ID_KEY``, or a footer key).
 
     Reads the table's sidecar and checks that ``files`` are exactly its parts (each with the part id it lists);
     raises naming the file when a part is missing, foreign or rebuilt apart from the table. A table built before
@@ -124,7 +124,7 @@ def recorded_ids(files: Sequence[Path], key: str = TAGS_ID_KEY) -> str:
             return str(record["table_id"])
         if key == SAFETY_ID_KEY:
             return str(record["safety_id"])
-    if len(folders) == 1 and any(PART_ID_KEY.encode() in _footer(f) for f in files):
+    if record is None and len(folders) == 1 and any(PART_ID_KEY.encode() in _footer(f) for f in files):
         raise BadInputError(
             f"{folder}: the tags parts belong to a table whose record {TABLE_FILE} is missing (a half-copied "
             "folder?); re-materialize aesthetic_tags"

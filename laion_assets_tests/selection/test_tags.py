@@ -111,6 +111,7 @@ def test_another_safety_table_changes_every_part(layout):
     assert rebuilt.rewritten == ("00000", "00001", "00002") and rebuilt.kept == ()
     assert all(snapshot(layout)[name][0] != ino for name, (ino, _, _) in before.items())
     assert recorded_ids(tag_files(layout), "laion_assets.safety_id") == "table-b"
+    assert recorded_ids(tag_files(layout), "laion_assets.predictors") == json.dumps(rebuilt.identities, sort_keys=True)
 
 
 def test_a_failed_rebuild_leaves_the_previous_table_whole(scored, layout):
