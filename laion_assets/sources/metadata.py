@@ -12,7 +12,7 @@ import polars as pl
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import Location, location, read_parquet
-from laion_assets.sources.hashing import laion_hashes
+from laion_assets.sources.hashing import laion_hashes_of
 from laion_assets.sources.schemas import METADATA_COLUMNS, OPTIONAL_METADATA_COLUMNS
 
 # The V2 subsets were cut from laion2B-en: with a LANGUAGE column, only these rows count.
@@ -82,7 +82,7 @@ def read_metadata(path: Location | str, swap_width_height: bool = False, languag
         frame = frame.with_columns(pl.lit(language, pl.String).alias("LANGUAGE"))
     if swap_width_height:
         frame = frame.with_columns(pl.col("HEIGHT").alias("WIDTH"), pl.col("WIDTH").alias("HEIGHT"))
-    hashes = laion_hashes(frame["URL"].to_list(), frame["TEXT"].to_list())
+    hashes = laion_hashes_of(frame["URL"], frame["TEXT"])
     return frame.with_columns(pl.Series("hash", hashes, dtype=pl.Int64))
 
 
