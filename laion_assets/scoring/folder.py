@@ -25,7 +25,7 @@ from laion_assets.scoring.parallel import parallel_map
 from laion_assets.scoring.parts import IDENTITY_KEY, score_vectors
 from laion_assets.scoring.predictors import Predictor
 from laion_assets.sources.layout import Part
-from laion_assets.sources.metadata import read_metadata
+from laion_assets.sources.metadata import read_hashes
 
 # Key under which a scores file records the inputs and heads it was made from (what makes a rerun skip it).
 INPUTS_KEY = "laion_assets.score_inputs"
@@ -77,7 +77,7 @@ def score_folder_part(
     if not force and recorded_inputs(out) == record:
         return FolderResult(part, out, "skipped", pq.read_metadata(out).num_rows)
     started = time.perf_counter()
-    hashes = read_metadata(part.metadata)["hash"]
+    hashes = read_hashes(part.metadata)
     scores = score_vectors(part, predictors, hashes.len(), part.metadata)
     if input_record(part, predictors) != record:
         raise BadInputError(f"{part.embeddings}: part {part.number} changed while it was being scored; run again")

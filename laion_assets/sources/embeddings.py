@@ -133,6 +133,13 @@ def _read_exactly(f: BinaryIO, view: memoryview, path: Location, start: int, sto
         done += got
 
 
+def _map_rows(path: Location, dtype: np.dtype, offset: int, rows: int, dim: int) -> np.memmap:
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(rows, dim))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: cannot read as .npy: file is truncated ({exc})") from exc
+
+
 class _Float32:
     """Converts raw float16 chunks to float32 in one reused buffer (torch's vectorised kernel; exact)."""
 
@@ -198,8 +205,8 @@ def scan_embeddings(
 ) -> EmbeddingStats:
     """One pass over an embeddings file: checks, the file's sha256 and a sink (e.g. scoring heads), chunk by chunk.
 
-    The file is read once, sequentially, into one reused buffer (a local file through ``readinto``, a URL as one
-    streamed read); each chunk is converted to float32 once, checked (with ``validate``: finite values, unit norms,
+    The file is read once, in order: a local file through a memory map (no copy), a URL as one streamed read into
+    a reused buffer; each chunk is converted to float32 once, checked (with ``validate``: finite values, unit norms,
     see :func:`check_chunk`) and handed to the sink that ``make_sink(rows, dim)`` returns once the header is read
     (it may raise, e.g. on a width its heads do not take). Width and row count are checked before any row is
     read. With ``sha256`` the whole file (header, rows, trailing bytes) is hashed from the same bytes. Errors name
@@ -222,23 +229,28 @@ def scan_embeddings(
             f.seek(0)
             digest = hashlib.sha256(f.read(offset))
         step = max(1, min(chunk_rows, rows))
-        raw = np.empty((step, dim), dtype=dtype)
+        mapped = _map_rows(path, dtype, offset, rows, dim) if is_local(path) and rows else None
+        raw = np.empty((step, dim), dtype=dtype) if mapped is None else None
         to_float32 = float32_converter(step, dim, dtype)
         norm_min, norm_max = np.inf, -np.inf
         for start in range(0, rows, step):
             n = min(step, rows - start)
-            chunk_raw = raw[:n]
-            view = memoryview(chunk_raw).cast("B")
-            _read_exactly(f, view, path, start, start + n)
+            if mapped is not None:  # page-cache pages mapped in place: no copy, and few page faults (fault-around)
+                chunk_raw = np.asarray(mapped[start : start + n])
+            else:  # a URL: one sequential streamed read into the reused buffer
+                chunk_raw = raw[:n]  # type: ignore[index]
+                _read_exactly(f, memoryview(chunk_raw).cast("B"), path, start, start + n)
             if digest is not None:
-                digest.update(view)
+                digest.update(memoryview(chunk_raw).cast("B"))
             chunk = to_float32(chunk_raw)
             if validate:
                 low, high = check_chunk(path, start, chunk)
                 norm_min, norm_max = min(norm_min, low), max(norm_max, high)
             if sink is not None:
                 sink(start, chunk)
+        del mapped
         if digest is not None:
+            f.seek(offset + rows * dim * dtype.itemsize)
             while block := f.read(_TAIL_BLOCK):  # bytes past the rows, if any
                 digest.update(block)
     sha = digest.hexdigest() if digest is not None else ""
