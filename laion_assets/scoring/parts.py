@@ -62,8 +62,10 @@ def score_vectors(
 
     ``rows`` is the row count its metadata has (``rows_from`` names it in the error when the vectors differ).
     """
+    dims = {p.dim for p in predictors.values()}
+    dim = dims.pop() if len(dims) == 1 else None  # else scan_and_score names the head that does not fit
     with limit_threads():
-        _, scores = scan_and_score(part.embeddings, predictors, expected_rows=rows, rows_from=rows_from)
+        _, scores = scan_and_score(part.embeddings, predictors, dim, rows, rows_from)
     for name, column in scores.items():
         bad = ~np.isfinite(column)
         if bad.any():
