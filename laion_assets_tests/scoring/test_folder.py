@@ -39,7 +39,11 @@ def gappy(small_sample_session, tmp_path_factory):
 def test_cli_scores_a_folder_with_gaps_and_zero_padded_names(gappy, tmp_path, predictors, capsys):
     out = tmp_path / "scores"
     main(["score", str(gappy), "--out", str(out), "--workers", "2"])
-    assert sorted(p.name for p in out.iterdir()) == ["scores_0003.parquet", "scores_0010.parquet", "scores_0042.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scores_0003.parquet",
+        "scores_0010.parquet",
+        "scores_0042.parquet",
+    ]
     for part in discover_parts(gappy):
         table = pl.read_parquet(scores_file(part, out))
         assert table.schema == pl.Schema({"hash": pl.Int64, "aesthetic": pl.Float32, "AESTHETIC_SCORE": pl.Float32})
