@@ -1,4 +1,4 @@
-"""``laion-assets score``'s pure half: one fused pass per part, scores_N.parquet per part, resumable, bad parts named."""
+"""`laion-assets score`'s pure half: one fused pass per part, scores_N.parquet each, resumable, bad parts named."""
 
 from __future__ import annotations
 

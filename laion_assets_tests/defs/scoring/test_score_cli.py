@@ -1,4 +1,4 @@
-"""``laion-assets score`` as the README shows it, against the ``aesthetic_scores`` asset on the same parts (acceptance 3).
+"""`laion-assets score` as the README shows it, against the `aesthetic_scores` asset on the same parts (acceptance 3).
 
 The README's commands run exactly as written, in bash, in a fresh copy of the project whose ``data/sample`` is the
 small test sample; the asset is materialized in process on the same folder. The CLI's scores must equal the asset's
