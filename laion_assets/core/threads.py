@@ -72,8 +72,9 @@ def limit_threads(threads: int | None = None) -> Iterator[int]:
             import torch  # the float16 conversion and non-linear heads run in torch
             from threadpoolctl import threadpool_limits
 
+            torch_threads = torch.get_num_threads()  # before the OpenMP limit, which torch would report
             limits = threadpool_limits(limits=threads)
-            _restore[:] = [limits, torch.get_num_threads()]
+            _restore[:] = [limits, torch_threads]
             torch.set_num_threads(threads)
         _depth += 1
     try:

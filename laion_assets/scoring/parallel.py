@@ -62,5 +62,10 @@ def score_parts(
 ) -> Iterator[tuple[Part, ScoredPart | Exception]]:
     """:func:`score_part` on many ``(part, indexed_metadata, out)`` jobs in parallel; yields ``(part, ScoredPart or
     the error)`` as each finishes (one part's error stops no other)."""
-    for (part, _, _), result in parallel_map(lambda job: score_part(*job, predictors), jobs, workers, threads):
+
+    def work(job: tuple[Part, Path, Path]) -> ScoredPart:
+        part, indexed, out = job
+        return score_part(part, indexed, predictors, out)
+
+    for (part, _, _), result in parallel_map(work, jobs, workers, threads):
         yield part, result

@@ -121,3 +121,23 @@ def test_hashes_read_alone_equal_the_indexed_ones(small_sample):
     frame.write_parquet(part.metadata)
     assert read_hashes(part.metadata).equals(read_metadata(part.metadata)["hash"])
     assert pq.read_metadata(part.metadata).num_rows == 400
+
+
+def test_score_parts_scores_indexed_parts_in_parallel_and_reports_each(small_sample, tmp_path, predictors):
+    from laion_assets.scoring.parallel import score_parts
+    from laion_assets.scoring.parts import ScoredPart
+    from laion_assets.sources.indexing import index_part
+
+    parts = discover_parts(small_sample)
+    jobs = []
+    for part in parts:
+        index_part(part, tmp_path / f"metadata_{part.key}.parquet", 768)
+        jobs.append((part, tmp_path / f"metadata_{part.key}.parquet", tmp_path / f"scores_{part.key}.parquet"))
+    damage(parts[2], "nan")  # changed since it was indexed: refused, naming the shard; the others are scored
+    results = dict(score_parts(jobs, predictors, workers=2))
+    assert all(isinstance(results[p], ScoredPart) and results[p].rows == 400 for p in parts[:2])
+    assert isinstance(results[parts[2]], Exception) and f"shard {parts[2].key}" in str(results[parts[2]])
+    folder = dict(score_folder(parts[:2], predictors, tmp_path / "cli"))
+    for part in parts[:2]:
+        mine = pl.read_parquet(folder[part].out)
+        assert mine.equals(pl.read_parquet(tmp_path / f"scores_{part.key}.parquet"))
