@@ -17,12 +17,19 @@ from ``os.wait4``:
 
 The contenders alternate round by round after a warm-up read (page cache warm), so load on a shared machine falls
 on all of them; the median CPU of each is reported with the load average before and after.
+
+Then, in this one process (one BLAS/torch thread), the passes alone per part, alternated: ``np.load``; the fused
+pass of ``aesthetic_scores`` and ``laion-assets score`` (checks + both heads, ``score_vectors``); the fused pass of
+``clip_embeddings`` (checks + sha256, ``validate_embeddings``); and the validation it replaced (a second read: numpy
+float16 -> float32 cast and ``np.linalg.norm`` per 65,536 rows, with sha256). ``--skip-processes`` runs only these.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -91,9 +98,72 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", default="/tmp/laion_assets_bench/score4m")
     parser.add_argument("--embedding-reader", default="/tmp/er", help="folder holding the embedding_reader package")
+    parser.add_argument("--skip-processes", action="store_true", help="only the in-process comparison of the passes")
     args = parser.parse_args()
     folder = Path(args.dir)
     files = build(folder, args.parts, args.part_rows)
+    if not args.skip_processes:
+        processes(args, folder, files)
+    passes(folder, args.rounds)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def old_validation(path: Path) -> None:
+    """clip_embeddings' validation before the fused pass: numpy's cast and norms per 65,536 rows, and sha256."""
+    array = np.load(path, mmap_mode="r")
+    digest = hashlib.sha256()
+    for start in range(0, array.shape[0], 65536):
+        raw = np.ascontiguousarray(array[start : start + 65536])
+        digest.update(memoryview(raw).cast("B"))
+        chunk = raw.astype(np.float32)
+        assert np.isfinite(chunk).all()
+        norms = np.linalg.norm(chunk, axis=1)
+        assert (np.abs(norms - 1.0) <= 0.02).all()
+
+
+def passes(folder: Path, rounds: int) -> None:
+    """The passes alone, in this process, per part: median CPU seconds over the parts and rounds, alternated."""
+    from laion_assets.core.threads import limit_threads
+    from laion_assets.scoring.active import load_active
+    from laion_assets.scoring.parts import score_vectors
+    from laion_assets.sources.embeddings import validate_embeddings
+    from laion_assets.sources.layout import discover_parts
+
+    parts = discover_parts(folder)
+    predictors = load_active(DIM)
+    calls = {
+        "np.load": lambda p: np.load(p.embeddings),
+        "scores: checks + 2 heads (one pass)": lambda p: score_vectors(p, predictors, p_rows[p.number], "metadata"),
+        "clip_embeddings: checks + sha256 (one pass)": lambda p: validate_embeddings(p.embeddings, DIM),
+        "before: numpy cast + norms + sha256": lambda p: old_validation(p.embeddings),
+    }
+    p_rows = {p.number: np.load(p.embeddings, mmap_mode="r").shape[0] for p in parts}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    load_before = os.getloadavg()
+    with limit_threads(1):
+        for _ in range(max(rounds, 1)):
+            for part in parts:
+                for name, call in calls.items():
+                    started = cpu_seconds()
+                    call(part)
+                    seconds[name].append(cpu_seconds() - started)
+    rows = statistics.median(p_rows.values())
+    print(
+        f"in one process, one thread, per part of {rows:,.0f} rows (median of {len(seconds['np.load'])}); "
+        f"load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}:"
+    )
+    read = statistics.median(seconds["np.load"])
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"  {name:<44} CPU {median:5.2f} s   np.load/this {read / median:.2f}")
+
+
+def processes(args: argparse.Namespace, folder: Path, files: list[Path]) -> None:
+    """Each contender in its own process, alternated; CPU from wait4."""
     rows = args.parts * args.part_rows
     out = folder.parent / f"{folder.name}-out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAION_ASSETS_")}
