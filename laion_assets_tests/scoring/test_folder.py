@@ -141,3 +141,16 @@ def test_score_parts_scores_indexed_parts_in_parallel_and_reports_each(small_sam
     for part in parts[:2]:
         mine = pl.read_parquet(folder[part].out)
         assert mine.equals(pl.read_parquet(tmp_path / f"scores_{part.key}.parquet"))
+
+
+def test_a_folder_behind_a_url_is_streamed_and_scores_the_same(small_sample_session, tmp_path):
+    from upath import UPath
+
+    url = f"memory://score-{tmp_path.name}"
+    for path in small_sample_session.rglob("*"):
+        if path.is_file():
+            UPath(f"{url}/{path.relative_to(small_sample_session).as_posix()}").write_bytes(path.read_bytes())
+    main(["score", url, "--out", str(tmp_path / "remote"), "--parts", "1"])
+    main(["score", str(small_sample_session), "--out", str(tmp_path / "local"), "--parts", "1"])
+    remote, local = (pl.read_parquet(tmp_path / kind / "scores_1.parquet") for kind in ("remote", "local"))
+    assert remote.height == 400 and remote.equals(local)
