@@ -68,7 +68,11 @@ def images(
         + (f" ({', '.join(low[:20])}{' …' if len(low) > 20 else ''})" if low else "")
         + f"; {fetched} of {urls} URLs fetched in all",
         metadata=rounded(
-            {"floor": floor, "shards_under_floor": dg.MetadataValue.json(low), "success_rate": dg.MetadataValue.json(rates)}
+            {
+                "floor": floor,
+                "shards_under_floor": dg.MetadataValue.json(low),
+                "success_rate": dg.MetadataValue.json(rates),
+            }
         ),
     )
     return shards_result(context, done, [check])

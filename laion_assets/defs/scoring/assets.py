@@ -21,7 +21,7 @@ from laion_assets.sources.layout import Part
 def score_shard(
     storage: StorageResource, parts: dict[str, Part], predictors: dict[str, Predictor], key: str, redo: bool
 ) -> ShardDone:
-    """Score one shard, or, when its scores already come from the active predictors and its current validation, keep them."""
+    """Score one shard, or keep its scores when the active predictors made them from its current validation."""
     layout = storage.layout
     part = parts.get(key)
     if part is None:

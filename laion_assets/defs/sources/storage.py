@@ -19,7 +19,6 @@ from laion_assets.sources.layout import Part, parts_by_key
 from laion_assets.sources.metadata import ENGLISH
 from laion_assets.sources.mirror import Mirror
 
-
 # Read when a run uses the resource, like the paths: how many shards one run processes at once.
 WORKERS_ENV = "LAION_ASSETS_WORKERS"
 
