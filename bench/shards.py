@@ -36,8 +36,8 @@ import numpy as np
 import polars as pl
 
 from laion_assets.core.atomic import save_npy, write_parquet
-from laion_assets.core.paths import PROJECT_DIR, V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.core.outputs import OutputLayout
+from laion_assets.core.paths import PROJECT_DIR, V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.scoring.parts import score_part
 from laion_assets.scoring.predictors import load_predictor
 from laion_assets.sources.indexing import index_part
