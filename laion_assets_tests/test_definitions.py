@@ -17,9 +17,10 @@ from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE
 from laion_assets.definitions import defs, register_shards, shard_job
 
-# A schedule's cron is part of the definitions themselves (Dagster has no EnvVar for it), so the one variable of
-# ours read when the code location loads is the rescore schedule's; see laion_assets/defs/scoring/schedules.py.
-READ_AT_LOAD = {"LAION_ASSETS_RESCORE_CRON"}
+# A schedule's cron and an asset's backfill policy are part of the definitions themselves (Dagster has no EnvVar for
+# them), so the variables of ours read when the code location loads are the rescore schedule's
+# (laion_assets/defs/scoring/schedules.py) and the shards per backfill run (laion_assets/defs/sources/partitions.py).
+READ_AT_LOAD = {"LAION_ASSETS_RESCORE_CRON", "LAION_ASSETS_SHARDS_PER_RUN"}
 
 # Run in a fresh interpreter: os.environ is replaced by one that records every variable asked for by name
 # (``get``, ``getenv``, ``dg.EnvVar``, ``in``, and ``[]`` from our own modules), then the definitions are imported.

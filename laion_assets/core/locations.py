@@ -8,7 +8,9 @@ usual environment (``AWS_*``, ``HF_TOKEN``, fsspec config), never from code.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -113,6 +115,22 @@ def _comparable(value: object) -> str:
     return str(value)
 
 
+def local_fingerprint(st: os.stat_result) -> dict[str, object]:
+    """The fingerprint of a local file from its ``stat`` (size, mtime and ctime in ns)."""
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
+
+
+def info_fingerprint(info: Mapping[str, object]) -> dict[str, object]:
+    """The fingerprint of a remote file from an fsspec ``info()`` entry or a ``ls(detail=True)`` listing entry.
+
+    Both give the same fields for the same object (a listing's entries are what ``info()`` answers), and values are
+    compared as :func:`remote_version` writes them, so a listing taken once stands for one ``info()`` per file.
+    """
+    version = remote_version(info)
+    key = next(iter(version), None)
+    return {"size": int(info["size"]), "version": f"{key}={version[key]}" if key else None}  # type: ignore[call-overload]
+
+
 def stat_fingerprint(path: Location) -> dict[str, object]:
     """Size plus what changes on a rewrite: a cheap "has it changed" key.
 
@@ -121,29 +139,67 @@ def stat_fingerprint(path: Location) -> dict[str, object]:
     in which case only the content can tell (:func:`changed_fields` then hashes it).
     """
     if is_local(path):
-        st = Path(path).stat()
-        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
-    info = path.fs.info(path.path)
-    key = next(iter(remote_version(info)), None)
-    return {"size": int(info["size"]), "version": f"{key}={info[key]}" if key else None}
+        return local_fingerprint(Path(path).stat())
+    return info_fingerprint(path.fs.info(path.path))
 
 
-def changed_fields(recorded: dict[str, object], path: Location) -> list[str]:
+def changed_fields(
+    recorded: Mapping[str, object], path: Location, now: Mapping[str, object] | None = None
+) -> list[str]:
     """What differs between a recorded :func:`stat_fingerprint` (with the file's ``sha256``) and the file now.
 
-    ``["missing"]`` when it is gone. A remote file whose filesystem gives no version information is hashed again
-    and compared by content, so a rewrite of the same size is never taken for the validated file.
+    ``now`` is the file's fingerprint taken from a listing of its folder (:func:`list_folder`), which then stands
+    for a stat of the file; without it the file is stat-ed. ``["missing"]`` when it is gone. A remote file whose
+    filesystem gives no version information is hashed again and compared by content, so a rewrite of the same size
+    is never taken for the validated file.
     """
-    try:
-        now = stat_fingerprint(path)
-    except (OSError, KeyError):
-        return ["missing"]
+    if now is None:
+        try:
+            now = stat_fingerprint(path)
+        except (OSError, KeyError):
+            return ["missing"]
     changed = [f"{k} {recorded.get(k)} -> {now[k]}" for k in now if recorded.get(k) != now[k]]
     if not changed and not is_local(path) and now.get("version") is None and recorded.get("sha256"):
         digest = file_sha256(path)
         if digest != recorded["sha256"]:
             changed.append(f"sha256 {recorded['sha256']} -> {digest} (its filesystem gives no version to compare)")
     return changed
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One file of a folder listing: where it is and its fingerprint (what :func:`stat_fingerprint` gives)."""
+
+    path: Location
+    fingerprint: dict[str, object] = field(compare=False)
+
+
+def list_folder(folder: Location) -> dict[str, Listed]:
+    """The files directly in ``folder`` by name, each with its fingerprint, from ONE listing (empty when absent).
+
+    Locally one ``os.scandir`` (and a ``stat`` per entry, a system call); behind a URL one ``ls(detail=True)``,
+    whose entries carry size and etag/mtime, so no request is made per file.
+    """
+    found: dict[str, Listed] = {}
+    if is_local(folder):
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_file():
+                        found[entry.name] = Listed(Path(folder) / entry.name, local_fingerprint(entry.stat()))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return found
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    for info in entries:
+        if info.get("type") != "file":
+            continue
+        name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+        found[name] = Listed(folder / name, info_fingerprint(info))
+    return found
 
 
 def list_files(folder: Location, suffix: str) -> list[Location]:

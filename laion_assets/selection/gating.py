@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from laion_assets.core.errors import BadInputError, LaionAssetsError, ShardGateError
+from laion_assets.core.locations import Location, changed_fields
 from laion_assets.core.outputs import OutputLayout
+from laion_assets.scoring.predictors import PredictorIdentity
+from laion_assets.scoring.rescoring import CURRENT, shard_state
 from laion_assets.sources.indexing import Validation, read_validation, read_validation_id
 from laion_assets.sources.layout import Part
 
@@ -33,24 +37,70 @@ class ShardSettings:
     swap_width_height: bool
 
 
-def shard_problems(key: str, layout: OutputLayout, part: Part | None, settings: ShardSettings) -> list[str]:
-    """Why one registered shard may not be read by a release-level step (empty when it may)."""
-    if part is None:
-        return [f"the source has no part {key} (removed, or registered from another source?)"]
-    indexed = layout.shard_metadata(key)
+def part_changes(validation: Validation, part: Part) -> list[str]:
+    """How the part's files differ from what was validated (empty when unchanged); paths are compared too.
+
+    What ``Validation.source_changes`` says, judged on the fingerprints the part's listing recorded when it has them
+    (:func:`~laion_assets.sources.layout.discover_parts`), so checking every shard of a source costs one listing,
+    not a stat (a HEAD request on an object store) per file; the same fields are compared (size and mtime/ctime, or
+    the etag/version), so a changed file is noticed as before.
+    """
+    changes = []
+    for kind, recorded in (("embeddings", validation.embeddings), ("metadata", validation.metadata)):
+        path: Location = getattr(part, kind)
+        if str(path) != recorded["path"]:
+            changes.append(f"{kind} is now {path}, validated {recorded['path']}")
+            continue
+        fields = changed_fields(recorded, path, part.listed_fingerprint(kind))
+        if fields:
+            changes.append(f"{Path(str(path)).name} changed since validation ({', '.join(fields)})")
+    return changes
+
+
+def index_problems(indexed: Path, part: Part, settings: ShardSettings) -> tuple[Validation | None, list[str]]:
+    """The validation recorded for ``part`` in its indexed metadata, and why it no longer holds (empty if it does)."""
     if not indexed.exists():
-        return ["clip_embeddings is not materialized"]
+        return None, ["clip_embeddings is not materialized"]
     try:
         validation = read_validation(indexed)
-    except BadInputError as exc:
-        return [str(exc)]
-    problems = validation.source_changes(part)
+    except (BadInputError, OSError) as exc:
+        return None, [str(exc)]
+    problems = part_changes(validation, part)
     if validation.language != settings.language:
         problems.append(f"indexed with language={validation.language!r}, storage.language is {settings.language!r}")
     if validation.swap_width_height != settings.swap_width_height:
         problems.append(
             f"indexed with swap_width_height={validation.swap_width_height}, now {settings.swap_width_height}"
         )
+    return validation, problems
+
+
+def indexed_current(indexed: Path, part: Part, settings: ShardSettings) -> Validation | None:
+    """The recorded validation when it still holds for ``part`` (same files, same settings): nothing to redo."""
+    validation, problems = index_problems(indexed, part, settings)
+    return None if problems else validation
+
+
+def scores_current(
+    key: str,
+    layout: OutputLayout,
+    part: Part,
+    settings: ShardSettings,
+    active: Mapping[str, PredictorIdentity],
+) -> bool:
+    """True when the shard's scores were made by ``active`` from a validation that still holds: nothing to redo."""
+    if indexed_current(layout.shard_metadata(key), part, settings) is None:
+        return False
+    return shard_state(key, layout, active).status == CURRENT
+
+
+def shard_problems(key: str, layout: OutputLayout, part: Part | None, settings: ShardSettings) -> list[str]:
+    """Why one registered shard may not be read by a release-level step (empty when it may)."""
+    if part is None:
+        return [f"the source has no part {key} (removed, or registered from another source?)"]
+    validation, problems = index_problems(layout.shard_metadata(key), part, settings)
+    if validation is None:
+        return problems
     scores = layout.shard_scores(key)
     if not scores.exists():
         problems.append("aesthetic_scores is not materialized")
@@ -143,7 +193,7 @@ def check_tags_current(
         except LaionAssetsError as exc:
             problems[key] = [str(exc)]
             continue
-        changes = validation.source_changes(part)
+        changes = part_changes(validation, part)
         if validation.id != validation_id:
             changes.append("validated again after aesthetic_tags was built (re-materialize aesthetic_tags)")
         if changes:

@@ -12,6 +12,7 @@ from laion_assets.core.locations import (
     changed_fields,
     file_sha256,
     is_local,
+    list_folder,
     location,
     read_parquet,
     stat_fingerprint,
@@ -126,3 +127,24 @@ def test_a_rewrite_of_the_same_size_is_seen_with_or_without_version_information(
     remote.write_bytes(b"b" * 64)  # same size, and the filesystem has no version to compare
     (change,) = changed_fields(records[remote], remote)
     assert change.startswith(f"sha256 {records[remote]['sha256']} -> ") and "gives no version" in change
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_listing_gives_the_fingerprints_a_stat_gives(where, tmp_path, memory_root):
+    folder = (tmp_path / "files") if where == "local" else (memory_root / "files")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("a.npy", "b.parquet"):
+        (folder / name).write_bytes(name.encode())
+    listed = list_folder(folder)
+    assert sorted(listed) == ["a.npy", "b.parquet"]
+    for name, entry in listed.items():
+        assert str(entry.path) == str(folder / name)
+        # The same fields and values as a stat (an info() request) of the file: the gate compares either way.
+        assert entry.fingerprint == stat_fingerprint(folder / name)
+        recorded = {**entry.fingerprint, "sha256": file_sha256(folder / name)}
+        assert changed_fields(recorded, folder / name, entry.fingerprint) == []
+    (folder / "a.npy").write_bytes(b"rewritten, longer")
+    again = list_folder(folder)
+    recorded = {**listed["a.npy"].fingerprint, "sha256": "x"}
+    assert changed_fields(recorded, folder / "a.npy", again["a.npy"].fingerprint)[0].startswith("size 5 -> 17")
+    assert list_folder(folder / "absent") == {}

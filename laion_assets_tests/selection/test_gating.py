@@ -16,6 +16,11 @@ from laion_assets.sources.layout import discover_parts
 EN = ShardSettings("en", False)
 
 
+def small_sample_of(embeddings):
+    """The source folder of a part's embeddings file (``<source>/img_emb/img_emb_N.npy``)."""
+    return embeddings.parent.parent
+
+
 @pytest.fixture
 def shards(small_sample, tmp_path):
     layout = OutputLayout(tmp_path / "out")
@@ -48,6 +53,10 @@ def test_each_reason_a_shard_cannot_be_released_is_named(shards, tmp_path):
     emb = parts["00002"].embeddings
     stat = emb.stat()
     os.utime(emb, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten in place, same size
+    # The gate judges on the source's listing (one per step, with each file's size and times): a listing taken
+    # after the change sees it, one from before does not.
+    assert shard_problems("00002", layout, parts["00002"], EN) == []
+    parts = {p.key: p for p in discover_parts(small_sample_of(emb))}
     (problem,) = shard_problems("00002", layout, parts["00002"], EN)
     assert problem.startswith(f"{emb.name} changed since validation (mtime_ns {stat.st_mtime_ns} -> ")
     moved = tmp_path / "moved"

@@ -10,10 +10,10 @@ import polars as pl
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import require
-from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource
-from laion_assets.defs.sources.partitions import shards
+from laion_assets.defs.sources.batch import ShardDone, process_shards, shards_result
+from laion_assets.defs.sources.partitions import SHARD_BACKFILL_POLICY, shards
 from laion_assets.images.downloading import SOURCE_FILE, ShardTimeoutError, download_shard, summarize
 from laion_assets.images.image_embeddings import embed_shard
 from laion_assets.sources.url_sources import find_url_shard, read_url_shard
@@ -23,6 +23,7 @@ STORED_MODE = "stored embeddings (storage.urls is empty): nothing to download or
 
 @dg.asset(
     partitions_def=shards,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     group_name="images",
     kinds={"webdataset"},
     owners=OWNERS,
@@ -41,25 +42,65 @@ STORED_MODE = "stored embeddings (storage.urls is empty): nothing to download or
 def images(
     context: dg.AssetExecutionContext, storage: StorageResource, downloader: DownloaderResource
 ) -> dg.MaterializeResult:
-    """Download the URLs of one shard that no earlier attempt fetched."""
-    key = context.partition_key
+    """Download the URLs of the run's shards that no earlier attempt fetched (one shard at a time)."""
+    keys = context.partition_keys
     if not storage.url_mode:
         return dg.MaterializeResult(
             metadata={"mode": STORED_MODE},
             check_results=[dg.AssetCheckResult(check_name="success_rate", passed=True, metadata={"mode": STORED_MODE})],
         )
+    # img2dataset runs its own processes and threads per shard: shards go one after the other.
+    done = process_shards(context, "images", keys, lambda key: download_one(storage, downloader, key), 1)
+    floor = downloader.min_success_rate
+    if len(done) == 1:
+        (outcome,) = done.values()
+        check = _success_check(outcome.extra["success_rate"], outcome.extra["urls"], outcome.extra["failures"], floor)
+        return shards_result(context, done, [check])
+    rates = {key: outcome.extra["success_rate"] for key, outcome in done.items()}
+    low = sorted(key for key, rate in rates.items() if rate < floor)
+    urls = sum(outcome.extra["urls"] for outcome in done.values())
+    fetched = sum(outcome.extra["successes"] for outcome in done.values())
+    check = dg.AssetCheckResult(
+        check_name="success_rate",
+        passed=not low,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(low)} of {len(done)} shards under the floor {floor:.0%}"
+        + (f" ({', '.join(low[:20])}{' …' if len(low) > 20 else ''})" if low else "")
+        + f"; {fetched} of {urls} URLs fetched in all",
+        metadata=rounded(
+            {
+                "floor": floor,
+                "shards_under_floor": dg.MetadataValue.json(low),
+                "success_rate": dg.MetadataValue.json(rates),
+            }
+        ),
+    )
+    return shards_result(context, done, [check])
+
+
+def _success_check(rate: float, urls: int, failures: int, floor: float) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="success_rate",
+        passed=rate >= floor,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{rate:.1%} of {urls} URLs fetched (floor {floor:.0%})",
+        metadata=rounded({"success_rate": rate, "floor": floor, "failures": failures}),
+    )
+
+
+def download_one(storage: StorageResource, downloader: DownloaderResource, key: str) -> ShardDone:
+    """Download the URLs of one shard that no earlier attempt fetched."""
     out = storage.layout.images_dir(key)
-    with as_failure(f"images (shard {key})"):
-        storage.pull(out)  # earlier attempts: only what failed there is downloaded again
-        shard = find_url_shard(storage.urls_path, key)
-        frame = read_url_shard(shard.path, storage.swap_width_height)
-        try:
-            result = download_shard(frame, shard.path, out, downloader.options())
-        except ShardTimeoutError:
-            storage.push(out)  # the sub-shards img2dataset finished are kept: a remote root must keep them too
-            raise
-        storage.push(out)
-    context.log.info(
+    storage.pull(out)  # earlier attempts: only what failed there is downloaded again
+    shard = find_url_shard(storage.urls_path, key)
+    frame = read_url_shard(shard.path, storage.swap_width_height)
+    try:
+        result = download_shard(frame, shard.path, out, downloader.options())
+    except ShardTimeoutError:
+        storage.push(out)  # the sub-shards img2dataset finished are kept: a remote root must keep them too
+        raise
+    storage.push(out)
+    message = (
         f"shard {key}: {result.successes}/{result.rows} fetched after {result.attempts} attempt(s), "
         f"{result.downloaded_now} URL(s) tried now"
     )
@@ -89,19 +130,14 @@ def images(
                 "attempt/status": dg.MetadataValue.json(result.last.status),
             }
         )
-    floor = downloader.min_success_rate
-    check = dg.AssetCheckResult(
-        check_name="success_rate",
-        passed=result.success_rate >= floor,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{result.success_rate:.1%} of {result.rows} URLs fetched (floor {floor:.0%})",
-        metadata=rounded({"success_rate": result.success_rate, "floor": floor, "failures": result.failures}),
-    )
-    return dg.MaterializeResult(metadata=rounded(metadata), check_results=[check])
+    extra = {"success_rate": result.success_rate, "urls": result.rows, "successes": result.successes,
+             "failures": result.failures}  # fmt: skip
+    return ShardDone(rounded(metadata), message, extra=extra)
 
 
 @dg.asset(
     partitions_def=shards,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     deps=[images],
     group_name="images",
     kinds={"pytorch", "numpy", "parquet"},
@@ -115,59 +151,62 @@ def images(
 def image_embeddings(
     context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource
 ) -> dg.MaterializeResult:
-    """Embed one shard's images with the CLIP resource and write its part under ``<data_root>/embedded``."""
-    key = context.partition_key
+    """Embed the run's shards' images with the CLIP resource (loaded once) and write their parts."""
+    keys = context.partition_keys
     if not storage.url_mode:
         return dg.MaterializeResult(metadata={"mode": STORED_MODE})
+    # The model is the step's one accelerator (pool "gpu"): shards go one after the other through it.
+    done = process_shards(context, "image_embeddings", keys, lambda key: embed_one(storage, clip, key), 1)
+    return shards_result(context, done)
+
+
+def embed_one(storage: StorageResource, clip: ClipResource, key: str) -> ShardDone:
+    """Embed one shard's images with the CLIP resource and write its part under ``<data_root>/embedded``."""
     shard_dir = storage.layout.images_dir(key)
-    with as_failure(f"image_embeddings (shard {key})"):
-        storage.pull(shard_dir)
-        source = require(
-            shard_dir / SOURCE_FILE,
-            f"images for shard {key}",
-            f"run `dagster asset materialize --select images --partition {key}`",
+    storage.pull(shard_dir)
+    source = require(
+        shard_dir / SOURCE_FILE,
+        f"images for shard {key}",
+        f"run `dagster asset materialize --select images --partition {key}`",
+    )
+    frame = pl.read_parquet(source)
+    downloads = summarize(shard_dir, frame.height)
+    loaded = clip.load()
+    if loaded.embed_dim != storage.embedding_dim:
+        raise BadInputError(
+            f"CLIP model {clip.model!r} makes {loaded.embed_dim}-d embeddings but storage.embedding_dim is "
+            f"{storage.embedding_dim} (LAION's aesthetic heads read ViT-L/14's 768)"
         )
-        frame = pl.read_parquet(source)
-        downloads = summarize(shard_dir, frame.height)
-        loaded = clip.load()
-        if loaded.embed_dim != storage.embedding_dim:
-            raise BadInputError(
-                f"CLIP model {clip.model!r} makes {loaded.embed_dim}-d embeddings but storage.embedding_dim is "
-                f"{storage.embedding_dim} (LAION's aesthetic heads read ViT-L/14's 768)"
-            )
-        result = embed_shard(
-            downloads.tars,
-            frame,
-            loaded,
-            storage.layout.embedded_dir,
-            int(key),
-            clip.batch_size,
-            clip.num_workers,
-            clip.embed_text,
-        )
+    result = embed_shard(
+        downloads.tars,
+        frame,
+        loaded,
+        storage.layout.embedded_dir,
+        int(key),
+        clip.batch_size,
+        clip.num_workers,
+        clip.embed_text,
+    )
     part = result.part
     storage.push(*(p for p in (part.embeddings, part.metadata, part.text_embeddings) if p is not None))
-    context.log.info(
+    message = (
         f"shard {key}: {result.rows} images embedded, {result.skipped} skipped, "
         f"{result.images_per_second:.1f} images/s on {loaded.device}"
     )
-    return dg.MaterializeResult(
-        metadata=rounded(
-            {
-                "dagster/row_count": result.rows,
-                "skipped_images": result.skipped,
-                "skipped_reasons": dg.MetadataValue.json(result.skipped_reasons),
-                "images_per_second": result.images_per_second,
-                "seconds": result.seconds,
-                "model": clip.model,
-                "pretrained": clip.pretrained,
-                "device": str(loaded.device),
-                "dtype": str(loaded.dtype).removeprefix("torch."),
-                "batch_size": result.batch_size,
-                "oom_halvings": result.halvings,
-                "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
-                "metadata": dg.MetadataValue.path(str(result.part.metadata)),
-                **table_metadata(result.part.metadata),
-            }
-        )
-    )
+    metadata = {
+        "dagster/row_count": result.rows,
+        "skipped_images": result.skipped,
+        "skipped_reasons": dg.MetadataValue.json(result.skipped_reasons),
+        "images_per_second": result.images_per_second,
+        "seconds": result.seconds,
+        "model": clip.model,
+        "pretrained": clip.pretrained,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "batch_size": result.batch_size,
+        "oom_halvings": result.halvings,
+        "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
+        "metadata": dg.MetadataValue.path(str(result.part.metadata)),
+        **table_metadata(result.part.metadata),
+    }
+    return ShardDone(rounded(metadata), message)

@@ -1,20 +1,58 @@
-"""``aesthetic_scores``: one shard's stored embeddings scored with the active predictors."""
+"""``aesthetic_scores``: shards' stored embeddings scored with the active predictors, many shards per run."""
 
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.defs.sources.assets import clip_embeddings
-from laion_assets.defs.sources.partitions import shards
+from laion_assets.defs.sources.assets import ShardRunConfig, clip_embeddings, missing_part
+from laion_assets.defs.sources.batch import ShardDone, process_shards, shards_result
+from laion_assets.defs.sources.partitions import SHARD_BACKFILL_POLICY, shards
 from laion_assets.scoring.parts import ScoredPart, score_part
+from laion_assets.scoring.predictors import Predictor
+from laion_assets.selection.gating import scores_current
 from laion_assets.selection.tags import shard_hint
+from laion_assets.sources.layout import Part
+
+
+def score_shard(
+    storage: StorageResource, parts: dict[str, Part], predictors: dict[str, Predictor], key: str, redo: bool
+) -> ShardDone:
+    """Score one shard, or keep its scores when the active predictors made them from its current validation."""
+    layout = storage.layout
+    part = parts.get(key)
+    if part is None:
+        raise missing_part(storage, key)
+    storage.pull(layout.shard_metadata(key), layout.shard_scores(key))
+    indexed = layout.require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
+    identities = {column: p.identity for column, p in predictors.items()}
+    if not redo and scores_current(key, layout, part, storage.shard_settings, identities):
+        kept = kept_scores(key, layout.shard_scores(key), identities)
+        metadata = {**scores_metadata(kept, layout.shard_scores(key)), "up_to_date": True}
+        message = f"shard {key}: already scored by the active predictors from its current validation: kept"
+        return ShardDone(metadata, message, scores_version(kept).value, skipped=True)
+    scored = score_part(part, indexed, predictors, layout.shard_scores(key))
+    storage.push(layout.shard_scores(key))
+    message = f"shard {key}: {scored.rows} rows scored"
+    return ShardDone(scores_metadata(scored, layout.shard_scores(key)), message, scores_version(scored).value)
+
+
+def kept_scores(key: str, path: Path, identities: dict) -> ScoredPart:
+    """What a current scores file holds, as scoring it again would report it (rows, predictors, min/mean/max)."""
+    frame = pl.read_parquet(path, columns=list(identities))
+    summary = {
+        column: {"min": float(s.min()), "mean": float(s.mean()), "max": float(s.max())} if s.len() else {}  # type: ignore[arg-type]
+        for column, s in ((c, frame[c]) for c in identities)
+    }
+    return ScoredPart(key, frame.height, dict(identities), summary)
 
 
 @dg.asset(
     partitions_def=shards,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     deps=[clip_embeddings],
     group_name="shards",
     kinds={"pytorch", "parquet"},
@@ -22,24 +60,23 @@ from laion_assets.selection.tags import shard_hint
     tags=asset_tags("scoring", "scores"),
     code_version="1",
     description="V1 (`aesthetic`) and V2 (`AESTHETIC_SCORE`) scores of every row of a shard, float32, with the "
-    f"identity (kind + sha256) of the predictor that made each column. {V1_RANGE}",
+    "identity (kind + sha256) of the predictor that made each column. A run may hold many shards: the predictors "
+    "load once, shards are scored storage.workers at a time, and a shard already scored by the active predictors "
+    f"from its current validation is kept (config `redo: true` scores it again). {V1_RANGE}",
 )
 def aesthetic_scores(
-    context: dg.AssetExecutionContext, storage: StorageResource, predictors: PredictorsResource
+    context: dg.AssetExecutionContext, config: ShardRunConfig, storage: StorageResource, predictors: PredictorsResource
 ) -> dg.MaterializeResult:
-    """Score one shard's stored embeddings with the active predictors."""
-    key = context.partition_key
-    layout = storage.layout
-    with as_failure(f"aesthetic_scores (shard {key})"):
-        storage.pull(layout.shard_metadata(key))
-        indexed = layout.require(layout.shard_metadata(key), f"clip_embeddings for shard {key}", shard_hint(key))
-        scored = score_part(
-            storage.part(key), indexed, predictors.load(storage.embedding_dim), layout.shard_scores(key)
-        )
-        storage.push(layout.shard_scores(key))
-    return dg.MaterializeResult(
-        metadata=scores_metadata(scored, layout.shard_scores(key)), data_version=scores_version(scored)
+    """Score the run's shards' stored embeddings with the active predictors, loaded once."""
+    keys = context.partition_keys
+    step = "aesthetic_scores"
+    with as_failure(f"{step} (shard {keys[0]})" if len(keys) == 1 else step):
+        loaded = predictors.load(storage.embedding_dim)
+        parts, workers = storage.parts(keys), storage.shard_workers
+    done = process_shards(
+        context, step, keys, lambda key: score_shard(storage, parts, loaded, key, config.redo), workers
     )
+    return shards_result(context, done)
 
 
 def scores_metadata(scored: ScoredPart, path: Path) -> dict[str, object]:

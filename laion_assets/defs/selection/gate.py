@@ -5,7 +5,7 @@ shard whose latest per-shard run failed or is still running) and which registere
 purpose.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
@@ -15,19 +15,26 @@ from laion_assets.defs.resources import ReleaseResource, StorageResource
 from laion_assets.defs.sources.partitions import shards, source_keys
 from laion_assets.selection.gating import check_tags_current, gate_shards
 from laion_assets.sources.indexing import Validation
+from laion_assets.sources.layout import Part
 
 SHARD_STEPS = ("clip_embeddings", "aesthetic_scores")
 URL_STEPS = ("images", "image_embeddings")
 
 
-def released_keys(instance: dg.DagsterInstance, storage: StorageResource, release_config: ReleaseResource) -> list[str]:
+def released_keys(
+    instance: dg.DagsterInstance,
+    storage: StorageResource,
+    release_config: ReleaseResource,
+    listed: Mapping[str, Part] | None = None,
+) -> list[str]:
     """The registered shards minus the ones ``release_config.exclude_shards`` leaves out.
 
     Every part of the source must be released or excluded explicitly: a part that is in the source but not
     registered (never registered, or un-registered) stops the run, since the release names the source it came from.
+    ``listed`` is the source's listing when the caller has it (stored embeddings), so the source is listed once.
     """
     registered = sorted(instance.get_dynamic_partitions(shards.name))
-    in_source = source_keys(storage.shard_source)
+    in_source = list(listed) if listed is not None and not storage.url_mode else source_keys(storage.shard_source)
     excluded = set(release_config.exclude_shards)
     unknown = sorted(excluded - set(registered) - set(in_source))
     if unknown:
@@ -68,22 +75,35 @@ def _pull_shards(storage: StorageResource, keys: Sequence[str]) -> None:
 def gate(
     instance: dg.DagsterInstance, storage: StorageResource, release_config: ReleaseResource, step: str
 ) -> dict[str, Validation]:
-    """The validation of every released shard, or a failure naming each shard that may not be read and why."""
-    keys = released_keys(instance, storage, release_config)
+    """The validation of every released shard, or a failure naming each shard that may not be read and why.
+
+    The source is listed once, with each file's size and mtime/etag: every shard is compared with what was
+    validated on that listing, without a request per file.
+    """
+    listed = storage.parts()
+    keys = released_keys(instance, storage, release_config, listed)
     known = orchestration_problems(instance, keys, storage.url_mode)
     _pull_shards(storage, keys)
-    return gate_shards(keys, storage.layout, storage.parts(keys), storage.shard_settings, step, known)
+    return gate_shards(keys, storage.layout, listed, storage.shard_settings, step, known)
+
+
+def gate_tags_parts(
+    instance: dg.DagsterInstance, storage: StorageResource, release_config: ReleaseResource, step: str
+) -> tuple[dict[str, Validation], dict[str, Part]]:
+    """:func:`gate_tags`, and the released parts from the one listing of the source it made."""
+    listed = storage.parts()
+    keys = released_keys(instance, storage, release_config, listed)
+    parts = {key: listed[key] for key in keys if key in listed}
+    known = orchestration_problems(instance, keys, storage.url_mode)
+    _pull_shards(storage, keys)  # a no-op for a local root; a remote one gives each shard's recorded validation
+    if known:  # raises, naming every shard (with what the files say too)
+        gate_shards(keys, storage.layout, parts, storage.shard_settings, step, known)
+    storage.pull(storage.layout.tags_dir)
+    return check_tags_current(storage.layout, keys, parts, step), parts
 
 
 def gate_tags(
     instance: dg.DagsterInstance, storage: StorageResource, release_config: ReleaseResource, step: str
 ) -> dict[str, Validation]:
     """For steps after ``aesthetic_tags``: the tags cover exactly the released shards, none failed or changed since."""
-    keys = released_keys(instance, storage, release_config)
-    parts = storage.parts(keys)
-    known = orchestration_problems(instance, keys, storage.url_mode)
-    _pull_shards(storage, keys)  # a no-op for a local root; a remote one gives each shard's recorded validation
-    if known:  # raises, naming every shard (with what the files say too)
-        gate_shards(keys, storage.layout, parts, storage.shard_settings, step, known)
-    storage.pull(storage.layout.tags_dir)
-    return check_tags_current(storage.layout, keys, parts, step)
+    return gate_tags_parts(instance, storage, release_config, step)[0]

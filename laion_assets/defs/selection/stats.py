@@ -6,7 +6,7 @@ from laion_assets.core.atomic import atomic_path
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, rounded
 from laion_assets.defs.resources import ReleaseResource, StorageResource
-from laion_assets.defs.selection.gate import gate_tags
+from laion_assets.defs.selection.gate import gate_tags_parts
 from laion_assets.defs.selection.tags import aesthetic_tags
 from laion_assets.release.plots import comparison_png, png_markdown
 from laion_assets.release.rebuild import build_buckets
@@ -37,8 +37,8 @@ def bucket_embeddings(
     """Sum embeddings per V1 score bucket over every released shard and save the normalised means."""
     layout = storage.layout
     with as_failure("bucket_embeddings"):
-        validations = gate_tags(context.instance, storage, release_config, "bucket_embeddings")
-        per_bucket = build_buckets(layout, storage.parts(list(validations)), storage.embedding_dim, validations)
+        validations, parts = gate_tags_parts(context.instance, storage, release_config, "bucket_embeddings")
+        per_bucket = build_buckets(layout, parts, storage.embedding_dim, validations)
         storage.push(layout.buckets_dir)
     counts = {f"rating{k}": int(per_bucket[k]) for k in range(N_BUCKETS)}
     empty = [k for k in range(N_BUCKETS) if per_bucket[k] == 0]

@@ -1,5 +1,7 @@
 """Shard partitions: one dynamic partition per stored part (about 1M rows, clip-retrieval's part size)."""
 
+import warnings
+
 import dagster as dg
 
 from laion_assets.core.locations import Location
@@ -7,6 +9,28 @@ from laion_assets.sources.layout import discover_parts
 from laion_assets.sources.url_sources import discover_url_shards, is_url_folder
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
+
+SHARDS_PER_RUN_ENV = "LAION_ASSETS_SHARDS_PER_RUN"
+
+
+def shard_backfill_policy(shards_per_run: str = "") -> dg.BackfillPolicy:
+    """Single-run (the default, ``""`` or ``0``): a backfill of any number of shards is one run; ``N``: N per run."""
+    text = shards_per_run.strip()
+    try:
+        per_run = int(text) if text else 0
+    except ValueError:
+        raise ValueError(f"${SHARDS_PER_RUN_ENV}={shards_per_run!r}: expected a number of shards per run") from None
+    if per_run < 0:
+        raise ValueError(f"${SHARDS_PER_RUN_ENV}={shards_per_run!r}: expected 0 (one run) or a positive number")
+    return dg.BackfillPolicy.multi_run(per_run) if per_run else dg.BackfillPolicy.single_run()
+
+
+# Read when the code location loads (a backfill policy is part of the asset definitions, not run config), like the
+# rescore schedule's cron. Single-run lets `dagster asset materialize --partition-range A...B` run a range at all.
+SHARD_BACKFILL_POLICY = shard_backfill_policy(dg.EnvVar(SHARDS_PER_RUN_ENV).get_value("") or "")
+# Dagster 1.13 marks the `backfill_policy` parameter as beta; it is what makes a backfill one run. Not repeated on
+# every `dagster` command that loads the code location.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
 
 def source_keys(source: str | Location) -> list[str]:

@@ -1,21 +1,26 @@
 """Where the stored embeddings (and optional safety tags) are read from and where every asset writes."""
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from laion_assets.core.errors import BadInputError, MissingUpstreamError
 from laion_assets.core.hints import build_hint
 from laion_assets.core.locations import Location, is_local, location
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE, Spec
 from laion_assets.scoring.predictors import CLIP_L14_DIM
 from laion_assets.selection.gating import ShardSettings
-from laion_assets.sources.layout import Part, discover_parts, find_part
+from laion_assets.sources.layout import Part, parts_by_key
 from laion_assets.sources.metadata import ENGLISH
 from laion_assets.sources.mirror import Mirror
+
+# Read when a run uses the resource, like the paths: how many shards one run processes at once.
+WORKERS_ENV = "LAION_ASSETS_WORKERS"
 
 
 def from_environment(spec: Spec, configured: str) -> str:
@@ -55,6 +60,10 @@ class StorageResource(dg.ConfigurableResource):
     swap_width_height: bool = False
     embedding_dim: int = CLIP_L14_DIM
     urls: str = ""
+    workers: int = Field(
+        default=0,
+        description=f"shards processed at once inside one run, by threads (0: ${WORKERS_ENV}, else one per CPU core)",
+    )
     language: str = Field(
         default=ENGLISH,
         description="the source's declared language: rows of a part with no language column (or an all-null one) "
@@ -152,13 +161,34 @@ class StorageResource(dg.ConfigurableResource):
 
     def part(self, key: str) -> Part:
         """The stored part behind a shard partition key (in URL mode, the part embedded from its images)."""
+        found = self.parts([key])
+        if key not in found:
+            raise MissingUpstreamError(
+                f"{self.parts_source}: no part with key {key!r} (is the shard still registered?)"
+            )
+        return found[key]
+
+    def parts(self, keys: Sequence[str] | None = None) -> dict[str, Part]:
+        """The stored parts behind ``keys`` (every part when None), from ONE listing of the source.
+
+        Each part carries its files' sizes and mtimes/etags as the listing saw them, so a step over many shards
+        lists the source once and compares what was validated without a request per file. Absent keys are left out.
+        """
         if self.url_mode:  # embedded under the data root, maybe by another machine of a remote root
             self.pull(self.layout.embedded_dir)
-        return find_part(self.parts_source, key)
+        listed = parts_by_key(self.parts_source)
+        return listed if keys is None else {key: listed[key] for key in keys if key in listed}
 
-    def parts(self, keys: Sequence[str]) -> dict[str, Part]:
-        """The stored parts behind several keys, listing the source once (absent keys are left out)."""
-        if self.url_mode:
-            self.pull(self.layout.embedded_dir)
-        wanted = set(keys)
-        return {part.key: part for part in discover_parts(self.parts_source) if part.key in wanted}
+    @property
+    def shard_workers(self) -> int:
+        """How many shards a run processes at once: ``workers``, else ``$LAION_ASSETS_WORKERS``, else the cores."""
+        configured = self.workers or dg.EnvVar(WORKERS_ENV).get_value("") or ""
+        if not configured:
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        try:
+            workers = int(configured)
+        except ValueError:
+            raise BadInputError(f"${WORKERS_ENV}={configured!r} is not a number of shards to process at once") from None
+        if workers < 1:
+            raise BadInputError(f"storage.workers / ${WORKERS_ENV} must be at least 1, not {workers}")
+        return workers
