@@ -1,7 +1,8 @@
 """Release-level fan-in over large tags tables: every subset plus the score histogram, with CPU time and peak RSS.
 
 Usage: nice -n 10 python bench/release.py [--rows 10000000 30000000 100000000] [--part-rows 1000000]
-       [--dir /tmp/laion_assets_bench/fanin] [--compare-upto 10000000] [--in-memory-upto 30000000] [--keep]
+       [--dir /tmp/laion_assets_bench/fanin] [--compare-upto 10000000] [--in-memory-upto 30000000]
+       [--checks-upto 30000000] [--keep]
 
 For each row count, builds ``tags/part-*.parquet`` (one part per ``--part-rows`` rows, as one tags part per
 shard of ~1M rows in laion2B-en; LAION's tags columns, URL/caption strings of 60-90 chars, ~6% unsafe, ~10%
@@ -11,12 +12,15 @@ the 8 subsets, ``lazy_counts`` for both score columns): its wall time, CPU time 
 (``ru_maxrss``) come from ``os.wait4`` of that child. Up to ``--in-memory-upto`` rows, the V1 subset is also
 written with the de-duplication it replaced (every safe hash in memory, ``in_memory_dedup``) for its peak RSS; up
 to ``--compare-upto`` rows, both V1 subsets are checked identical (same rows, same order, same values) to that
-version's output. Each table is deleted after its run unless ``--keep``; subsets are deleted after their step.
+version's output; up to ``--checks-upto`` rows, the ``complete`` and ``meets_rule`` checks of
+subset_4_5plus and laion_aesthetic run after their write. Each table is deleted after its run unless ``--keep``;
+subsets are deleted after their step.
 """
 
 import argparse
 import datetime
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,9 +34,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # laion_assets_tests: the in-memory version
 from laion_assets.core.atomic import PARQUET_OPTIONS, write_parquet
 from laion_assets.core.outputs import OutputLayout
+from laion_assets.selection.audit import audit_subset
 from laion_assets.selection.histogram import lazy_counts
 from laion_assets.selection.schemas import TAGS_COLUMNS, V1_SUBSET_COLUMNS
-from laion_assets.selection.subsets import subset_rows, v1_subset, write_rule
+from laion_assets.selection.subsets import rule_violations, subset_files, subset_rows, v1_subset, write_rule
 from laion_assets.selection.tags import TAGS_ID_KEY, scan_tags, tag_files
 from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset
 from laion_assets_tests.selection.in_memory_dedup import in_memory_keep_rows
@@ -69,6 +74,9 @@ def build(layout: OutputLayout, rows: int, parts: int) -> None:
 
 STEPS = [*(r.asset_name for r in [*V2_SUBSETS, *V1_SUBSETS]), "score_histogram"]
 IN_MEMORY = "laion_aesthetic (in-memory dedup)"
+# The blocking checks of the largest V2 and V1 subsets run in the same run as the fan-in: measured after their write.
+CHECKED = ("subset_4_5plus", "laion_aesthetic")
+CHECKS = ("complete", "meets_rule")
 COMPARE = "compare V1 subsets"
 
 
@@ -115,6 +123,18 @@ def work(root: Path, step: str) -> None:
         )
     elif step == COMPARE:
         rows, parts = compare(layout), 0
+    elif ":" in step:  # NAME:CHECK, on the subset written by the step before
+        name, check = step.split(":")
+        rule, parts_ = rules[name], subset_files(layout.subset_dir(name))
+        if check == "complete":
+            result = audit_subset(name, tag_files(layout), parts_, rule)
+            if not result.passed:
+                raise SystemExit(f"{name}: completeness check failed: {result.problems}")
+            rows, parts = result.actual_rows, len(parts_)
+        else:
+            rows, parts = rule_violations(parts_, rule), len(parts_)
+            if rows:
+                raise SystemExit(f"{name}: {rows} rows break the rule")
     else:
         rule = rules[step]
         written = write_rule(tag_files(layout), rule, layout.subset_dir(rule.asset_name))
@@ -141,11 +161,18 @@ def child(root: Path, step: str) -> dict[str, float]:
             "rows": rows, "parts": parts}  # fmt: skip
 
 
-def run(root: Path, rows: int, part_rows: int, in_memory: bool, check: bool) -> dict[str, dict[str, float]]:
+def run(
+    root: Path, rows: int, part_rows: int, in_memory: bool, check: bool, checks: bool
+) -> dict[str, dict[str, float]]:
     """Build a tags table of ``rows`` rows and time every step on it, each in its own process."""
     layout = OutputLayout(root)
     start = time.perf_counter()
-    build(layout, rows, max(1, rows // part_rows))
+    # Built in a child: Linux counts the RSS high-water mark of the process that execs a child into the child's
+    # ru_maxrss, so this launcher must never hold much memory itself.
+    subprocess.run(
+        [sys.executable, __file__, "--dir", str(root), "--build", str(rows), str(max(1, rows // part_rows))],
+        check=True,
+    )
     files = tag_files(layout)
     size = sum(f.stat().st_size for f in files) / 1e9
     built = time.perf_counter() - start
@@ -154,11 +181,12 @@ def run(root: Path, rows: int, part_rows: int, in_memory: bool, check: bool) -> 
     results = {}
     steps = [*STEPS, *([IN_MEMORY] if in_memory else []), *([COMPARE] if check else [])]
     for step in steps:
-        r = results[step] = child(root, step)
-        print(
-            f"  {step:<34} {r['wall']:7.1f}s {r['cpu']:7.1f}s {r['peak']:7.2f}GB {r['rows']:>12,} {r['parts']:>5}"
-            f"   {os.getloadavg()[0]:.1f}"
-        )
+        for name in [step, *(f"{step}:{c}" for c in (CHECKS if checks and step in CHECKED else ()))]:
+            r = results[name] = child(root, name)
+            print(
+                f"  {name:<34} {r['wall']:7.1f}s {r['cpu']:7.1f}s {r['peak']:7.2f}GB {r['rows']:>12,} {r['parts']:>5}"
+                f"   {os.getloadavg()[0]:.1f}"
+            )
         if (layout.subsets_dir / step).is_dir():
             shutil.rmtree(layout.subsets_dir / step)  # disk: keep only the tags
     fan_in = [results[s] for s in STEPS]
@@ -176,11 +204,17 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/laion_assets_bench/fanin")
     parser.add_argument("--compare-upto", type=int, default=10_000_000)
     parser.add_argument("--in-memory-upto", type=int, default=30_000_000)
+    # The V1 completeness recount de-duplicates in memory (polars): above 30M rows it would crowd a 24 GiB machine.
+    parser.add_argument("--checks-upto", type=int, default=30_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
     parser.add_argument("--work", help=argparse.SUPPRESS)  # inside a timed child
+    parser.add_argument("--build", type=int, nargs=2, help=argparse.SUPPRESS)  # ROWS PARTS, inside a child
     args = parser.parse_args()
     if args.work:
         work(Path(args.dir), args.work)
+        return
+    if args.build:
+        build(OutputLayout(Path(args.dir)), *args.build)
         return
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()}")  # fmt: skip
@@ -188,13 +222,21 @@ def main() -> None:
     for rows in args.rows:
         root = Path(args.dir) / str(rows)
         try:
-            all_results[rows] = run(root, rows, args.part_rows, rows <= args.in_memory_upto, rows <= args.compare_upto)
+            all_results[rows] = run(
+                root,
+                rows,
+                args.part_rows,
+                rows <= args.in_memory_upto,
+                rows <= args.compare_upto,
+                rows <= args.checks_upto,
+            )
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
-    print(f"\npeak RSS (GB) per step; load average at the end {os.getloadavg()}")
+    launcher = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    print(f"\npeak RSS (GB) per step (this launcher's own peak: {launcher:.2f} GB); load average {os.getloadavg()}")
     print(f"  {'step':<34}" + "".join(f"{rows:>14,}" for rows in all_results))
-    for step in [*STEPS, IN_MEMORY]:
+    for step in [*STEPS, *(f"{n}:{c}" for n in CHECKED for c in CHECKS), IN_MEMORY]:
         print(f"  {step:<34}" + "".join(
             f"{r[step]['peak']:>14.2f}" if step in r else f"{'-':>14}" for r in all_results.values()
         ))  # fmt: skip
