@@ -9,7 +9,7 @@ import pytest
 
 from laion_assets.core.atomic import write_parquet
 from laion_assets.core.errors import BadInputError
-from laion_assets.selection.audit import audit_subset
+from laion_assets.selection.audit import audit_subset, expected_digest
 from laion_assets.selection.schemas import TAGS_COLUMNS, V1_SUBSET_COLUMNS, schema_mismatches
 from laion_assets.selection.subsets import (
     DEDUP_MEMORY,
@@ -155,3 +155,11 @@ def test_temporary_files_are_removed_when_writing_fails(tags, tmp_path) -> None:
 def test_part_rows_must_be_positive(tags, tmp_path) -> None:
     with pytest.raises(BadInputError, match="part_rows"):
         write_rule(tags, V2_SUBSETS[0], tmp_path / "s", part_rows=0)
+
+
+@pytest.mark.parametrize("rule", V1_SUBSETS, ids=lambda r: r.asset_name)
+def test_the_v1_recount_in_several_passes_equals_the_one_pass_recount(tags, rule) -> None:
+    one = expected_digest(tags, rule)
+    many = expected_digest(tags, rule, recount_rows=100)  # 2,500 rows: 25 passes over hash partitions
+    assert (many.rows, many.sums) == (one.rows, one.sums) and one.rows > 100
+    assert [p.name for p in tags[0].parent.parent.iterdir()] == ["tags"]  # its temporary file is gone
