@@ -162,7 +162,7 @@ def child(root: Path, step: str) -> dict[str, float]:
 
 
 def run(
-    root: Path, rows: int, part_rows: int, in_memory: bool, check: bool, checks: bool
+    root: Path, rows: int, part_rows: int, in_memory: bool, check: bool, checks: bool, only: list[str] | None = None
 ) -> dict[str, dict[str, float]]:
     """Build a tags table of ``rows`` rows and time every step on it, each in its own process."""
     layout = OutputLayout(root)
@@ -179,7 +179,11 @@ def run(
     print(f"\ntags: {rows:,} rows in {len(files)} parts ({size:.2f} GB parquet), built in {built:.0f} s")
     print(f"  {'step':<34} {'wall':>8} {'CPU':>8} {'peak RSS':>9} {'rows':>12} parts   load")
     results = {}
-    steps = [*STEPS, *([IN_MEMORY] if in_memory else []), *([COMPARE] if check else [])]
+    steps = [
+        *(s for s in STEPS if not only or s in only),
+        *([IN_MEMORY] if in_memory else []),
+        *([COMPARE] if check else []),
+    ]
     for step in steps:
         for name in [step, *(f"{step}:{c}" for c in (CHECKS if checks and step in CHECKED else ()))]:
             r = results[name] = child(root, name)
@@ -189,9 +193,9 @@ def run(
             )
         if (layout.subsets_dir / step).is_dir():
             shutil.rmtree(layout.subsets_dir / step)  # disk: keep only the tags
-    fan_in = [results[s] for s in STEPS]
+    fan_in = [results[s] for s in STEPS if s in results]
     print(
-        f"  fan-in ({len(STEPS)} steps): {sum(r['wall'] for r in fan_in):.0f} s wall, "
+        f"  fan-in ({len(fan_in)} steps): {sum(r['wall'] for r in fan_in):.0f} s wall, "
         f"{sum(r['cpu'] for r in fan_in):.0f} s CPU, max step peak RSS {max(r['peak'] for r in fan_in):.2f} GB"
     )
     return results
@@ -207,6 +211,7 @@ def main() -> None:
     # The V1 completeness recount de-duplicates in memory (polars): above 30M rows it would crowd a 24 GiB machine.
     parser.add_argument("--checks-upto", type=int, default=30_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, help="only these steps (default: all)")
     parser.add_argument("--work", help=argparse.SUPPRESS)  # inside a timed child
     parser.add_argument("--build", type=int, nargs=2, help=argparse.SUPPRESS)  # ROWS PARTS, inside a child
     args = parser.parse_args()
@@ -229,6 +234,7 @@ def main() -> None:
                 rows <= args.in_memory_upto,
                 rows <= args.compare_upto,
                 rows <= args.checks_upto,
+                args.steps,
             )
         finally:
             if not args.keep:

@@ -16,6 +16,7 @@ from laion_assets.selection.subsets import (
     SUBSET_FILE,
     bucket_of,
     dedup_buckets,
+    duplicate_rows,
     rule_violations,
     subset_files,
     subset_rows,
@@ -141,6 +142,8 @@ def test_a_row_dropped_from_a_later_part_fails_the_checks(tags, tmp_path) -> Non
     assert f"1 row(s) meeting the rule are missing (e.g. hash [{second['hash'][0]}])" in result.problems[0]
     pl.concat([second, second.head(1)]).write_parquet(parts[1])  # the row back, and a duplicate of it
     assert rule_violations(subset_files(folder), rule) == 1
+    pl.concat([second, second.head(3)]).write_parquet(parts[1])
+    assert duplicate_rows(subset_files(folder), rows_per_pass=5) == duplicate_rows(subset_files(folder)) == 3
 
 
 def test_temporary_files_are_removed_when_writing_fails(tags, tmp_path) -> None:
