@@ -232,6 +232,53 @@ def _rescore(args: argparse.Namespace) -> None:
         sys.exit("rescore failed; see the run's logs")
 
 
+def _score(args: argparse.Namespace) -> None:
+    import time
+
+    from laion_assets.core.locations import location
+    from laion_assets.core.paths import resolve
+    from laion_assets.core.threads import compute_threads, default_workers
+    from laion_assets.scoring.active import ACTIVE_FILE, load_active
+    from laion_assets.scoring.folder import score_folder, select_parts
+    from laion_assets.sources.layout import discover_parts
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    source = location(args.source)
+    parts = discover_parts(source)
+    if args.parts:
+        parts = select_parts(parts, args.parts)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else None
+    predictors = load_active(args.dim, heads, resolve(args.config) if args.config else ACTIVE_FILE)
+    out_dir = resolve(args.out)
+    workers, threads = default_workers(args.workers, len(parts)), compute_threads(args.threads)
+    say(
+        f"score: {len(parts)} part(s) of {source} -> {out_dir}, heads {', '.join(predictors)}; "
+        f"{workers} worker(s) x {threads} thread(s)"
+    )
+    started, done, rows, failed = time.perf_counter(), 0, 0, []
+    for part, result in score_folder(parts, predictors, out_dir, workers, threads, args.force):
+        done += 1
+        prefix = f"[{done}/{len(parts)}] part {part.number}"
+        if isinstance(result, Exception):
+            failed.append(part)
+            say(f"{prefix}: FAILED: {result}")
+        elif result.status == "skipped":
+            say(f"{prefix}: {result.out.name} already scored from the same inputs and heads; skipped")
+        else:
+            rows += result.rows
+            rate = result.rows / result.seconds if result.seconds else 0.0
+            say(f"{prefix}: {result.rows:,} rows in {result.seconds:.2f} s ({rate:,.0f} rows/s) -> {result.out.name}")
+    wall = time.perf_counter() - started
+    say(f"score: {len(parts) - len(failed)} of {len(parts)} part(s) done, {rows:,} rows scored in {wall:.1f} s")
+    if failed:
+        sys.exit(
+            f"error: {len(failed)} part(s) failed and have no scores file: {', '.join(str(p.number) for p in failed)} "
+            "(see above); fix them and run again: parts already scored are skipped"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one subcommand."""
     parser = argparse.ArgumentParser(
@@ -317,6 +364,43 @@ def main(argv: list[str] | None = None) -> None:
         DAGSTER_HOME,
     )
     p.set_defaults(func=_rescore)
+    p = sub.add_parser(
+        "score",
+        help="score a clip-retrieval folder with the active predictors, without Dagster: DIR/scores_N.parquet per part",
+        description="Score every part of a clip-retrieval folder (local path or fsspec URL) with the active "
+        "predictors, without Dagster: DIR/scores_N.parquet per part (N as in img_emb_N.npy), row-aligned, with LAION's "
+        "int64 hash and one float32 column per head. Each part's vectors are read once: checked as clip_embeddings "
+        "checks them and scored in the same pass; the scores equal the aesthetic_scores asset's bit for bit. Parts "
+        "already scored from the same files and heads are skipped (--force scores them again). A bad part is "
+        "reported naming its file and row, writes nothing, and the others go on; the exit status is then 1.",
+    )
+    p.add_argument(
+        "source", metavar="SRC", help="clip-retrieval folder: img_emb/img_emb_N.npy + metadata/metadata_N.parquet"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="where scores_N.parquet go (created if missing)")
+    p.add_argument(
+        "--heads",
+        default="",
+        help="comma-separated score columns of the predictors file to compute, e.g. aesthetic,AESTHETIC_SCORE "
+        "(default: all of them); a head is named by its column",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parts scored at once (default: $LAION_ASSETS_WORKERS, else the cores)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/torch threads per worker (default: $LAION_ASSETS_THREADS, else 1)",
+    )
+    p.add_argument("--parts", default="", help="only these part numbers, e.g. 0,3,7-9 (default: every part)")
+    p.add_argument("--force", action="store_true", help="score parts again even if their scores are up to date")
+    p.add_argument("--config", default="", help="predictors file (default: predictors.yaml in the project)")
+    p.add_argument("--dim", type=int, default=768, help="embedding width the heads take (default 768, ViT-L/14)")
+    p.set_defaults(func=_score)
     args = parser.parse_args(argv)
     try:
         args.func(args)

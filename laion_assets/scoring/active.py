@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from laion_assets.core.atomic import atomic_path
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.paths import PROJECT_DIR
+
+if TYPE_CHECKING:
+    from laion_assets.scoring.predictors import Predictor
 
 ACTIVE_FILE = PROJECT_DIR / "predictors.yaml"
 SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
@@ -108,3 +112,23 @@ def activate(column: str, weights: str | Path, path: str | Path = ACTIVE_FILE, f
     forced = [c for c in forced if c != column] + ([column] if force else [])
     write_active(mapping, path, forced)
     return mapping
+
+
+def load_active(dim: int, heads: Collection[str] | None = None, path: str | Path = ACTIVE_FILE) -> dict[str, Predictor]:
+    """The active predictors as the ``predictors`` resource loads them by default: ``{score column: predictor}``.
+
+    ``heads`` picks columns by name (default: every column the file maps); weights the file forces are used
+    although they do not fit their column. Errors name an unknown head and the heads there are.
+    """
+    from laion_assets.core.paths import resolve
+    from laion_assets.scoring.predictors import load_for_column
+
+    path = resolve(path)
+    mapping, forced = _read(path)
+    chosen = list(mapping) if heads is None else list(dict.fromkeys(heads))
+    unknown = [h for h in chosen if h not in mapping]
+    if unknown or not chosen:
+        raise BadInputError(
+            f"unknown head(s) {unknown or '(none given)'}: the heads are the score columns of {path}: {list(mapping)}"
+        )
+    return {h: load_for_column(resolve(mapping[h]), h, dim, h in forced) for h in chosen}

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 
 from laion_assets.core.atomic import write_parquet
 from laion_assets.core.errors import BadInputError
+from laion_assets.core.threads import limit_threads
 from laion_assets.scoring.predictors import Predictor, PredictorIdentity
-from laion_assets.scoring.stored import score_file
+from laion_assets.scoring.stored import scan_and_score
 from laion_assets.sources.indexing import VALIDATION_ID_KEY, check_source_unchanged, read_validation
 from laion_assets.sources.layout import Part
 
@@ -36,21 +37,13 @@ def score_part(part: Part, indexed_metadata: Path, predictors: Mapping[str, Pred
     """Score a part's embeddings with each predictor (column name -> predictor) and write them with its hashes.
 
     Only a part whose files are still the ones ``clip_embeddings`` validated is scored; the scores record that
-    validation.
+    validation. The vectors are read once, checked and scored in the same pass (``laion-assets score`` runs the
+    same code), with BLAS/torch threads limited as :func:`laion_assets.core.threads.limit_threads` says.
     """
     validation = read_validation(indexed_metadata)
     check_source_unchanged(part, validation)
     hashes = pl.read_parquet(indexed_metadata, columns=["hash"])["hash"]
-    scores = score_file(part.embeddings, predictors)
-    for name, column in scores.items():
-        if column.shape[0] != hashes.len():
-            raise BadInputError(
-                f"{part.embeddings}: {column.shape[0]} rows but {indexed_metadata} has {hashes.len()}; "
-                "re-materialize clip_embeddings for this shard"
-            )
-        bad = ~np.isfinite(column)
-        if bad.any():
-            raise BadInputError(f"{part.embeddings}: row {int(np.argmax(bad))} scored non-finite by {name!r}")
+    scores = score_vectors(part, predictors, hashes.len(), indexed_metadata)
     table = pl.DataFrame({"hash": hashes, **{k: pl.Series(k, v, dtype=pl.Float32) for k, v in scores.items()}})
     identities = {name: p.identity for name, p in predictors.items()}
     recorded = json.dumps({k: str(v) for k, v in identities.items()}, sort_keys=True)
@@ -60,6 +53,24 @@ def score_part(part: Part, indexed_metadata: Path, predictors: Mapping[str, Pred
         for name, v in scores.items()
     }
     return ScoredPart(part.key, hashes.len(), identities, summary)
+
+
+def score_vectors(
+    part: Part, predictors: Mapping[str, Predictor], rows: int, rows_from: str | Path
+) -> dict[str, np.ndarray]:
+    """A part's float32 scores by column: its vectors checked and scored in one pass, every score finite.
+
+    ``rows`` is the row count its metadata has (``rows_from`` names it in the error when the vectors differ).
+    """
+    dims = {p.dim for p in predictors.values()}
+    dim = dims.pop() if len(dims) == 1 else None  # else scan_and_score names the head that does not fit
+    with limit_threads():
+        _, scores = scan_and_score(part.embeddings, predictors, dim, rows, rows_from)
+    for name, column in scores.items():
+        bad = ~np.isfinite(column)
+        if bad.any():
+            raise BadInputError(f"{part.embeddings}: row {int(np.argmax(bad))} scored non-finite by {name!r}")
+    return scores
 
 
 def read_identities(scores_path: Path) -> dict[str, PredictorIdentity]:

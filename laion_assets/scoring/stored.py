@@ -1,8 +1,12 @@
-"""Scoring stored embeddings with several predictors in one pass over the file."""
+"""Scoring stored embeddings with several predictors in the same single pass that validates them.
+
+The pass itself (read, float16 -> float32, checks, sha256) is :func:`laion_assets.sources.embeddings.scan_embeddings`;
+the heads are its sinks, so scoring a part costs one read of its vectors, and ``clip_embeddings``'s validation,
+``aesthetic_scores`` and ``laion-assets score`` run the very same code.
+"""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -10,11 +14,16 @@ import numpy as np
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import Location
 from laion_assets.scoring.predictors import LinearPredictor, Predictor
-from laion_assets.sources.embeddings import StreamedNpy, open_embeddings
+from laion_assets.sources.embeddings import (
+    SCAN_CHUNK_ROWS,
+    EmbeddingStats,
+    StreamedNpy,
+    float32_converter,
+    scan_embeddings,
+)
 
-# Rows converted per step: the float32 chunk (24 MiB at 768-d) stays in the CPU's last-level cache between the
-# conversion and the products, and one buffer is reused, so no memory is page-faulted in per chunk.
-SCORE_CHUNK_ROWS = 8192
+# Kept for callers that chunk an in-memory array themselves: the same chunking as the fused pass.
+SCORE_CHUNK_ROWS = SCAN_CHUNK_ROWS
 
 
 def float32_chunks(array: np.ndarray | StreamedNpy, rows: int = SCORE_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
@@ -24,53 +33,89 @@ def float32_chunks(array: np.ndarray | StreamedNpy, rows: int = SCORE_CHUNK_ROWS
     (much slower) cast gives.
     """
     n, d = array.shape
-    if array.dtype == np.float32:
-        for start in range(0, n, rows):
-            yield start, np.asarray(array[start : start + rows])
-        return
-    import torch  # here, not at the top: loading the definitions must not pay for torch
-
-    buffer = np.empty((min(rows, max(n, 1)), d), dtype=np.float32)
-    target = torch.from_numpy(buffer)
+    convert = float32_converter(min(rows, max(n, 1)), d, np.dtype(array.dtype))
     for start in range(0, n, rows):
-        chunk = np.asarray(array[start : start + rows])
-        with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
-            warnings.simplefilter("ignore", UserWarning)
-            source = torch.from_numpy(chunk)
-        target[: len(chunk)].copy_(source)
-        yield start, buffer[: len(chunk)]
+        yield start, convert(np.asarray(array[start : start + rows]))
+
+
+class HeadScores:
+    """A sink of the fused pass: scores each float32 chunk with every head into preallocated float32 columns.
+
+    Linear heads (V1, and V2 which collapses to one affine map) are one float32 matrix-vector product each on
+    the chunk while it is in cache, the same ``x @ w + b`` as ``LinearPredictor.score`` (equal up to BLAS summation
+    order, an ulp or two); other heads run their own ``score`` on the chunk.
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor], rows: int) -> None:
+        self.predictors = dict(predictors)
+        self.out = {name: np.empty(rows, dtype=np.float32) for name in predictors}
+        self.weights = {
+            k: np.ascontiguousarray(p.weight, dtype=np.float32)
+            for k, p in predictors.items()
+            if isinstance(p, LinearPredictor)
+        }
+        self.other = {k: p for k, p in predictors.items() if not isinstance(p, LinearPredictor)}
+
+    def __call__(self, start: int, chunk: np.ndarray) -> None:
+        """Score one chunk into rows ``start:start+len(chunk)`` of every column."""
+        stop = start + chunk.shape[0]
+        for name, weight in self.weights.items():
+            np.dot(chunk, weight, out=self.out[name][start:stop])
+        for name, predictor in self.other.items():
+            self.out[name][start:stop] = predictor.score(chunk)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The finished columns (biases added once, in float32, after the products)."""
+        for name in self.weights:
+            self.out[name] += np.float32(self.predictors[name].bias)  # type: ignore[union-attr]
+        return self.out
 
 
 def score_array(array: np.ndarray | StreamedNpy, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
-    """Score every row of a (n, d) array with each predictor; returns float32 columns by name.
-
-    Linear heads (V1, and V2 which collapses to one affine map) are one float32 matrix-vector product each on
-    the converted chunk, the same ``x @ w + b`` as ``LinearPredictor.score`` (equal up to BLAS summation order,
-    an ulp or two), so scoring both costs about one read of the embeddings.
-    """
-    n = array.shape[0]
-    out = {name: np.empty(n, dtype=np.float32) for name in predictors}
-    linear = {k: p for k, p in predictors.items() if isinstance(p, LinearPredictor)}
-    other = {k: p for k, p in predictors.items() if not isinstance(p, LinearPredictor)}
-    weights = {k: np.ascontiguousarray(p.weight, dtype=np.float32) for k, p in linear.items()}
+    """Score every row of a (n, d) array with each predictor; returns float32 columns by name."""
+    heads = HeadScores(predictors, array.shape[0])
     for start, chunk in float32_chunks(array):
-        stop = start + chunk.shape[0]
-        for name, weight in weights.items():
-            np.dot(chunk, weight, out=out[name][start:stop])
-        for name, predictor in other.items():
-            out[name][start:stop] = predictor.score(chunk)
-    for name, predictor in linear.items():
-        out[name] += np.float32(predictor.bias)
-    return out
+        heads(start, chunk)
+    return heads.result()
+
+
+def check_widths(path: str | Location, dim: int, predictors: Mapping[str, Predictor]) -> None:
+    """Raise naming the file and the predictor when a predictor does not take ``dim``-wide embeddings."""
+    for name, predictor in predictors.items():
+        if dim != predictor.dim:
+            raise BadInputError(
+                f"{path}: embedding width {dim} does not fit predictor {name!r} "
+                f"({predictor.identity}), which expects {predictor.dim}"
+            )
+
+
+def scan_and_score(
+    path: str | Location,
+    predictors: Mapping[str, Predictor],
+    expected_dim: int | None = None,
+    expected_rows: int | None = None,
+    rows_from: str | Location = "its metadata",
+    validate: bool = True,
+    sha256: bool = False,
+) -> tuple[EmbeddingStats, dict[str, np.ndarray]]:
+    """Validate and score an embeddings file in one pass; returns its stats and a float32 column per predictor.
+
+    Errors name the file (and the row): a width or row count that does not fit, a non-finite or non-unit row
+    (with ``validate``), a predictor that does not take the file's width.
+    """
+    holder: list[HeadScores] = []
+
+    def heads_for(rows: int, dim: int) -> HeadScores:
+        check_widths(path, dim, predictors)
+        holder.append(HeadScores(predictors, rows))
+        return holder[0]
+
+    stats = scan_embeddings(
+        path, expected_dim, expected_rows, rows_from, make_sink=heads_for, validate=validate, sha256=sha256
+    )
+    return stats, holder[0].result()
 
 
 def score_file(path: str | Location, predictors: Mapping[str, Predictor]) -> dict[str, np.ndarray]:
     """Score a stored embeddings .npy file; the error names the file on a width mismatch."""
-    array = open_embeddings(path)
-    for name, predictor in predictors.items():
-        if array.shape[1] != predictor.dim:
-            raise BadInputError(
-                f"{path}: embedding width {array.shape[1]} does not fit predictor {name!r} "
-                f"({predictor.identity}), which expects {predictor.dim}"
-            )
-    return score_array(array, predictors)
+    return scan_and_score(path, predictors, validate=False)[1]

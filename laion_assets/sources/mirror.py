@@ -3,6 +3,8 @@
 Assets compute on local files (memory maps, atomic renames, streaming parquet writers) and the mirror moves
 their inputs down and their outputs up at the asset's edges. Uploading a folder goes to a temporary sibling
 first and replaces the old folder only once every file is up, so a failed push leaves the previous output whole.
+A folder whose files are mostly unchanged between pushes (the tags table) can instead be pushed with
+:meth:`Mirror.push_changes`, which uploads only the files that changed and its record file last.
 
 The remote is the source of truth: a pull keeps a local file only when it is known to hold the remote's current
 bytes. For that, every file the mirror pulls or pushes gets a small record, ``<local>/.mirror/records/<path>.json``:
@@ -19,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -106,6 +108,73 @@ class Mirror:
             listed = uploaded.get(file.relative_to(path).as_posix())
             if listed is not None:
                 self._record(file, listed[1])
+
+    def push_changes(self, path: Path, written: Collection[str], commit: str) -> list[str]:
+        """Upload only what changed in folder ``path``: ``written`` files, and any the remote does not hold as recorded.
+
+        For a folder whose record file ``commit`` names its other files (the tags table's ``_table.json``): a file
+        not in ``written`` (relative names) whose record shows the remote still holds the version pushed or pulled
+        here, with the same size and mtime, is left alone; its ctime is not compared, since carrying a file over by
+        a hard link changes only that. The others are uploaded to a temporary sibling first (a failure there leaves
+        the remote folder as it was), then moved into place, then ``commit`` is uploaded, and last the remote's
+        files that the folder no longer has are removed. Object stores have no atomic multi-file commit: between
+        the first move and the commit upload a reader sees parts that the old record does not name, which the
+        record's per-part ids refuse as a mixed table. Returns the relative names uploaded.
+        """
+        remote = self._remote(path)
+        fs = remote.fs
+        files = {
+            p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file() and not self._is_state(p)
+        }
+        listed = _listing(fs, remote.path) if fs.exists(remote.path) else {}
+        changed = [
+            rel for rel in files if rel == commit or rel in written or not self._pushed(files[rel], listed.get(rel))
+        ]
+        uploads = [rel for rel in changed if rel != commit]
+        staging = remote.parent / f".{remote.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            for rel in uploads:
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.put_file(str(files[rel]), target.path)
+            for rel in uploads:
+                (remote / rel).parent.mkdir(parents=True, exist_ok=True)
+                fs.mv((staging / rel).path, (remote / rel).path)
+        finally:
+            if staging.exists():
+                fs.rm(staging.path, recursive=True)
+        if commit in files:
+            fs.put_file(str(files[commit]), (remote / commit).path)
+        for rel in sorted(set(listed) - set(files)):
+            fs.rm(listed[rel][0])
+            self._record_path(path / rel).unlink(missing_ok=True)
+        # Recorded as listed after the moves; carried-over files get their new local stat (same version remotely).
+        uploaded = _listing(fs, remote.path)
+        for rel, file in files.items():
+            entry = uploaded.get(rel)
+            if entry is not None:
+                self._record(file, entry[1])
+        return changed
+
+    def _pushed(self, local: Path, listed: tuple[str, Mapping[str, Any]] | None) -> bool:
+        """Whether the remote holds ``local``'s bytes as last pushed or pulled here (size and mtime unchanged)."""
+        if listed is None:
+            return False
+        try:
+            record = json.loads(self._record_path(local).read_text())
+        except (OSError, ValueError):
+            return False
+        now = stat_fingerprint(local)
+        seen = record.get("local") if isinstance(record, dict) else None
+        if not isinstance(seen, dict) or any(seen.get(k) != now[k] for k in ("size", "mtime_ns")):
+            return False
+        version, recorded = remote_version(listed[1]), record.get("version") or {}
+        shared = recorded.keys() & version.keys()
+        return (
+            record.get("size") == int(listed[1]["size"])
+            and bool(shared)
+            and all(recorded[k] == version[k] for k in shared)
+        )
 
     def _pull_file(self, fs: AbstractFileSystem, name: str, info: Mapping[str, Any], local: Path) -> None:
         if self._in_sync(local, info):

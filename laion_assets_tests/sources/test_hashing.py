@@ -27,3 +27,16 @@ def test_vectorised_hashes_are_int64_and_match_scalar():
     assert out.dtype == np.int64
     assert out.tolist() == [laion_hash(u, t) for u, t in zip(urls, texts, strict=True)]
     assert out[0] == 4623837408423549118
+
+
+def test_polars_column_hashes_equal_the_scalar_ones():
+    import polars as pl
+
+    from laion_assets.sources.hashing import laion_hashes_of
+
+    urls = [URL, "a", None, "http://x/é.jpg", "http://日本/😀", None]
+    texts = [TEXT, None, "b", "café", "", None]
+    out = laion_hashes_of(pl.Series(urls, dtype=pl.String), pl.Series(texts, dtype=pl.String))
+    assert out.dtype == np.int64
+    assert out.tolist() == [laion_hash(u, t) for u, t in zip(urls, texts, strict=True)]
+    assert laion_hashes_of(pl.Series([], dtype=pl.String), pl.Series([], dtype=pl.String)).shape == (0,)

@@ -179,3 +179,73 @@ def test_downloads_left_by_a_dead_process_are_removed(tmp_path: Path, remote_roo
     running = write(b.local / STATE_DIR / "tmp" / f"{os.getpid()}-4567.part", b"in flight")
     b.pull(b.local / "kv")
     assert not leftover.exists() and running.exists()
+
+
+def relinked(folder: Path, rewrite: dict[str, bytes]) -> None:
+    """Replace ``folder`` as ``build_tags`` does: unchanged files hard-linked into a new folder, which is swapped in."""
+    new = folder.with_name(folder.name + ".new")
+    new.mkdir()
+    for file in folder.iterdir():
+        if file.name in rewrite:
+            write(new / file.name, rewrite[file.name])
+        else:
+            os.link(file, new / file.name)
+    folder.rename(folder.with_name(folder.name + ".old"))
+    new.rename(folder)
+    for file in folder.with_name(folder.name + ".old").iterdir():
+        file.unlink()
+    folder.with_name(folder.name + ".old").rmdir()
+
+
+def test_push_changes_uploads_only_changed_files(
+    tmp_path: Path, remote_root: UPath, downloads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = machines(tmp_path, remote_root)
+    tags = a.local / "tags"
+    for i in range(3):
+        write(tags / f"part-{i}.parquet", f"part {i} v1".encode())
+    write(tags / "_table.json", b"table v1")
+    fs = remote_root.fs
+    uploads: list[str] = []
+    real_put = fs.put_file
+
+    def put(lpath: str, rpath: str, *args: object, **kwargs: object) -> object:
+        if Path(lpath).read_bytes() == b"part 2 fails":
+            raise OSError("connection reset")
+        uploads.append(rpath.rsplit("/", 1)[-1])
+        return real_put(lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "put_file", put)
+    assert a.push_changes(tags, [], "_table.json") == [
+        "_table.json",
+        "part-0.parquet",
+        "part-1.parquet",
+        "part-2.parquet",
+    ]
+    uploads.clear()
+
+    relinked(tags, {"part-1.parquet": b"part 1 v2", "_table.json": b"table v2"})
+    assert a.push_changes(tags, ["part-1.parquet"], "_table.json") == ["_table.json", "part-1.parquet"]
+    assert uploads == [
+        "part-1.parquet",
+        "_table.json",
+    ]  # the part (to a temporary sibling, then moved), the record last
+    assert (remote_root / "tags" / "part-1.parquet").read_bytes() == b"part 1 v2"
+    assert a.pull(tags) and downloads == []  # carried-over files are still known to be the remote's
+
+    # An upload that fails leaves the remote folder as it was, with no temporary sibling.
+    before = {p.name: p.read_bytes() for p in (remote_root / "tags").iterdir()}
+    relinked(tags, {"part-2.parquet": b"part 2 fails", "_table.json": b"table v3"})
+    with pytest.raises(OSError, match="connection reset"):
+        a.push_changes(tags, ["part-2.parquet"], "_table.json")
+    assert {p.name: p.read_bytes() for p in (remote_root / "tags").iterdir()} == before
+    assert sorted(p.name for p in remote_root.iterdir()) == ["tags"]
+
+    # A file gone from the folder goes from the remote, after the record; another machine pulls the new state.
+    relinked(tags, {"part-2.parquet": b"part 2 v2", "_table.json": b"table v4"})
+    (tags / "part-0.parquet").unlink()
+    a.push_changes(tags, ["part-2.parquet"], "_table.json")
+    assert b.pull(b.local / "tags")
+    assert {p.name: p.read_bytes() for p in (b.local / "tags").iterdir()} == {
+        "_table.json": b"table v4", "part-1.parquet": b"part 1 v2", "part-2.parquet": b"part 2 v2"
+    }  # fmt: skip

@@ -22,7 +22,7 @@ from laion_assets.defs.scoring.assets import aesthetic_scores
 from laion_assets.defs.scoring.rescore import rescored_shards
 from laion_assets.defs.selection.gate import gate, released_keys
 from laion_assets.selection.audit import audit_tags
-from laion_assets.selection.tags import build_tags, scan_tags, tag_files
+from laion_assets.selection.tags import TABLE_FILE, build_tags, scan_tags, tag_files
 from laion_assets.sources.indexing import read_validation
 from laion_assets.sources.safety import INDEX_FILES, SafetyIndex, build_safety_index, check_safety_current
 
@@ -75,10 +75,12 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     kinds={"parquet"},
     owners=OWNERS,
     tags=asset_tags("selection", "tags"),
-    code_version="2",
+    code_version="3",
     description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
-    "every row of every released shard, one parquet per shard. Stops, naming the shards, when a registered shard "
-    "is not validated and scored, its latest shard run failed, or its source changed since validation (unless "
+    "every row of every released shard, one parquet per shard; a rebuild rewrites only the parts whose shard, "
+    "predictors or safety table changed (tags/_table.json names the table and its parts). Stops, naming the "
+    "shards, when a registered shard is not validated and scored, its latest shard run failed, or its source "
+    "changed since validation (unless "
     f"release_config.exclude_shards leaves it out). {V1_RANGE}",
 )
 def aesthetic_tags(
@@ -94,8 +96,14 @@ def aesthetic_tags(
             safety = SafetyIndex.open(layout.safety_dir)
         # The joined table must be the one safety_tags indexed: a table changed since stops the run.
         safety_id = check_safety_current(storage.safety_path, layout.safety_dir)
-        summary = build_tags(validations, layout, safety, safety_id)
-        storage.push(layout.tags_dir)
+        # The previous table's record says which parts can be carried over; only those parts are pulled.
+        storage.pull(layout.tags_dir / TABLE_FILE)
+        summary = build_tags(validations, layout, safety, safety_id, fetch=storage.pull)
+        mirror = storage.mirror
+        if mirror is not None:  # a remote data root gets the rewritten parts and the record, not the whole table
+            written = [layout.tags_part(key).name for key in summary.rewritten]
+            uploaded = mirror.push_changes(layout.tags_dir, written, TABLE_FILE)
+            context.log.info(f"pushed {len(uploaded)} file(s) of aesthetic_tags to {storage.data_root_value}")
     stats = (
         scan_tags(storage.layout)
         .select(
@@ -115,6 +123,12 @@ def aesthetic_tags(
             {
                 "dagster/row_count": summary.rows,
                 "shards": len(validations),
+                "table_id": summary.table_id,
+                # A rebuild writes only the parts whose shard changed (validation, scores, safety table).
+                "parts_rewritten": len(summary.rewritten),
+                "parts_kept": len(summary.kept),
+                "parts_removed": len(summary.removed),
+                "rewritten_shards": dg.MetadataValue.json(list(summary.rewritten)),
                 "excluded_shards": dg.MetadataValue.json(sorted(release_config.exclude_shards)),
                 "rows_without_safety_tags": summary.without_safety_tags,
                 "rows_without_url": summary.without_url,
