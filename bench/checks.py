@@ -26,7 +26,7 @@ from release import build  # noqa: E402  (bench/release.py builds the tags table
 from laion_assets.core.locations import file_sha256
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.selection.audit import audit_subset
-from laion_assets.selection.subsets import SUBSET_FILE, write_rule
+from laion_assets.selection.subsets import subset_files, write_rule
 from laion_assets.selection.tags import tag_files
 from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
 from laion_assets.sources.embeddings import open_embeddings, validate_embeddings
@@ -93,7 +93,7 @@ def main() -> None:
             {
                 "write": lambda rule=rule, folder=folder: write_rule(files, rule, folder),
                 "recount": lambda rule=rule, folder=folder: audit_subset(
-                    rule.asset_name, files, [folder / SUBSET_FILE], rule
+                    rule.asset_name, files, subset_files(folder), rule
                 ),
             },
             args.rounds,

@@ -10,14 +10,17 @@ from laion_assets.core.outputs import OutputLayout
 from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.release.build import ReleaseSummary, release_from_layout
 from laion_assets.release.rebuild import rebuild
+from laion_assets.selection.subsets import SUBSET_PART_ROWS
 from laion_assets.sources.layout import discover_parts
 
 WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}
 
 
-def build(source: Path, data_root: Path, version: str = "v0.1.0") -> tuple[OutputLayout, ReleaseSummary]:
-    """Run the spine from ``source`` into ``data_root`` and assemble release ``version``."""
-    layout = rebuild(source, data_root, WEIGHTS)
+def build(
+    source: Path, data_root: Path, version: str = "v0.1.0", part_rows: int = SUBSET_PART_ROWS
+) -> tuple[OutputLayout, ReleaseSummary]:
+    """Run the spine from ``source`` into ``data_root`` (subsets in parts of ``part_rows``), assemble ``version``."""
+    layout = rebuild(source, data_root, WEIGHTS, part_rows=part_rows)
     summary = release_from_layout(layout, version, source, WEIGHTS, 768)
     return layout, summary
 

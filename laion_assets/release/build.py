@@ -41,7 +41,7 @@ from laion_assets.scoring.parts import IDENTITY_KEY
 from laion_assets.selection.audit import SubsetAudit, audit_subset
 from laion_assets.selection.buckets import N_BUCKETS
 from laion_assets.selection.gating import tags_validations
-from laion_assets.selection.subsets import SUBSET_FILE, rule_funnel, subset_rows
+from laion_assets.selection.subsets import SUBSET_PARTS, rule_funnel, subset_files, subset_rows
 from laion_assets.selection.tags import SAFETY_ID_KEY, read_built_from, recorded_ids, tag_files
 from laion_assets.selection.thresholds import PUNSAFE_MAX, PWATERMARK_MAX, V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 from laion_assets.sources.indexing import Validation
@@ -120,7 +120,8 @@ def release_sources(layout: OutputLayout) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for subset in subset_rules():
         name = str(subset["name"])
-        files[f"{subset_path(name)}/{SUBSET_FILE}"] = layout.require(layout.subset_dir(name) / SUBSET_FILE, name)
+        for part in subset_files(layout.require(layout.subset_dir(name), name)):  # every part, in row order
+            files[f"{subset_path(name)}/{part.name}"] = part
     for name in KV_FILES:
         files[f"kv/{name}"] = layout.require(layout.kv_dir / name, "aesthetic_kv")
     files[HISTOGRAM] = layout.require(layout.histogram_path, "score_histogram")
@@ -192,14 +193,10 @@ def compute_changelog(previous: Path | None, release_dir: Path, manifest: Mappin
         return {"previous": None, "subsets": {}}
     changes: dict[str, dict[str, int]] = {}
     for subset in subset_rules():
-        rel = f"{subset_path(str(subset['name']))}/{SUBSET_FILE}"
-        new = pl.scan_parquet(release_dir / rel).select("hash")
-        old_path = previous / rel
-        old = (
-            pl.scan_parquet(old_path).select("hash")
-            if old_path.is_file()
-            else pl.LazyFrame({"hash": []}, {"hash": pl.Int64})
-        )
+        rel = subset_path(str(subset["name"]))
+        new = pl.scan_parquet(subset_files(release_dir / rel)).select("hash")
+        old_parts = sorted((previous / rel).glob(SUBSET_PARTS))  # a release of one part-00000.parquet too
+        old = pl.scan_parquet(old_parts).select("hash") if old_parts else pl.LazyFrame({"hash": []}, {"hash": pl.Int64})
         changes[str(subset["name"])] = {
             "rows_before": int(old.select(pl.len()).collect().item()),
             "rows_after": int(new.select(pl.len()).collect().item()),
@@ -408,7 +405,7 @@ def subsets_with_funnels(layout: OutputLayout) -> list[dict[str, object]]:
     out = []
     for entry in subset_rules():
         name = str(entry["name"])
-        rows = subset_rows(layout.require(layout.subset_dir(name) / SUBSET_FILE, name))
+        rows = subset_rows(subset_files(layout.require(layout.subset_dir(name), name)))
         out.append({**entry, "rows": rows, "funnel": rule_funnel(files, rule_of(name), rows)})
     return out
 
@@ -420,7 +417,7 @@ def audit_subsets(layout: OutputLayout, funnels: Mapping[str, Mapping[str, int]]
         audit_subset(
             rule.asset_name,
             files,
-            [layout.require(layout.subset_dir(rule.asset_name) / SUBSET_FILE, rule.asset_name)],
+            subset_files(layout.require(layout.subset_dir(rule.asset_name), rule.asset_name)),
             rule,
             (funnels or {}).get(rule.asset_name),
         )

@@ -22,7 +22,7 @@ from laion_assets.scoring.predictors import CLIP_L14_DIM, load_for_column
 from laion_assets.selection.buckets import BucketAccumulator, accumulate_part, save_buckets
 from laion_assets.selection.gating import tags_validations
 from laion_assets.selection.histogram import histogram_document, write_histogram
-from laion_assets.selection.subsets import write_rule
+from laion_assets.selection.subsets import SUBSET_PART_ROWS, write_rule
 from laion_assets.selection.tags import (
     BUILT_FROM,
     build_tags,
@@ -69,11 +69,17 @@ def build_shards(
     return validations
 
 
-def build_subsets(layout: OutputLayout) -> dict[str, Path]:
-    """Write every V2 and V1 subset from the tags table."""
+def build_subsets(layout: OutputLayout, part_rows: int | Mapping[str, int] = SUBSET_PART_ROWS) -> dict[str, list[Path]]:
+    """Write every V2 and V1 subset from the tags table, in parquet parts of ``part_rows`` rows (per subset name)."""
     files = tag_files(layout)
     return {
-        rule.asset_name: write_rule(files, rule, layout.subset_dir(rule.asset_name)) for rule in V2_SUBSETS + V1_SUBSETS
+        rule.asset_name: write_rule(
+            files,
+            rule,
+            layout.subset_dir(rule.asset_name),
+            part_rows if isinstance(part_rows, int) else part_rows.get(rule.asset_name, SUBSET_PART_ROWS),
+        )
+        for rule in V2_SUBSETS + V1_SUBSETS
     }
 
 
@@ -141,10 +147,12 @@ def rebuild(
     language: str = ENGLISH,
     exclude: Sequence[str] = (),
     forced: Collection[str] = (),
+    part_rows: int | Mapping[str, int] = SUBSET_PART_ROWS,
 ) -> OutputLayout:
     """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``.
 
-    Parts whose keys are in ``exclude`` are left out, as ``release_config.exclude_shards`` leaves them out.
+    Parts whose keys are in ``exclude`` are left out, as ``release_config.exclude_shards`` leaves them out;
+    ``part_rows`` is the subsets' part size (one for all, or per subset name).
     """
     layout = OutputLayout(Path(data_root))
     parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
@@ -155,7 +163,7 @@ def rebuild(
         index = SafetyIndex.open(layout.safety_dir)
         safety_id = check_safety_current(safety, layout.safety_dir)
     build_tags(validations, layout, index, safety_id)
-    build_subsets(layout)
+    build_subsets(layout, part_rows)
     build_histogram(layout)
     build_buckets(layout, {p.key: p for p in parts}, dim, validations)
     build_kvs(layout)

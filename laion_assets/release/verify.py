@@ -13,6 +13,7 @@ from laion_assets.core.locations import Location, file_sha256, location
 from laion_assets.core.paths import MODELS_DIR, PROJECT_DIR, resolve
 from laion_assets.core.settings import SAFETY, SOURCE
 from laion_assets.release.build import build_release, subsets_with_funnels
+from laion_assets.release.card import subset_files as release_parts
 from laion_assets.release.manifest import CARD, check_files, code_version, load_manifest, package_versions
 from laion_assets.release.rebuild import rebuild
 from laion_assets.scoring.predictors import CLIP_L14_DIM, inspect_weights
@@ -92,6 +93,18 @@ def locate_safety(manifest: dict, release_dir: Path, safety: Location | None) ->
         if not path.exists() or file_sha256(path) != entry["sha256"]:
             raise BadInputError(f"{path}: not the safety file the release was built from; cannot rebuild")
     return safety
+
+
+def release_part_rows(manifest: Mapping[str, object]) -> dict[str, int]:
+    """Each subset's part size as the release was written: its first part's rows when it has several.
+
+    A subset in one part was written with a part size at least its rows; its rows (or 1) give that same one part.
+    """
+    sizes = {}
+    for subset in manifest["subsets"]:  # type: ignore[attr-defined]
+        parts = list(release_parts(manifest, str(subset["name"])).values())
+        sizes[str(subset["name"])] = max(1, int(parts[0]["rows"])) if parts else 1
+    return sizes
 
 
 WEIGHTS_SUFFIXES = (".pth", ".pt")
@@ -196,6 +209,7 @@ def verify_release(
             language=str(inputs.get("language", ENGLISH)),
             exclude=inputs.get("excluded_shards", []),
             forced=forced_columns(manifest),
+            part_rows=release_part_rows(manifest),
         )
         rebuilt = build_release(
             layout,

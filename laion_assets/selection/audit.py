@@ -7,12 +7,15 @@ cast to LAION's types): the same row count and the same order-independent 128-bi
 lost, gained or changed a row (any column: URL, caption, safety values, score, ...) fails; so does a subset that is
 empty while rows meet its score threshold (the failure says which filter dropped them).
 
-Memory stays bounded per tags part for the V2 rules; the V1 rules de-duplicate by hash across the whole table, as
-LAION did, so they hold the surviving (hash, score) pairs.
+Memory stays bounded per tags part for the V2 rules. The V1 rules de-duplicate by hash across the whole table, as
+LAION did: above ``RECOUNT_ROWS`` tag rows, a first pass writes (hash, row hash, score) of the safe rows in table
+order to a narrow temporary file, and each following pass de-duplicates only the hashes of one partition of it, so
+a pass holds about ``RECOUNT_ROWS`` rows whatever the table's size.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +96,14 @@ def _v1_rows(tags_files: Sequence[Path], rule: V1Subset) -> pl.LazyFrame:
     )
 
 
-def expected_digest(tags_files: Sequence[Path], rule: V1Subset | V2Subset) -> RowDigest:
+# Tag rows one V1 recount pass de-duplicates at most (about 1 GB of polars memory); a larger table takes more passes.
+RECOUNT_ROWS = 8_000_000
+_PARTITION_SEED = 0xA11CE
+
+
+def expected_digest(
+    tags_files: Sequence[Path], rule: V1Subset | V2Subset, recount_rows: int = RECOUNT_ROWS
+) -> RowDigest:
     """Recount a subset from the tags parts with polars, straight from LAION's rule."""
     digest = RowDigest()
     if isinstance(rule, V2Subset):
@@ -101,8 +111,33 @@ def expected_digest(tags_files: Sequence[Path], rule: V1Subset | V2Subset) -> Ro
             rows = pl.scan_parquet(path).filter(_v2_keeps(rule)).select(row_hash(rule)).collect()
             digest.add(rows["row"].to_numpy())
         return digest
-    rows = _v1_rows(tags_files, rule).select(row_hash(rule)).collect(engine="streaming")
-    digest.add(rows["row"].to_numpy())
+    total = sum(pq.ParquetFile(path).metadata.num_rows for path in tags_files)
+    passes = max(1, -(-total // max(1, recount_rows)))
+    if passes == 1:
+        rows = _v1_rows(tags_files, rule).select(row_hash(rule)).collect(engine="streaming")
+        digest.add(rows["row"].to_numpy())
+        return digest
+    score = score_column(rule)
+    safe = (pl.col("punsafe") < PUNSAFE_MAX) & (pl.col("pwatermark") < PWATERMARK_MAX) & _url_present()
+    # Beside the tags folder (the data root: the same disk), removed afterwards, also on error.
+    with tempfile.TemporaryDirectory(prefix=".recount.", dir=Path(tags_files[0]).parent.parent) as tmp:
+        narrow = Path(tmp) / "safe.parquet"
+        (
+            pl.scan_parquet(list(tags_files))
+            .filter(safe)
+            .select("hash", row_hash(rule), pl.col(score).alias("score"))
+            .sink_parquet(narrow, maintain_order=True)  # table order: the first row of a hash stays first
+        )
+        for k in range(passes):
+            rows = (
+                pl.scan_parquet(narrow)
+                .filter(pl.col("hash").hash(seed=_PARTITION_SEED) % passes == k)
+                .unique(subset="hash", keep="first", maintain_order=True)
+                .filter(pl.col("score") > rule.threshold)
+                .select("row")
+                .collect(engine="streaming")
+            )
+            digest.add(rows["row"].to_numpy())
     return digest
 
 

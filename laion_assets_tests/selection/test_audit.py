@@ -77,7 +77,7 @@ def test_digest_ignores_order_but_sees_a_lost_row_a_repeat_or_a_changed_value() 
 def test_every_subset_written_by_the_writer_passes_its_independent_recount(tmp_path: Path) -> None:
     files = random_tags(tmp_path)
     for rule in (*V2_SUBSETS, *V1_SUBSETS):
-        path = write_rule(files, rule, tmp_path / "subsets" / rule.asset_name)
+        (path,) = write_rule(files, rule, tmp_path / "subsets" / rule.asset_name)
         assert read_built_from(path.parent) == "test-table"  # the subset names the tags table it was cut from
         result = audit_subset(rule.asset_name, files, [path], rule)
         assert result.passed, result.problems
@@ -87,7 +87,7 @@ def test_every_subset_written_by_the_writer_passes_its_independent_recount(tmp_p
 def test_a_subset_missing_or_gaining_rows_fails_with_the_hashes(tmp_path: Path) -> None:
     files = random_tags(tmp_path)
     rule = V1_SUBSETS[0]
-    path = write_rule(files, rule, tmp_path / "subsets" / rule.asset_name)
+    (path,) = write_rule(files, rule, tmp_path / "subsets" / rule.asset_name)
     frame = pl.read_parquet(path)
     frame.slice(2).write_parquet(path)
     result = audit_subset(rule.asset_name, files, [path], rule)
@@ -108,7 +108,7 @@ def test_a_subset_missing_or_gaining_rows_fails_with_the_hashes(tmp_path: Path) 
 def test_an_empty_subset_fails_when_rows_meet_its_threshold(tmp_path: Path) -> None:
     files = write_tags(tmp_path / "tags", [[{"hash": 1, "LANGUAGE": None, "AESTHETIC_SCORE": 9.0}]])
     rule = V2_SUBSETS[-1]
-    path = write_rule(files, rule, tmp_path / "s")
+    (path,) = write_rule(files, rule, tmp_path / "s")
     funnel = {"candidates": 1, "dropped_by_language": 1, "dropped_without_url": 0}
     result = audit_subset(rule.asset_name, files, [path], rule, funnel)
     # The writer and the recount agree (nothing is English), yet the empty subset is refused, saying why.

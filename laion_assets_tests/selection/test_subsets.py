@@ -99,7 +99,7 @@ def test_dedup_keeps_first_safe_row_per_hash():
 def test_written_subset_meets_rule_and_violations_are_counted(tmp_path):
     rule = V2_SUBSETS[2]
     frame = tags(*({"AESTHETIC_SCORE": s} for s in (4.0, 5.0, 5.5, 6.0)))
-    path = write_subset(v2_subset(frame, rule), tmp_path / rule.asset_name)
+    (path,) = write_subset(v2_subset(frame, rule), tmp_path / rule.asset_name)
     assert pl.read_parquet(path)["AESTHETIC_SCORE"].to_list() == [5.0, 5.5, 6.0]
     assert rule_violations(path, rule) == 0
     bad = tmp_path / "bad.parquet"

@@ -93,7 +93,7 @@ def test_a_rebuild_rewrites_only_the_changed_shard(scored, layout, tmp_path):
     assert new_id == rebuilt.table_id != first_id
 
     # A subset cut from the rebuilt table records the table it read, and the release's checks agree with it.
-    subset = write_rule(tag_files(layout), V2_SUBSETS[0], tmp_path / "subset")
+    subset = write_rule(tag_files(layout), V2_SUBSETS[0], tmp_path / "subset")[0]  # its first (only) part
     assert read_built_from(subset.parent) == new_id
 
     # A removed shard's part disappears; the others stay as they are.

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, preview_table, rounded, table_metadata
@@ -12,9 +13,10 @@ from laion_assets.defs.selection.tags import aesthetic_tags
 from laion_assets.selection.audit import audit_subset
 from laion_assets.selection.schemas import V1_SUBSET_COLUMNS, V2_SUBSET_COLUMNS, schema_mismatches
 from laion_assets.selection.subsets import (
-    SUBSET_FILE,
+    SUBSET_PART_ROWS,
     rule_funnel,
     rule_violations,
+    subset_files,
     subset_rows,
     top_rows,
     write_rule,
@@ -23,6 +25,17 @@ from laion_assets.selection.tags import tag_files
 from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 
 TOP_ROWS = 10
+
+
+class SubsetConfig(dg.Config):
+    """How a subset is split into parquet parts."""
+
+    part_rows: int = Field(
+        default=SUBSET_PART_ROWS,
+        gt=0,
+        description="rows per parquet part at most (part-00000.parquet, part-00001.parquet, ... in row order); "
+        "about 70 bytes a row compressed, so the default makes parts of a few hundred MB",
+    )
 
 
 def _rule_text(rule: V1Subset | V2Subset) -> str:
@@ -51,23 +64,25 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
         description=_description(rule),
         metadata={"threshold": rule.threshold, "score_column": score},
     )
-    def _subset(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    def _subset(
+        context: dg.AssetExecutionContext, config: SubsetConfig, storage: StorageResource
+    ) -> dg.MaterializeResult:
         layout = storage.layout
         with as_failure(rule.asset_name):
             storage.pull(layout.tags_dir)
             files = tag_files(layout)
-            path = write_rule(files, rule, layout.subset_dir(rule.asset_name))
+            parts = write_rule(files, rule, layout.subset_dir(rule.asset_name), config.part_rows)
             storage.push(layout.subset_dir(rule.asset_name))
-        rows = subset_rows(path)
+        rows = subset_rows(parts)
         funnel = rule_funnel(files, rule, rows)
         stats = (
-            pl.scan_parquet(path)
+            pl.scan_parquet(parts)
             .select(
                 pl.col(score).min().alias("min"), pl.col(score).mean().alias("mean"), pl.col(score).max().alias("max")
             )
             .collect()
         )
-        top = top_rows(path, score, TOP_ROWS).select("URL", "TEXT", score)
+        top = top_rows(parts, score, TOP_ROWS).select("URL", "TEXT", score)
         context.log.info(f"{rule.asset_name}: {rows} rows; " + ", ".join(f"{k} {v}" for k, v in funnel.items()))
         return dg.MaterializeResult(
             metadata=rounded(
@@ -79,8 +94,9 @@ def _subset_asset(rule: V1Subset | V2Subset) -> dg.AssetsDefinition:
                         f"{score}/{k}": (None if stats[k].item() is None else float(stats[k].item()))
                         for k in stats.columns
                     },
-                    "path": dg.MetadataValue.path(str(path)),
-                    **table_metadata(path),
+                    "path": dg.MetadataValue.path(str(layout.subset_dir(rule.asset_name))),
+                    "parts": len(parts),
+                    **table_metadata(parts[0]),
                     "top_rows": preview_table(top),
                 }
             )
@@ -100,8 +116,8 @@ def _checks(rule: V1Subset | V2Subset, asset: dg.AssetsDefinition) -> list[dg.As
     )
     def _meets_rule(storage: StorageResource) -> dg.AssetCheckResult:
         storage.pull(storage.layout.subset_dir(rule.asset_name))
-        path = storage.layout.subset_dir(rule.asset_name) / SUBSET_FILE
-        bad = rule_violations(path, rule)
+        with as_failure(f"{rule.asset_name} meets_rule"):
+            bad = rule_violations(subset_files(storage.layout.subset_dir(rule.asset_name)), rule)
         return dg.AssetCheckResult(passed=bad == 0, metadata={"violating_rows": bad})
 
     @dg.asset_check(
@@ -118,8 +134,8 @@ def _checks(rule: V1Subset | V2Subset, asset: dg.AssetsDefinition) -> list[dg.As
         storage.pull(layout.tags_dir, layout.subset_dir(rule.asset_name))
         with as_failure(f"{rule.asset_name} complete"):
             files = tag_files(layout)
-            path = layout.require(layout.subset_dir(rule.asset_name) / SUBSET_FILE, rule.asset_name)
-            result = audit_subset(rule.asset_name, files, [path], rule, rule_funnel(files, rule, subset_rows(path)))
+            parts = subset_files(layout.require(layout.subset_dir(rule.asset_name), rule.asset_name))
+            result = audit_subset(rule.asset_name, files, parts, rule, rule_funnel(files, rule, subset_rows(parts)))
         return dg.AssetCheckResult(
             passed=result.passed,
             description=" | ".join(result.problems)[:3000] or None,
@@ -131,8 +147,14 @@ def _checks(rule: V1Subset | V2Subset, asset: dg.AssetsDefinition) -> list[dg.As
     )
     def _schema(storage: StorageResource) -> dg.AssetCheckResult:
         storage.pull(storage.layout.subset_dir(rule.asset_name))
-        path = storage.layout.subset_dir(rule.asset_name) / SUBSET_FILE
-        problems = schema_mismatches(pl.scan_parquet(path).collect_schema(), expected)
+        with as_failure(f"{rule.asset_name} schema_matches"):
+            parts = subset_files(storage.layout.subset_dir(rule.asset_name))
+        # Every part carries the schema: a part written otherwise is named.
+        problems = [
+            f"{path.name}: {problem}"
+            for path in parts
+            for problem in schema_mismatches(pl.read_parquet_schema(path), expected)
+        ]
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
 
     return [_meets_rule, _complete, _schema]
@@ -152,8 +174,8 @@ def nesting_problems(storage: StorageResource, names: Sequence[str]) -> dict[str
     missing: dict[str, int] = {}
     storage.pull(*(layout.subset_dir(name) for name in names))
     for looser, stricter in zip(names, names[1:], strict=False):
-        outer = pl.scan_parquet(layout.require(layout.subset_dir(looser) / SUBSET_FILE, looser)).select("hash")
-        inner = pl.scan_parquet(layout.require(layout.subset_dir(stricter) / SUBSET_FILE, stricter)).select("hash")
+        outer = pl.scan_parquet(subset_files(layout.require(layout.subset_dir(looser), looser))).select("hash")
+        inner = pl.scan_parquet(subset_files(layout.require(layout.subset_dir(stricter), stricter))).select("hash")
         # Count rows (not distinct hashes) so a duplicated row in the stricter subset also shows.
         n = inner.join(outer.unique(), on="hash", how="anti").select(pl.len()).collect().item()
         missing[f"{stricter} ⊄ {looser}"] = int(n)

@@ -58,12 +58,14 @@ def test_a_subset_that_lost_rows_fails_its_completeness_check_and_stops_the_rele
     """A writer that drops rows (a fault injected into the subset writer) is caught by the recount."""
     real_write = subset_assets.write_rule
 
-    def lossy_write(files, rule, folder):
-        path = real_write(files, rule, folder)
+    def lossy_write(files, rule, folder, part_rows):
+        # Parts of 50 rows: the rows go missing from a later part, which the checks must read too.
+        parts = real_write(files, rule, folder, 50)
         if rule.asset_name == "subset_5plus":
-            frame = pl.read_parquet(path)
-            frame.head(frame.height - 7).write_parquet(path, compression="zstd")
-        return path
+            assert len(parts) > 2
+            frame = pl.read_parquet(parts[1])
+            frame.head(frame.height - 7).write_parquet(parts[1], compression="zstd")
+        return parts
 
     monkeypatch.setattr(subset_assets, "write_rule", lossy_write)
     storage = StorageResource(source=str(small_sample), data_root=str(tmp_path / "out"))
