@@ -10,6 +10,7 @@ it; ``make`` applies ``scripts/patch-activate.sh`` itself, as on a real first ru
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,11 @@ def failed(result: subprocess.CompletedProcess) -> str:
     """The output (stdout and stderr) of a command that must have failed."""
     assert result.returncode != 0, result.stdout[-2000:]
     return result.stdout + result.stderr
+
+
+def section_commands(title: str, readme: Path = PROJECT_DIR / "README.md") -> list[str]:
+    """The command lines of the bash blocks in the README section whose heading starts with ``title``."""
+    section = re.search(rf"^## {re.escape(title)}.*?\n(.*?)(?=^## )", readme.read_text(), re.S | re.M)
+    assert section, f"{readme}: no section '{title}'"
+    blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", section.group(1), re.S | re.M)
+    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]

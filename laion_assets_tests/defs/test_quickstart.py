@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from laion_assets.core.paths import PROJECT_DIR
-from laion_assets_tests.fresh_copy import copy_project, failed, make_venv, ok, run_all, user_env
+from laion_assets_tests.fresh_copy import copy_project, failed, make_venv, ok, run_all, section_commands, user_env
 
 UI = "http://127.0.0.1:3000"  # the README's port: "exactly as written" means no -p
 START_TIMEOUT_S = 180
@@ -292,14 +292,6 @@ def test_every_subcommand_defaults_to_the_project(demo_repo: Path):
     assert "): OK" in ok(results["verify"])
     assert f"{sample} (from default) holds parts" in failed(results["sample"])
     assert {p: p.stat().st_mtime_ns for p in sample.rglob("*")} == sample_before
-
-
-def section_commands(title: str, readme: Path = PROJECT_DIR / "README.md") -> list[str]:
-    """The command lines of the bash blocks in the README section whose heading starts with ``title``."""
-    section = re.search(rf"^## {re.escape(title)}.*?\n(.*?)(?=^## )", readme.read_text(), re.S | re.M)
-    assert section, f"{readme}: no section '{title}'"
-    blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", section.group(1), re.S | re.M)
-    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_the_rescoring_commands_work_as_written(demo_repo: Path):

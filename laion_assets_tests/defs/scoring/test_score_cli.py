@@ -7,7 +7,6 @@ bit for bit: the same ``hash`` column and the very same float32 values.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 
@@ -16,22 +15,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.definitions import ASSETS, CHECKS, default_resources
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
 from laion_assets.sources.layout import discover_parts
-from laion_assets_tests.fresh_copy import copy_project, make_venv, user_env
+from laion_assets_tests.fresh_copy import copy_project, make_venv, section_commands, user_env
 
-SECTION = "## Scoring a folder without Dagster: `laion-assets score`"
-
-
-def readme_commands() -> list[str]:
-    """The command lines of the code block in the README's ``laion-assets score`` section."""
-    text = (PROJECT_DIR / "README.md").read_text()
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
-    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+SECTION = "Scoring a folder without Dagster: `laion-assets score`"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def cli_and_asset(tmp_path_factory, small_sample_session):
     shutil.copytree(small_sample_session, copy / "data" / "sample")
     env = user_env(PATH=f"{venv / 'bin'}:{user_env()['PATH']}")
     runs = []
-    for line in readme_commands():
+    for line in section_commands(SECTION):
         runs.append(
             subprocess.run(["bash", "-c", line], cwd=copy, env=env, capture_output=True, text=True, timeout=300)
         )

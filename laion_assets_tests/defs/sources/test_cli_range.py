@@ -9,7 +9,6 @@ and one materialization per partition of each asset.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,17 +18,10 @@ from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.demos.sample import SampleSpec, write_sample
+from laion_assets_tests.fresh_copy import section_commands
 
 PARTS = 200
 SECTION = "Many shards in one run"
-
-
-def section_commands(title: str, readme: Path = PROJECT_DIR / "README.md") -> list[str]:
-    """The command lines of the bash blocks in the README section whose heading starts with ``title``."""
-    section = re.search(rf"^## {re.escape(title)}.*?\n(.*?)(?=^## )", readme.read_text(), re.S | re.M)
-    assert section, f"{readme}: no section '{title}'"
-    blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", section.group(1), re.S | re.M)
-    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_the_readme_range_command_is_one_run_with_a_materialization_per_partition(tmp_path: Path):
