@@ -8,7 +8,7 @@ import polars as pl
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, V1_RANGE, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import PredictorsResource, StorageResource
-from laion_assets.defs.sources.assets import ShardRunConfig, clip_embeddings, missing_part
+from laion_assets.defs.sources.assets import ShardRunConfig, clip_embeddings, missing_part, shows_preview
 from laion_assets.defs.sources.batch import ShardDone, process_shards, shards_result
 from laion_assets.defs.sources.partitions import SHARD_BACKFILL_POLICY, shards
 from laion_assets.scoring.parts import ScoredPart, score_part
@@ -19,7 +19,12 @@ from laion_assets.sources.layout import Part
 
 
 def score_shard(
-    storage: StorageResource, parts: dict[str, Part], predictors: dict[str, Predictor], key: str, redo: bool
+    storage: StorageResource,
+    parts: dict[str, Part],
+    predictors: dict[str, Predictor],
+    key: str,
+    redo: bool,
+    preview: bool = True,
 ) -> ShardDone:
     """Score one shard, or keep its scores when the active predictors made them from its current validation."""
     layout = storage.layout
@@ -31,13 +36,14 @@ def score_shard(
     identities = {column: p.identity for column, p in predictors.items()}
     if not redo and scores_current(key, layout, part, storage.shard_settings, identities):
         kept = kept_scores(key, layout.shard_scores(key), identities)
-        metadata = {**scores_metadata(kept, layout.shard_scores(key)), "up_to_date": True}
+        metadata = {**scores_metadata(kept, layout.shard_scores(key), preview), "up_to_date": True}
         message = f"shard {key}: already scored by the active predictors from its current validation: kept"
         return ShardDone(metadata, message, scores_version(kept).value, skipped=True)
     scored = score_part(part, indexed, predictors, layout.shard_scores(key))
     storage.push(layout.shard_scores(key))
     message = f"shard {key}: {scored.rows} rows scored"
-    return ShardDone(scores_metadata(scored, layout.shard_scores(key)), message, scores_version(scored).value)
+    metadata = scores_metadata(scored, layout.shard_scores(key), preview)
+    return ShardDone(metadata, message, scores_version(scored).value)
 
 
 def kept_scores(key: str, path: Path, identities: dict) -> ScoredPart:
@@ -74,19 +80,23 @@ def aesthetic_scores(
         loaded = predictors.load(storage.embedding_dim)
         parts, workers = storage.parts(keys), storage.shard_workers
     done = process_shards(
-        context, step, keys, lambda key: score_shard(storage, parts, loaded, key, config.redo), workers
+        context,
+        step,
+        keys,
+        lambda key: score_shard(storage, parts, loaded, key, config.redo, shows_preview(keys, key)),
+        workers,
     )
     return shards_result(context, done)
 
 
-def scores_metadata(scored: ScoredPart, path: Path) -> dict[str, object]:
-    """Metadata of one shard's scores: rows, path, schema and preview, per column its predictor and score summary."""
+def scores_metadata(scored: ScoredPart, path: Path, preview: bool = True) -> dict[str, object]:
+    """Metadata of one shard's scores: rows, path, per column its predictor and score summary; schema and preview."""
     metadata: dict[str, object] = {"dagster/row_count": scored.rows, "path": dg.MetadataValue.path(str(path))}
     for column, identity in scored.identities.items():
         metadata[f"predictor/{column}"] = str(identity)
         for stat, value in scored.summary[column].items():
             metadata[f"{column}/{stat}"] = value
-    return rounded({**metadata, **table_metadata(path)})
+    return rounded({**metadata, **(table_metadata(path) if preview else {})})
 
 
 def scores_version(scored: ScoredPart) -> dg.DataVersion:

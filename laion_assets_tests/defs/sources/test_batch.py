@@ -97,6 +97,9 @@ def test_one_run_materializes_each_partition_with_its_own_metadata(setup):
                 f"shards/{key}/{'scores' if step == 'aesthetic_scores' else 'metadata'}.parquet"
             )
             assert mat.metadata["shards_in_run"].value == PARTS
+            # The run's first shard shows the written table's schema and first rows; the others do not repeat them.
+            shown = {"dagster/column_schema", "preview"} & set(mat.metadata)
+            assert shown == ({"dagster/column_schema", "preview"} if key == keys[0] else set()), (step, key)
     scores = materializations(instance, result, "aesthetic_scores")
     # Each partition carries its own scores' summary and, as data version, the predictors that made them.
     assert len({m.metadata["aesthetic/mean"].value for m in scores.values()}) == PARTS
