@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from laion_assets.core.errors import LaionAssetsError
 from laion_assets.defs.errors import as_failure
+from laion_assets.scoring.parallel import parallel_map
 
 # dagster's own tag names for a materialization's data version (what `MaterializeResult(data_version=…)` writes).
 DATA_VERSION_TAG = "dagster/data_version"
@@ -88,18 +88,15 @@ def process_shards(
                 f"in {time.perf_counter() - start:.1f} s"
             )
 
-    if workers == 1:
+    if workers == 1:  # also the CLIP step, whose torch threads must not be limited as the pool limits them
         for key in keys:
             try:
                 record(key, work(key))
             except Exception as exc:  # noqa: BLE001 - one shard's error must not lose the others' work
                 record(key, exc)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{step}-shard") as pool:
-            futures: dict[Future[ShardDone], str] = {pool.submit(work, key): key for key in keys}
-            for future in as_completed(futures):
-                error = future.exception()
-                record(futures[future], error if error is not None else future.result())
+    else:  # the pool `laion-assets score` uses: one BLAS/torch thread per worker
+        for key, outcome in parallel_map(work, keys, workers):
+            record(key, outcome)
     ordered = {key: finished[key] for key in keys if key in finished}
     if failed:
         _record_finished(context, ordered)
