@@ -364,10 +364,13 @@ def plan_push(release_dir: Path, repo_id: str, token: str | None = None, endpoin
 
     release_dir = Path(release_dir)
     token = clean_token(token)
-    manifest = load_manifest(release_dir)
-    named = named_for_repo(release_dir, repo_id)
-    plan = PushPlan(repo_id, manifest["version"], named=named, card_named=manifest.get("hub_repo"))
-    plan.files = release_paths(release_dir, named)
+    # Read under the release lock: another push of the same folder may be writing the card (a temp file beside
+    # README.md, then the manifest), and a check in between sees a file the manifest does not list.
+    with release_folder_lock(release_dir):
+        manifest = load_manifest(release_dir)
+        named = named_for_repo(release_dir, repo_id)
+        plan = PushPlan(repo_id, manifest["version"], named=named, card_named=manifest.get("hub_repo"))
+        plan.files = release_paths(release_dir, named)
     api = _api(endpoint, token)
     remote: dict[str, RepoFile] = {}
     failure: str | None = None

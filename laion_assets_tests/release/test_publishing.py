@@ -1,6 +1,7 @@
 import base64
 import json
 import logging
+import threading
 import traceback
 from pathlib import Path
 from unittest.mock import ANY
@@ -9,6 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from laion_assets.core.errors import BadInputError
+from laion_assets.release.build import release_folder_lock
 from laion_assets.release.card import parse_front_matter
 from laion_assets.release.manifest import check_files, dumps, load_manifest
 from laion_assets.release.publishing import (
@@ -362,3 +364,29 @@ def test_push_refuses_a_token_it_cannot_send(online: None, tmp_path: Path) -> No
         with pytest.raises(BadInputError, match="^the Hugging Face token cannot be sent: character 4 of 25 is a c"):
             push_release(tmp_path, "laion/aesthetics", f"{TOKEN[:3]}\x00{TOKEN[3:]}", endpoint=hub.endpoint)
         assert hub.requests == []  # refused before anything was sent
+
+
+def test_plan_waits_for_another_push_writing_the_card(online: None, releases: tuple[Path, Path]) -> None:
+    """A push that reads the folder while another push is writing its card (temp file beside README.md) waits."""
+    first, _ = releases
+    writing = threading.Event()
+    done = threading.Event()
+
+    def other_push() -> None:
+        with release_folder_lock(first):
+            stray = first / ".README.md.abcd1234.tmp"  # what atomic_path leaves while it writes
+            stray.write_bytes(b"half a card")
+            writing.set()
+            done.wait(0.5)
+            stray.unlink()
+
+    writer = threading.Thread(target=other_push)
+    writer.start()
+    writing.wait(10)
+    try:
+        with FakeHub() as hub:
+            result = push_release(first, "laion/aesthetics", TOKEN, endpoint=hub.endpoint)
+    finally:
+        done.set()
+        writer.join()
+    assert result.committed and "README.md" in hub.repos["laion/aesthetics"].files
