@@ -153,6 +153,8 @@ def embed_shard(
     With ``watermark`` the same pass scores ``pwatermark``, written to ``watermark_out`` row-aligned with the part;
     without one an earlier file at ``watermark_out`` is removed (its rows belonged to the part replaced now).
     """
+    if watermark is not None and watermark_out is None:
+        raise ValueError("embed_shard: a watermark head needs watermark_out, the file its scores go to")
     start = time.perf_counter()
     done = embed_images(tars, clip, batch_size, num_workers, watermark, watermark_batch_size)
     metas, img_emb, skipped, embedder = done.metas, done.embeddings, done.skipped, done.embedder
@@ -170,9 +172,7 @@ def embed_shard(
         text_emb = embed_texts([t or "" for t in metadata["TEXT"].to_list()], clip, embedder.batch_size)
     part = write_part(out_root, number, img_emb, text_emb, metadata)
     scored = None
-    if done.pwatermark is not None and done.watermark_embedder is not None and watermark is not None:
-        if watermark_out is None:
-            raise ValueError("embed_shard: a watermark head needs watermark_out, the file its scores go to")
+    if watermark is not None and watermark_out is not None and done.pwatermark is not None and done.watermark_embedder:
         written = write_watermark_scores(watermark_out, part, done.pwatermark[order], watermark.identity)
         marker = done.watermark_embedder
         scored = replace(
