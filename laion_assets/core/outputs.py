@@ -36,6 +36,10 @@ class OutputLayout:
         """aesthetic_scores: hash plus the V1 and V2 score of every row."""
         return self.shard_dir(key) / "scores.parquet"
 
+    def shard_watermark(self, key: str) -> Path:
+        """image_embeddings: hash plus the watermark head's pwatermark of every row (URL shards with the head on)."""
+        return self.shard_dir(key) / "watermark.parquet"
+
     def images_dir(self, key: str) -> Path:
         """images: img2dataset's attempts for one URL shard (tars, parquet, stats)."""
         return self.root / "images" / key

@@ -17,6 +17,7 @@ from laion_assets.release.card import subset_files as release_parts
 from laion_assets.release.manifest import CARD, check_files, code_version, load_manifest, package_versions
 from laion_assets.release.rebuild import rebuild
 from laion_assets.scoring.predictors import CLIP_L14_DIM, inspect_weights
+from laion_assets.selection.safety_columns import SafetySources
 from laion_assets.sources.layout import discover_parts
 from laion_assets.sources.metadata import ENGLISH
 
@@ -210,6 +211,7 @@ def verify_release(
             exclude=inputs.get("excluded_shards", []),
             forced=forced_columns(manifest),
             part_rows=release_part_rows(manifest),
+            sources=SafetySources.from_dict({c: e["from"] for c, e in inputs.get("safety_columns", {}).items()}),
         )
         rebuilt = build_release(
             layout,
