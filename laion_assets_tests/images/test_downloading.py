@@ -498,7 +498,6 @@ def test_an_img2dataset_that_no_longer_fetches_through_download_image_is_refused
     assert "max_url_bytes, url_deadline" in str(caught.value) and "img2dataset==1.47.0" in str(caught.value)
 
 
-
 _IGNORED_IN_A_SPAWNED_WORKER = """
 import multiprocessing, signal, sys
 from laion_assets.images.url_fetch import default_stop_signals
