@@ -19,7 +19,7 @@ from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import stat_fingerprint
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.scoring.parts import IDENTITY_KEY, read_identities
-from laion_assets.selection.schemas import TAGS_COLUMNS
+from laion_assets.selection.schemas import SCORE_COLUMNS, TAGS_COLUMNS
 from laion_assets.sources.indexing import VALIDATION_ID_KEY, Validation
 from laion_assets.sources.metadata import missing_url
 from laion_assets.sources.safety import NO_SAFETY_ID, SafetyIndex
@@ -272,6 +272,8 @@ def _write_part(
         )
     if not meta["hash"].equals(scores["hash"]):
         raise BadInputError(f"{scores_path}: hashes are not row-aligned with {meta_path}")
+    # Only the aesthetic scores join here: a computed head named like a metadata column (`punsafe`) is not used yet.
+    scores = scores.select([c for c in scores.columns if c in SCORE_COLUMNS])
     table = meta.hstack(scores.drop("hash")).select([pl.col(name).cast(dtype) for name, dtype in TAGS_COLUMNS.items()])
     write_parquet(table.to_arrow(), target, recorded)
     counts = table.select(
