@@ -150,7 +150,9 @@ def test_bad_files_are_refused_naming_the_file(tmp_path):
         load_for_column(tmp_path / "missing.npz", "punsafe")
     with pytest.raises(BadInputError, match=r"no_mean\.npz: arrays \['mean'\] missing"):
         load_for_column(saved("no_mean", mean=None), "punsafe")
-    with pytest.raises(BadInputError, match=r"shape\.npz: dense1_kernel is float32 \(63, 512\), expected float32 \(64,"):
+    with pytest.raises(
+        BadInputError, match=r"shape\.npz: dense1_kernel is float32 \(63, 512\), expected float32 \(64,"
+    ):
         load_for_column(saved("shape", dense1_kernel=arrays["dense1_kernel"][:63]), "punsafe")
     with pytest.raises(BadInputError, match=r"table\.npz: lookup_values_413 missing|table\.npz: arrays missing"):
         load_for_column(saved("table", lookup_values_413=None), "punsafe")
