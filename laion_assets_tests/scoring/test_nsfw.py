@@ -120,6 +120,11 @@ def test_encoding_handles_nan_like_autokeras(l14):
     x[1, key[0]] = np.nan  # a lookup column: "nan" is no key -> id 0
     encoded = l14.encode(x)
     assert encoded[0, key[0]] > 0 and encoded[1, key[0]] == 0 and encoded[1, 7] == 0
+    # the fused pass the head runs is the same float32 operations as the encoding then the Normalization layer
+    x[0, 100] = np.float32(0.123)
+    assert np.array_equal(l14.normalized(x), (l14.encode(x) - l14.mean) / l14.scale)
+    y = np.random.default_rng(2).standard_normal((64, 768)).astype(np.float32) * np.float32(0.05)
+    assert np.array_equal(l14.normalized(y), (l14.encode(y) - l14.mean) / l14.scale)
     assert np.isfinite(l14.score(x)).all()
 
 
