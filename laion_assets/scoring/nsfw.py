@@ -5,8 +5,8 @@ ViT-B/32 (512-d). ``scripts/nsfw_extract.py`` read them into ``data/models/nsfw/
 
 The graph, as the SavedModel computes it (serving input float64, shape (n, d)):
 
-1. ``multi_category_encoding``: cast to float32. A few columns (L14: 180, 316, 413, 440, 644; B32: 92 and two
-   more, see the file's ``lookup_columns``) are *categorical*: each value is printed as C ``"%f"`` (6 decimals,
+1. ``multi_category_encoding``: cast to float32. A few columns (L14: 180, 316, 413, 440, 644; B32: 92, 133, 312;
+   the file's ``lookup_columns``) are *categorical*: each value is printed as C ``"%f"`` (6 decimals,
    e.g. ``"-0.003643"``) and looked up in a string table (int64 ids 1..m; a miss is 0), and the id, as float32,
    replaces the value. Every other column passes through (NaN replaced by 0).
 2. Keras ``Normalization``: ``(x - mean) / max(sqrt(variance), epsilon)``.
