@@ -321,7 +321,10 @@ def _nsfw_fit_problems(head: NsfwHead, column: str) -> list[str]:
 def _build_nsfw(path: Path, head: NsfwHead, digest: str, dim: int) -> NsfwPredictor:
     predictor = NsfwPredictor(PredictorIdentity(head.kind, digest), head)
     if predictor.dim != dim:
-        raise BadInputError(f"{path}: NSFW head {head.kind} takes {predictor.dim}-d embeddings, not {dim}-d")
+        raise BadInputError(
+            f"{path}: NSFW head {head.kind} takes {predictor.dim}-d embeddings, not {dim}-d (the width configured: "
+            f"`--dim` of `laion-assets activate`/`score`, or the storage resource's `embedding_dim`)"
+        )
     return predictor
 
 
