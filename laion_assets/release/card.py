@@ -43,6 +43,17 @@ KNOWN_PREDICTORS: dict[str, tuple[str, str, str]] = {
         "crowsonkb/simulacra-aesthetic-models",
         "MIT",
     ),
+    # LAION's CLIP-based NSFW detector (punsafe), read out of its SavedModels (data/models/nsfw/ORIGIN.md).
+    "653467282888853dc5b2b2262b20cf3af22d145e7a30f384eae347b6b7464a6f": (
+        "nsfw/clip_autokeras_binary_nsfw.npz",
+        "LAION-AI/CLIP-based-NSFW-Detector",
+        "MIT",
+    ),
+    "f0232e78e2057f71521b2d6eef18a00b12cc31050e8a41695a89732daf0430cf": (
+        "nsfw/clip_autokeras_nsfw_b32.npz",
+        "LAION-AI/CLIP-based-NSFW-Detector",
+        "MIT",
+    ),
 }
 
 
