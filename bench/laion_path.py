@@ -38,7 +38,8 @@ def main(src: str, out: str, batch_size: int = 10**6) -> None:
         meta_columns=["URL", "TEXT"],
     )
     os.makedirs(out, exist_ok=True)
-    heads = {name: (p.weight, np.float32(p.bias)) for name, p in load_active(reader.dimension).items()}
+    aesthetic = load_active(reader.dimension, ["aesthetic", "AESTHETIC_SCORE"])  # the linear heads LAION's path ran
+    heads = {name: (p.weight, np.float32(p.bias)) for name, p in aesthetic.items()}
     batch_count = math.ceil(reader.count / batch_size)
     padding = int(math.log10(batch_count)) + 1
     for i, (embeddings, ids) in enumerate(reader(batch_size=batch_size, start=0, end=reader.count)):

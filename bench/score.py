@@ -134,7 +134,7 @@ def passes(folder: Path, rounds: int) -> None:
     from laion_assets.sources.layout import discover_parts
 
     parts = discover_parts(folder)
-    predictors = load_active(DIM)
+    predictors = load_active(DIM, ["aesthetic", "AESTHETIC_SCORE"])  # the 2 heads measured so far (not punsafe)
     calls = {
         "np.load": lambda p: np.load(p.embeddings),
         "scores: checks + 2 heads (one pass)": lambda p: score_vectors(p, predictors, p_rows[p.number], "metadata"),
@@ -168,7 +168,8 @@ def processes(args: argparse.Namespace, folder: Path, files: list[Path]) -> None
     out = folder.parent / f"{folder.name}-out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAION_ASSETS_")}
     env["PYTHONPATH"] = str(REPO)
-    score = [str(BIN / "laion-assets"), "score", str(folder), "--out", str(out)]
+    # the aesthetic heads, as measured before the NSFW head existed (its cost: bench/nsfw.py)
+    score = [str(BIN / "laion-assets"), "score", str(folder), "--out", str(out), "--heads", "aesthetic,AESTHETIC_SCORE"]
     contenders: dict[str, tuple[list[str], dict[str, str]]] = {
         "read (np.load)": (
             [sys.executable, "-c", "import sys, numpy as np\nfor p in sys.argv[1:]: np.load(p)", *map(str, files)],

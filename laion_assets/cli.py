@@ -155,7 +155,7 @@ def _activate(args: argparse.Namespace) -> None:
 
     weights, entry = weights_entry(args.weights)
     # Refuse a file that is not a predictor, or (unless --force) one that does not fit the column.
-    predictor = load_for_column(weights, args.column, force=args.force)
+    predictor = load_for_column(weights, args.column, args.dim, force=args.force)
     problems = inspect_weights(weights, args.column).problems if args.force else ()
     config = resolve(args.config) if args.config else ACTIVE_FILE
     activate(args.column, entry, config, force=bool(problems))
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_push)
 
     p = sub.add_parser("activate", help="make a weights file the active predictor of a score column")
-    p.add_argument("column", choices=["aesthetic", "AESTHETIC_SCORE"])
+    p.add_argument("column", choices=["aesthetic", "AESTHETIC_SCORE", "punsafe"])
     p.add_argument(
         "weights",
         help="weights file; a relative path is taken from the current directory when it names a file there, else "
@@ -355,6 +355,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="activate weights that do not fit the column (another kind of head, NaN/Inf values); releases made "
         "with them say they were forced",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=768,
+        help="embedding width the head must take (default 768, ViT-L/14; 512 for the ViT-B/32 NSFW head)",
     )
     p.set_defaults(func=_activate)
     p = command(
@@ -391,8 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--heads",
         default="",
-        help="comma-separated score columns of the predictors file to compute, e.g. aesthetic,AESTHETIC_SCORE "
-        "(default: all of them); a head is named by its column",
+        help="comma-separated score columns of the predictors file to compute: aesthetic (V1), AESTHETIC_SCORE "
+        "(V2), punsafe (LAION's CLIP-based NSFW detector), e.g. --heads punsafe (default: every column the file "
+        "maps); a head is named by its column",
     )
     p.add_argument(
         "--workers",

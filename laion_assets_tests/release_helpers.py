@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 from laion_assets.core.outputs import OutputLayout
-from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
+from laion_assets.core.paths import NSFW_L14_WEIGHTS, V1_WEIGHTS, V2_WEIGHTS
 from laion_assets.release.build import ReleaseSummary, release_from_layout
 from laion_assets.release.rebuild import rebuild
 from laion_assets.selection.subsets import SUBSET_PART_ROWS
 from laion_assets.sources.layout import discover_parts
 
-WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS}
+# The project's active heads (predictors.yaml), so a pure rebuild matches what the graph builds by default.
+WEIGHTS = {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": V2_WEIGHTS, "punsafe": NSFW_L14_WEIGHTS}
 
 
 def build(

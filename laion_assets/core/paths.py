@@ -15,6 +15,9 @@ DEFAULT_DATA_ROOT = DATA_DIR / "out"
 V1_WEIGHTS = MODELS_DIR / "sa_0_4_vit_l_14_linear.pth"
 V2_WEIGHTS = MODELS_DIR / "sac+logos+ava1-l14-linearMSE.pth"
 V2_RELU_WEIGHTS = MODELS_DIR / "ava+logos-l14-reluMSE.pth"
+# LAION's CLIP-based NSFW detector (punsafe) as numpy arrays: ViT-L/14 and ViT-B/32 (data/models/nsfw/ORIGIN.md).
+NSFW_L14_WEIGHTS = MODELS_DIR / "nsfw" / "clip_autokeras_binary_nsfw.npz"
+NSFW_B32_WEIGHTS = MODELS_DIR / "nsfw" / "clip_autokeras_nsfw_b32.npz"
 
 
 def resolve(path: str | Path) -> Path:

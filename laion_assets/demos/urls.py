@@ -3,8 +3,12 @@
 It writes a small generated image set, serves it on 127.0.0.1 (one URL in each shard is a 404 and one is not
 an image, to show the failure stats), writes numbered URL shards, and materializes
 ``images -> image_embeddings -> clip_embeddings -> aesthetic_scores -> tags -> subsets`` with the tiny random
-CLIP of ``data/models/tiny-clip/`` (768-d, so LAION's heads score it unchanged). Real users point
-``storage.urls`` at real URL shards and keep the clip resource's defaults (ViT-L-14 / openai).
+CLIP of ``data/models/tiny-clip/`` (768-d, so LAION's heads score it unchanged). The URL shards carry no
+``punsafe``/``pwatermark``, as a list of one's own URLs would not: both are computed, by LAION's NSFW head on the
+embeddings and by the watermark head (random weights here) on the images. A random CLIP never gets near LAION's V1
+cut-offs (7 and 8), so the demo tilts its tiny CLIP's image projection towards the V1 head's direction
+(:func:`tilted_clip`) and laion_aesthetic/laion_art get rows; the scores mean nothing, the wiring is what is shown.
+Real users point ``storage.urls`` at real URL shards and keep the clip resource's defaults (ViT-L-14 / openai).
 Usage: ``python -m laion_assets.demos.urls [--work DIR] [--shards N] [--per-shard N]``.
 """
 
@@ -16,12 +20,34 @@ from pathlib import Path
 
 import dagster as dg
 
-from laion_assets.core.paths import MODELS_DIR, resolve
+from laion_assets.core.atomic import atomic_path
+from laion_assets.core.paths import MODELS_DIR, V1_WEIGHTS, resolve
 from laion_assets.definitions import ClipResource, DownloaderResource, PredictorsResource, StorageResource
 from laion_assets.demos.local import run_graph
 from laion_assets.demos.url_server import serve_images, url_frame, write_images
 
 TINY_CLIP = MODELS_DIR / "tiny-clip" / "tiny-clip-768.json"
+# How far the demo's CLIP image projection is tilted towards the V1 head's direction: about two thirds of the demo
+# images then score above 7 and a third above 8 (with none tilted, all score 2.8-4.0).
+TILT = 5.0
+
+
+def tilted_clip(path: Path, tilt: float = TILT) -> Path:
+    """Write the demo's tiny CLIP weights: random (seeded, as ``pretrained="none"`` builds them) with ``tilt`` times a
+    rank-one map added to the image projection, from one fixed feature direction onto LAION's V1 weight direction."""
+    import torch
+
+    from laion_assets.images.clip_model import ClipSpec, load_clip
+
+    clip = load_clip(ClipSpec(model=str(TINY_CLIP), pretrained="none", device="cpu"))
+    v1 = torch.load(V1_WEIGHTS, map_location="cpu", weights_only=True)["weight"][0].float()
+    proj = clip.model.visual.proj
+    feature = torch.randn(proj.shape[0], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        proj += tilt * torch.outer(feature / feature.norm(), v1 / v1.norm())
+    with atomic_path(path) as tmp:
+        torch.save(clip.model.state_dict(), tmp)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,11 +74,18 @@ def main(argv: list[str] | None = None) -> None:
             urls = [server.url(n) for n in mine]
             urls[0], urls[1] = server.url(mine[0], "missing"), server.url(mine[1], "corrupt")
             # The port changes every run, so a rerun is a new URL list (new fingerprint) and downloads afresh.
-            url_frame(urls, seed=shard).write_parquet(urls_dir / f"part-{shard:05d}.parquet")
+            frame = url_frame(urls, seed=shard).drop("punsafe", "pwatermark")  # our heads compute them
+            frame.write_parquet(urls_dir / f"part-{shard:05d}.parquet")
         storage = StorageResource(urls=str(urls_dir), data_root=str(work / "out"))
         url_resources = {
             "downloader": DownloaderResource(processes_count=1, thread_count=16, timeout=5),
-            "clip": ClipResource(model=str(TINY_CLIP), pretrained="none", device="auto", batch_size=32, num_workers=1),
+            "clip": ClipResource(
+                model=str(TINY_CLIP),
+                pretrained=str(tilted_clip(work / "tiny-clip-tilted.pt")),
+                device="auto",
+                batch_size=32,
+                num_workers=1,
+            ),
         }
         counts = run_graph(instance, storage, PredictorsResource(), url_resources)
         print(f"{len(server.requests)} image requests served")

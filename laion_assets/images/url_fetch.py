@@ -382,9 +382,21 @@ def _die_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="laion-assets-parent-watch", daemon=True).start()
 
 
+def default_stop_signals() -> None:
+    """Let SIGTERM and SIGINT stop this process and the workers it spawns, even if its parent ignored them.
+
+    An ignored signal is inherited through exec (a step started from a background shell ignores SIGINT, some
+    SIGTERM too): img2dataset's ``Pool.terminate()`` then SIGTERMs an idle pool worker that never dies, and joins it
+    forever (seen: a finished shard whose downloader waited 12 minutes in ``_terminate_pool``).
+    """
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the child process: run ``img2dataset.download`` with bounded fetching."""
     spec = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    default_stop_signals()
     _die_with_parent()
     limits = UrlLimits(**spec["limits"])
     if "cv2" in sys.modules:

@@ -42,7 +42,13 @@ from laion_assets.selection.audit import SubsetAudit, audit_subset
 from laion_assets.selection.buckets import N_BUCKETS
 from laion_assets.selection.gating import tags_validations
 from laion_assets.selection.subsets import SUBSET_PARTS, rule_funnel, subset_files, subset_rows
-from laion_assets.selection.tags import SAFETY_ID_KEY, read_built_from, recorded_ids, tag_files
+from laion_assets.selection.tags import (
+    SAFETY_ID_KEY,
+    read_built_from,
+    recorded_ids,
+    safety_columns_record,
+    tag_files,
+)
 from laion_assets.selection.thresholds import PUNSAFE_MAX, PWATERMARK_MAX, V1_SUBSETS, V2_SUBSETS, V1Subset, V2Subset
 from laion_assets.sources.indexing import Validation
 from laion_assets.sources.metadata import ENGLISH
@@ -487,6 +493,8 @@ def release_from_layout(
         **source_entry(source, validations),
         "embedding_dim": dim,
         "safety": safety_entry(safety, SafetySource.read(layout.safety_dir) if safety is not None else None),
+        # Where punsafe/pwatermark came from (LAION's table or metadata, our heads, or both) and how many rows each.
+        "safety_columns": safety_columns_record(layout.tags_dir),
         "swap_width_height": swap_width_height,
         "language": language,
         "excluded_shards": sorted(excluded_shards),

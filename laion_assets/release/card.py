@@ -43,6 +43,17 @@ KNOWN_PREDICTORS: dict[str, tuple[str, str, str]] = {
         "crowsonkb/simulacra-aesthetic-models",
         "MIT",
     ),
+    # LAION's CLIP-based NSFW detector (punsafe), read out of its SavedModels (data/models/nsfw/ORIGIN.md).
+    "653467282888853dc5b2b2262b20cf3af22d145e7a30f384eae347b6b7464a6f": (
+        "nsfw/clip_autokeras_binary_nsfw.npz",
+        "LAION-AI/CLIP-based-NSFW-Detector",
+        "MIT",
+    ),
+    "f0232e78e2057f71521b2d6eef18a00b12cc31050e8a41695a89732daf0430cf": (
+        "nsfw/clip_autokeras_nsfw_b32.npz",
+        "LAION-AI/CLIP-based-NSFW-Detector",
+        "MIT",
+    ),
 }
 
 
@@ -185,6 +196,25 @@ def _licence(identity: str) -> tuple[str, str]:
     return f"{known[1]} (`{known[0]}`)", known[2]
 
 
+def safety_lines(manifest: Mapping[str, object]) -> list[str]:
+    """The card's lines on where ``punsafe`` and ``pwatermark`` came from: LAION's values, our heads', or both."""
+    columns = manifest["inputs"].get("safety_columns") or {}  # type: ignore[union-attr]
+    lines = []
+    for column, entry in sorted(columns.items()):
+        said = {
+            "provided": "LAION's provided values only",
+            "computed": "computed by our head only",
+            "provided_else_computed": "LAION's provided value where there is one, else computed by our head",
+        }.get(str(entry.get("from")), str(entry.get("from")))
+        head = f" (`{str(entry['head'])[:40]}…`)" if entry.get("head") else ""
+        computed = int(entry.get("computed_rows", 0))
+        lines.append(
+            f"- `{column}`: {said}; {int(entry.get('provided_rows', 0)):,} rows provided by LAION, "
+            f"{computed:,} computed{head if computed else ''}."
+        )
+    return lines
+
+
 def usage(manifest: Mapping[str, object]) -> list[str]:
     """The card's usage lines: ``load_dataset`` on the Hub repo the release was pushed to, or on a placeholder."""
     name = default_config(loadable(manifest))
@@ -278,6 +308,7 @@ def render_card(manifest: dict, histogram: dict) -> str:
         "with `AESTHETIC_SCORE >= t`.",
         f"- V1 subsets (`aesthetic`, LAION aesthetic predictor V1): `punsafe < {thresholds['punsafe_max']}` and "
         f"`pwatermark < {thresholds['pwatermark_max']}`, one row per `hash` (the first), then `aesthetic > t`.",
+        *safety_lines(manifest),
         "- Every subset leaves out rows with a null or blank URL (img2dataset cannot fetch them); a null caption "
         'hashes as "" (as LAION did) and is kept.',
         "- KV files: `kv/aesthetic.kv` (`<qe`: hash, V1 score) and `kv/safety.kv` (`<qee`: hash, punsafe, "

@@ -22,6 +22,7 @@ from laion_assets.scoring.predictors import CLIP_L14_DIM, load_for_column
 from laion_assets.selection.buckets import BucketAccumulator, accumulate_part, save_buckets
 from laion_assets.selection.gating import tags_validations
 from laion_assets.selection.histogram import histogram_document, write_histogram
+from laion_assets.selection.safety_columns import SafetySources
 from laion_assets.selection.subsets import SUBSET_PART_ROWS, write_rule
 from laion_assets.selection.tags import (
     BUILT_FROM,
@@ -148,11 +149,13 @@ def rebuild(
     exclude: Sequence[str] = (),
     forced: Collection[str] = (),
     part_rows: int | Mapping[str, int] = SUBSET_PART_ROWS,
+    sources: SafetySources | None = None,
 ) -> OutputLayout:
     """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``.
 
     Parts whose keys are in ``exclude`` are left out, as ``release_config.exclude_shards`` leaves them out;
-    ``part_rows`` is the subsets' part size (one for all, or per subset name).
+    ``part_rows`` is the subsets' part size (one for all, or per subset name); ``sources`` where punsafe and
+    pwatermark come from.
     """
     layout = OutputLayout(Path(data_root))
     parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
@@ -162,7 +165,7 @@ def rebuild(
         build_safety_index(safety, layout.safety_dir)
         index = SafetyIndex.open(layout.safety_dir)
         safety_id = check_safety_current(safety, layout.safety_dir)
-    build_tags(validations, layout, index, safety_id)
+    build_tags(validations, layout, index, safety_id, sources=sources)
     build_subsets(layout, part_rows)
     build_histogram(layout)
     build_buckets(layout, {p.key: p for p in parts}, dim, validations)

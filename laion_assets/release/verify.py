@@ -17,6 +17,7 @@ from laion_assets.release.card import subset_files as release_parts
 from laion_assets.release.manifest import CARD, check_files, code_version, load_manifest, package_versions
 from laion_assets.release.rebuild import rebuild
 from laion_assets.scoring.predictors import CLIP_L14_DIM, inspect_weights
+from laion_assets.selection.safety_columns import SafetySources
 from laion_assets.sources.layout import discover_parts
 from laion_assets.sources.metadata import ENGLISH
 
@@ -107,7 +108,7 @@ def release_part_rows(manifest: Mapping[str, object]) -> dict[str, int]:
     return sizes
 
 
-WEIGHTS_SUFFIXES = (".pth", ".pt")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".npz")  # torch heads; numpy .npz NSFW heads
 DATA_ROOT_ENV = "LAION_ASSETS_DATA_ROOT"
 
 
@@ -137,7 +138,8 @@ def locate_weights(
     """The weights file of each score column, found by the recorded identity (kind + sha256 of the tensors).
 
     A ``weights`` entry is the only candidate of its column. Otherwise the candidates are the recorded
-    project-relative file, every weights file in ``data/models/``, and every ``.pth``/``.pt`` under the
+    project-relative file, every weights file in ``data/models/`` (and ``data/models/nsfw/``), and every
+    ``.pth``/``.pt``/``.npz`` under the
     ``predictors/`` folder of the release's data root (``<data_root>/releases/<version>``) and of
     ``$LAION_ASSETS_DATA_ROOT``; the first whose tensors have the recorded identity wins.
     """
@@ -162,7 +164,8 @@ def locate_weights(
                 raise BadInputError(f"{path}: its weights are {found}, but {column!r} was scored by {identity}")
             out[column] = path
             continue
-        candidates = [PROJECT_DIR / str(info["file"]), *_weights_files(MODELS_DIR, recursive=False)]
+        shipped = [*_weights_files(MODELS_DIR, recursive=False), *_weights_files(MODELS_DIR / "nsfw", recursive=False)]
+        candidates = [PROJECT_DIR / str(info["file"]), *shipped]
         candidates += [p for root in roots for p in _weights_files(root / "predictors", recursive=True)]
         found = next((p for p in dict.fromkeys(candidates) if p.is_file() and identity_of(p) == identity), None)
         if found is None:
@@ -210,6 +213,7 @@ def verify_release(
             exclude=inputs.get("excluded_shards", []),
             forced=forced_columns(manifest),
             part_rows=release_part_rows(manifest),
+            sources=SafetySources.from_dict({c: e["from"] for c, e in inputs.get("safety_columns", {}).items()}),
         )
         rebuilt = build_release(
             layout,

@@ -1,5 +1,8 @@
 """The active predictors as configuration: ``predictors.yaml`` maps each score column to a weights file.
 
+``aesthetic`` and ``AESTHETIC_SCORE`` are required; ``punsafe`` (LAION's NSFW detector) is optional: a file without
+it, e.g. one written before the head existed, still loads, and then ``punsafe`` is not computed.
+
 An optional ``force`` list names the columns whose weights are used although they do not fit the column (a head
 of another kind, or NaN/Inf in its tensors); ``laion-assets activate COLUMN PATH --force`` adds a column to it and
 activating without ``--force`` takes it out again, so a force never outlives the file it was given for.
@@ -22,22 +25,35 @@ if TYPE_CHECKING:
     from laion_assets.scoring.predictors import Predictor
 
 ACTIVE_FILE = PROJECT_DIR / "predictors.yaml"
-SCORE_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
+REQUIRED_COLUMNS = ("aesthetic", "AESTHETIC_SCORE")
+OPTIONAL_COLUMNS = ("punsafe",)
+SCORE_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 FORCE_KEY = "force"
+# The weights laion-assets ships for each column (LAION's released heads; see data/models/).
+DEFAULT_WEIGHTS = {
+    "aesthetic": "data/models/sa_0_4_vit_l_14_linear.pth",
+    "AESTHETIC_SCORE": "data/models/sac+logos+ava1-l14-linearMSE.pth",
+    "punsafe": "data/models/nsfw/clip_autokeras_binary_nsfw.npz",
+}
 
 _HEADER = """\
-# The active aesthetic predictors: score column -> weights file (relative paths start at the project folder).
+# The active predictors: score column -> weights file (relative paths start at the project folder).
 # Every stored score records the identity (kind + sha256 of the tensors) of the weights that made it, so changing a
 # file here marks exactly the shards scored by other weights out of date; `rescore` (job, schedule, CLI) re-scores them.
 # `laion-assets activate AESTHETIC_SCORE PATH` rewrites this file, e.g. to make a trained predictor the active V2.
 # `aesthetic` takes a V1 head, `AESTHETIC_SCORE` a V2 one; `force: [COLUMN]` (from `activate --force`) uses
 # weights that do not fit their column anyway, and every release made with them says so.
+# `punsafe` (optional: leave it out and it is not computed) takes LAION's CLIP-based NSFW detector, a numpy .npz
+# (data/models/nsfw/: the ViT-L/14 head; clip_autokeras_nsfw_b32.npz is the ViT-B/32 one, for 512-d embeddings).
 """
 
 
 def _read(path: Path) -> tuple[dict[str, str], list[str]]:
     if not path.is_file():
-        raise BadInputError(f"{path}: active-predictors file not found (it maps {list(SCORE_COLUMNS)} to weights)")
+        raise BadInputError(
+            f"{path}: active-predictors file not found (it maps {list(REQUIRED_COLUMNS)}, optionally "
+            f"{list(OPTIONAL_COLUMNS)}, to weights)"
+        )
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -47,20 +63,22 @@ def _read(path: Path) -> tuple[dict[str, str], list[str]]:
     forced = loaded.pop(FORCE_KEY, None) or []
     if not isinstance(forced, list) or any(c not in SCORE_COLUMNS for c in forced):
         raise BadInputError(f"{path}: `{FORCE_KEY}` must be a list of score columns from {list(SCORE_COLUMNS)}")
-    missing = [c for c in SCORE_COLUMNS if c not in loaded]
+    missing = [c for c in REQUIRED_COLUMNS if c not in loaded]
     unknown = [c for c in loaded if c not in SCORE_COLUMNS]
     if missing or unknown:
         raise BadInputError(
-            f"{path}: columns must be exactly {list(SCORE_COLUMNS)} (missing {missing}, unknown {unknown})"
+            f"{path}: columns must be {list(REQUIRED_COLUMNS)}, optionally {list(OPTIONAL_COLUMNS)} "
+            f"(missing {missing}, unknown {unknown})"
         )
     bad = [c for c, v in loaded.items() if not isinstance(v, str) or not v.strip()]
     if bad:
         raise BadInputError(f"{path}: {bad} must name a weights file")
-    return {c: str(loaded[c]) for c in SCORE_COLUMNS}, [c for c in SCORE_COLUMNS if c in forced]
+    return {c: str(loaded[c]) for c in SCORE_COLUMNS if c in loaded}, [c for c in SCORE_COLUMNS if c in forced]
 
 
 def read_active(path: str | Path = ACTIVE_FILE) -> dict[str, str]:
-    """Return ``{score column: weights path}`` from a predictors file; errors name the file and the fault."""
+    """Return ``{score column: weights path}`` from a predictors file (an optional column it leaves out is absent);
+    errors name the file and the fault."""
     return _read(Path(path))[0]
 
 
@@ -71,7 +89,7 @@ def read_forced(path: str | Path = ACTIVE_FILE) -> list[str]:
 
 def write_active(mapping: Mapping[str, str], path: str | Path = ACTIVE_FILE, forced: Collection[str] = ()) -> Path:
     """Write a predictors file atomically (keeping the explanatory header); ``forced`` columns go in ``force``."""
-    document: dict[str, object] = {c: str(mapping[c]) for c in SCORE_COLUMNS}
+    document: dict[str, object] = {c: str(mapping[c]) for c in SCORE_COLUMNS if c in mapping}
     if forced:
         document[FORCE_KEY] = [c for c in SCORE_COLUMNS if c in forced]
     body = yaml.safe_dump(document, sort_keys=False)
@@ -128,7 +146,15 @@ def load_active(dim: int, heads: Collection[str] | None = None, path: str | Path
     chosen = list(mapping) if heads is None else list(dict.fromkeys(heads))
     unknown = [h for h in chosen if h not in mapping]
     if unknown or not chosen:
+        optional = [h for h in unknown if h in OPTIONAL_COLUMNS]
+        hint = (
+            f"; {optional} is optional and {path} does not configure it: `laion-assets activate {optional[0]} "
+            f"{DEFAULT_WEIGHTS[optional[0]]}`"
+            if optional
+            else ""
+        )
         raise BadInputError(
-            f"unknown head(s) {unknown or '(none given)'}: the heads are the score columns of {path}: {list(mapping)}"
+            f"unknown head(s) {unknown or '(none given)'}: the heads are the score columns of {path}: "
+            f"{list(mapping)}{hint}"
         )
     return {h: load_for_column(resolve(mapping[h]), h, dim, h in forced) for h in chosen}

@@ -15,8 +15,10 @@ and a retrained predictor with bit-identical tensors does not make any shard sta
 The digest is the sha256 of that whole stream. Device, ``requires_grad``, strides and the container do not count.
 The weights file's own sha256 stays useful as provenance and is recorded beside the identity in release manifests.
 
-Columns. ``aesthetic`` takes a V1-kind head and ``AESTHETIC_SCORE`` a V2-kind one (:data:`COLUMN_KINDS`); a head
-of another kind, or weights with NaN/Inf, are refused by :func:`load_for_column` unless forced.
+Columns. ``aesthetic`` takes a V1-kind head, ``AESTHETIC_SCORE`` a V2-kind one and ``punsafe`` LAION's CLIP-based
+NSFW detector (:data:`COLUMN_KINDS`); a head of another kind, or weights with NaN/Inf, are refused by
+:func:`load_for_column` unless forced. NSFW heads are numpy ``.npz`` files (:mod:`laion_assets.scoring.nsfw`, no
+torch); every function here takes either kind of file and tells them apart by their content.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from laion_assets.core.errors import BadInputError
+from laion_assets.scoring.nsfw import (
+    NSFW_B32,
+    NSFW_L14,
+    NsfwHead,
+    NsfwPredictor,
+    load_nsfw,
+    looks_like_nsfw_file,
+    non_finite_problems,
+)
 
 if TYPE_CHECKING:  # torch is imported where it is used: loading the definitions must not pay for it
     import torch
@@ -49,6 +60,8 @@ SIMULACRA_LINEAR = "simulacra-linear"
 COLUMN_KINDS: dict[str, tuple[str, ...]] = {
     "aesthetic": (V1_LINEAR,),
     "AESTHETIC_SCORE": (V2_MLP_LINEAR, V2_MLP_RELU),
+    # LAION's CLIP-based NSFW detector: the ViT-L/14 head made LAION-5B's punsafe; the ViT-B/32 one takes 512-d.
+    "punsafe": (NSFW_L14, NSFW_B32),
 }
 
 # improved-aesthetic-predictor's MLP: Linear(d,1024) Dropout Linear(1024,128) Dropout Linear(128,64) Dropout
@@ -113,7 +126,7 @@ class MLPPredictor:
             return self.module(x)[:, 0].numpy().astype(np.float32)
 
 
-Predictor = LinearPredictor | MLPPredictor
+Predictor = LinearPredictor | MLPPredictor | NsfwPredictor
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -255,9 +268,7 @@ def _non_finite_problems(state: dict[str, torch.Tensor]) -> list[str]:
 
 def fit_problems(kind: str, state: dict[str, torch.Tensor], column: str) -> list[str]:
     """Why a head of ``kind`` with these tensors does not fit score ``column`` (empty when it fits)."""
-    accepted = COLUMN_KINDS.get(column)
-    if accepted is None:
-        raise BadInputError(f"{column!r} is not a score column; choose one of {list(COLUMN_KINDS)}")
+    accepted = _accepted(column)
     problems = [] if kind in accepted else [f"its kind is {kind}, but {column!r} takes {' or '.join(accepted)}"]
     return problems + _non_finite_problems(state)
 
@@ -282,18 +293,55 @@ class WeightsInfo:
 def inspect_weights(path: str | Path, column: str | None = None) -> WeightsInfo:
     """Identity of a weights file and, given a score column, why it does not fit that column (empty: it fits)."""
     path = Path(path)
+    if looks_like_nsfw_file(path):
+        head, digest = load_nsfw(path)
+        problems = tuple(_nsfw_fit_problems(head, column)) if column is not None else ()
+        return WeightsInfo(PredictorIdentity(head.kind, digest), problems)
     state = _load_state_dict(path)
     kind = _kind_of(path, state)
     problems = tuple(fit_problems(kind, state, column)) if column is not None else ()
     return WeightsInfo(PredictorIdentity(kind, weights_sha256(state)), problems)
 
 
+def _accepted(column: str) -> tuple[str, ...]:
+    accepted = COLUMN_KINDS.get(column)
+    if accepted is None:
+        raise BadInputError(f"{column!r} is not a score column; choose one of {list(COLUMN_KINDS)}")
+    return accepted
+
+
+def _nsfw_fit_problems(head: NsfwHead, column: str) -> list[str]:
+    accepted = _accepted(column)
+    problems = (
+        [] if head.kind in accepted else [f"its kind is {head.kind}, but {column!r} takes {' or '.join(accepted)}"]
+    )
+    return problems + non_finite_problems(head)
+
+
+def _build_nsfw(path: Path, head: NsfwHead, digest: str, dim: int) -> NsfwPredictor:
+    predictor = NsfwPredictor(PredictorIdentity(head.kind, digest), head)
+    if predictor.dim != dim:
+        raise BadInputError(
+            f"{path}: NSFW head {head.kind} takes {predictor.dim}-d embeddings, not {dim}-d (the width configured: "
+            f"`--dim` of `laion-assets activate`/`score`, or the storage resource's `embedding_dim`)"
+        )
+    return predictor
+
+
 def load_predictor(path: str | Path, dim: int = CLIP_L14_DIM, kind: str | None = None) -> Predictor:
-    """Load a V1, V2 (linear or ReLU) or simulacra predictor, checking every shape against ``dim``.
+    """Load a V1, V2 (linear or ReLU), simulacra or NSFW predictor, checking every shape against ``dim``.
 
     Weights with NaN or Inf are refused; :func:`load_for_column` also checks the kind against a score column.
     """
     path = Path(path)
+    if looks_like_nsfw_file(path):
+        head, digest = load_nsfw(path)
+        if kind is not None and kind != head.kind:
+            raise BadInputError(f"{path}: configured as {kind} but it is an NSFW head of kind {head.kind}")
+        problems = non_finite_problems(head)
+        if problems:
+            raise BadInputError(f"{path}: refused: {'; '.join(problems)}")
+        return _build_nsfw(path, head, digest, dim)
     state = _load_state_dict(path)
     detected = _kind_of(path, state, kind)
     problems = _non_finite_problems(state)
@@ -305,6 +353,12 @@ def load_predictor(path: str | Path, dim: int = CLIP_L14_DIM, kind: str | None =
 def load_for_column(path: str | Path, column: str, dim: int = CLIP_L14_DIM, force: bool = False) -> Predictor:
     """Load the predictor of score ``column``: refuses a head of the wrong kind or with NaN/Inf unless ``force``."""
     path = Path(path)
+    if looks_like_nsfw_file(path):
+        head, digest = load_nsfw(path)
+        problems = _nsfw_fit_problems(head, column)
+        if problems and not force:
+            raise BadInputError(refusal(path, column, problems))
+        return _build_nsfw(path, head, digest, dim)
     state = _load_state_dict(path)
     kind = _kind_of(path, state)
     problems = fit_problems(kind, state, column)

@@ -12,11 +12,14 @@ SCORE_COLUMNS: dict[str, pl.DataType] = {
     "AESTHETIC_SCORE": pl.Float32(),  # V2 (sac+logos+ava1-l14-linearMSE)
 }
 
-# LAION's aesthetic-tags table: metadata joined with the hash and both scores, row-aligned per shard.
+# LAION's aesthetic-tags table: metadata joined with the hash and both scores, row-aligned per shard, then where each
+# row's punsafe and pwatermark came from ("provided" by LAION, "computed" by our heads, or null: see safety_columns).
 TAGS_COLUMNS: dict[str, pl.DataType] = {
     **METADATA_COLUMNS,
     "LANGUAGE": pl.String(),
     **SCORE_COLUMNS,
+    "punsafe_source": pl.String(),
+    "pwatermark_source": pl.String(),
 }
 
 # improved_aesthetics_{t}plus as released on the Hub (V2 predictor).

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +19,8 @@ from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import stat_fingerprint
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.scoring.parts import IDENTITY_KEY, read_identities
-from laion_assets.selection.schemas import TAGS_COLUMNS
+from laion_assets.selection.safety_columns import SAFETY_COLUMNS, SafetySources, choose, origin_counts
+from laion_assets.selection.schemas import SCORE_COLUMNS, TAGS_COLUMNS
 from laion_assets.sources.indexing import VALIDATION_ID_KEY, Validation
 from laion_assets.sources.metadata import missing_url
 from laion_assets.sources.safety import NO_SAFETY_ID, SafetyIndex
@@ -38,26 +39,39 @@ SAFETY_ID_KEY = "laion_assets.safety_id"
 BUILT_FROM = ".built-from"
 TABLE_FILE = "_table.json"
 # Bump when a part's content would differ for the same inputs (columns, casts, join): every part is then rewritten.
-PART_FORMAT = 1
+PART_FORMAT = 2
 
 
-def tags_table_id(validation_ids: Mapping[str, str], identities: Mapping[str, str], safety_id: str) -> str:
+def tags_table_id(
+    validation_ids: Mapping[str, str],
+    identities: Mapping[str, str],
+    safety_id: str,
+    sources: SafetySources | None = None,
+) -> str:
     """The id of a tags table: a digest of what it was built from (no paths or times, so rebuilds agree)."""
-    content = {"shards": dict(sorted(validation_ids.items())), "predictors": dict(sorted(identities.items())),
-               "safety": safety_id}  # fmt: skip
+    content: dict[str, object] = {"shards": dict(sorted(validation_ids.items())),
+                                  "predictors": dict(sorted(identities.items())), "safety": safety_id}  # fmt: skip
+    if sources is not None and sources != SafetySources():  # the default keeps the ids of tables built before
+        content["safety_sources"] = sources.as_dict()
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def tags_part_id(
-    key: str, validation_id: str, identities: Mapping[str, str], safety_id: str, inputs: Mapping[str, str]
+    key: str,
+    validation_id: str,
+    identities: Mapping[str, str],
+    safety_id: str,
+    inputs: Mapping[str, str],
+    sources: SafetySources | None = None,
 ) -> str:
-    """The id of one tags part: its shard, validation, predictors, safety table and input files' sha256."""
+    """The id of one tags part: its shard, validation, predictors, safety table and sources, input files' sha256."""
     content = {
         "format": PART_FORMAT,
         "key": key,
         "validation": validation_id,
         "predictors": dict(sorted(identities.items())),
         "safety": safety_id,
+        "safety_sources": (sources or SafetySources()).as_dict(),
         "inputs": dict(sorted(inputs.items())),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -172,6 +186,7 @@ class TagsSummary:
     duplicate_rows_within_shards: int = 0
     duplicate_rows: int = 0
     table_id: str = ""
+    origins: dict[str, int] = field(default_factory=dict)  # rows per origin: {"punsafe/computed": n, …}
     rewritten: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -254,33 +269,52 @@ def _kept_entry(old: Mapping | None, part_id: str, old_part: Path) -> Mapping | 
     return old if recorded == part_id and isinstance(old.get("counts"), dict) else None
 
 
+def _aligned(path: Path, frame: pl.DataFrame, meta: pl.DataFrame, meta_path: Path, step: str, key: str) -> None:
+    """Raise naming ``path`` when its rows are not ``meta``'s rows (same count, same hashes in the same order)."""
+    if meta.height != frame.height:
+        raise BadInputError(
+            f"{path}: {frame.height} rows but {meta_path} has {meta.height}; re-materialize {step} for shard {key}"
+        )
+    if not meta["hash"].equals(frame["hash"]):
+        raise BadInputError(
+            f"{path}: hashes are not row-aligned with {meta_path}; re-materialize {step} for shard {key}"
+        )
+
+
 def _write_part(
     key: str, validation: Validation, layout: OutputLayout, safety: SafetyIndex | None, recorded: dict[str, str],
-    target: Path,
+    target: Path, sources: SafetySources,
 ) -> dict[str, int]:  # fmt: skip
-    """Join one shard's metadata and scores into ``target``; returns its row counts."""
+    """Join one shard's metadata, scores and safety values into ``target``; returns its row counts."""
     meta_path = layout.require(layout.shard_metadata(key), f"clip_embeddings for shard {key}")
     scores_path = layout.require(layout.shard_scores(key), f"aesthetic_scores for shard {key}")
     meta = pl.read_parquet(meta_path)
-    if safety is not None:
-        meta = meta.with_columns(*safety.lookup(meta["hash"].to_numpy()))
+    provided = dict(zip(SAFETY_COLUMNS, safety.lookup(meta["hash"].to_numpy()), strict=True)) if safety else {}
     scores = pl.read_parquet(scores_path)
-    if meta.height != scores.height:
-        raise BadInputError(
-            f"{scores_path}: {scores.height} rows but {meta_path} has {meta.height}; "
-            f"re-materialize aesthetic_scores for shard {key}"
-        )
-    if not meta["hash"].equals(scores["hash"]):
-        raise BadInputError(f"{scores_path}: hashes are not row-aligned with {meta_path}")
-    table = meta.hstack(scores.drop("hash")).select([pl.col(name).cast(dtype) for name, dtype in TAGS_COLUMNS.items()])
+    _aligned(scores_path, scores, meta, meta_path, "aesthetic_scores", key)
+    computed = {"punsafe": scores["punsafe"] if "punsafe" in scores.columns else None, "pwatermark": None}
+    watermark_path = layout.shard_watermark(key)
+    if watermark_path.is_file():
+        watermark = pl.read_parquet(watermark_path, columns=["hash", "pwatermark"])
+        _aligned(watermark_path, watermark, meta, meta_path, "image_embeddings", key)
+        computed["pwatermark"] = watermark["pwatermark"]
+    chosen = []
+    for column, source in sources.as_dict().items():
+        chosen.extend(choose(column, provided.get(column, meta[column]), computed[column], source))
+    score_columns = [c for c in SCORE_COLUMNS if c != "hash"]
+    table = (
+        meta.with_columns(chosen)
+        .hstack(scores.select(score_columns))
+        .select([pl.col(name).cast(dtype) for name, dtype in TAGS_COLUMNS.items()])
+    )
     write_parquet(table.to_arrow(), target, recorded)
     counts = table.select(
-        pl.col("punsafe").is_null().sum().alias("without_safety_tags"),
+        (pl.col("punsafe").is_null() | pl.col("pwatermark").is_null()).sum().alias("without_safety_tags"),
         missing_url().sum().alias("without_url"),
         pl.col("TEXT").is_null().sum().alias("without_caption"),
         (pl.len() - pl.col("hash").n_unique()).alias("duplicate_rows"),
     ).row(0, named=True)
-    return {"metadata": meta.height, "scores": scores.height, "tags": table.height, **counts}
+    return {"metadata": meta.height, "scores": scores.height, "tags": table.height, **counts, **origin_counts(table)}
 
 
 def build_tags(
@@ -289,13 +323,17 @@ def build_tags(
     safety: SafetyIndex | None = None,
     safety_id: str = NO_SAFETY_ID,
     fetch: Callable[[Path], object] | None = None,
+    sources: SafetySources | None = None,
 ) -> TagsSummary:
     """Join each shard's metadata with its scores (row-aligned, hashes checked) into ``tags/part-{key}.parquet``.
 
     ``validations`` are the shards that passed the gate (``gating.gate_shards``), each part recording the
-    validation it was built from. With a ``safety`` index, punsafe/pwatermark come from LAION's separate safety
-    table (joined on hash); without one they are the metadata's own. Rows without safety tags, without a URL or
-    without a caption are counted, and so are repeated hashes, within a shard and across the whole table.
+    validation it was built from. LAION's punsafe/pwatermark (*provided*) come from its separate safety table
+    (joined on hash) when a ``safety`` index is given, else from the metadata itself; our heads' (*computed*) from
+    the shard's scores (``punsafe``) and its ``watermark.parquet`` (``pwatermark``); ``sources`` says which to use
+    per column (:mod:`laion_assets.selection.safety_columns`) and each row records which it got. Rows without
+    safety tags, without a URL or without a caption are counted, and so are repeated hashes, within a shard and
+    across the whole table.
 
     Incremental: a part of the previous table whose part id is unchanged (same validation, predictors, safety table
     and input file contents) is carried over as it is (hard-linked); only the others are written. The new folder,
@@ -308,18 +346,24 @@ def build_tags(
             "no shards are registered: register the source's parts first (`laion-assets register SOURCE`, "
             "or turn on new_shards_sensor)"
         )
+    sources = sources or SafetySources()
     shard_ids: dict[str, dict[str, str]] = {}
     identities: dict[str, str] = {}
-    for key in sorted(validations):  # every shard must be scored by the same predictors; the table id names them
+    for key in sorted(validations):  # every shard must be scored by the same heads; the table id names them
         scores_path = layout.require(layout.shard_scores(key), f"aesthetic_scores for shard {key}")
-        shard_ids[key] = {column: str(identity) for column, identity in read_identities(scores_path).items()}
-        for column, identity in shard_ids[key].items():
-            if identities.setdefault(column, identity) != identity:
-                raise BadInputError(
-                    f"{scores_path}: {column} was scored by {identity} but other shards by "
-                    f"{identities[column]}; re-score the stale shards first"
-                )
-    table_id = tags_table_id({k: v.id for k, v in validations.items()}, identities, safety_id)
+        scored = [scores_path]
+        if layout.shard_watermark(key).is_file():  # the watermark head's file, for URL shards it scored
+            scored.append(layout.shard_watermark(key))
+        shard_ids[key] = {}
+        for path in scored:
+            shard_ids[key].update({column: str(identity) for column, identity in read_identities(path).items()})
+            for column, identity in shard_ids[key].items():
+                if identities.setdefault(column, identity) != identity:
+                    raise BadInputError(
+                        f"{path}: {column} was scored by {identity} but other shards by "
+                        f"{identities[column]}; re-score the stale shards first"
+                    )
+    table_id = tags_table_id({k: v.id for k, v in validations.items()}, identities, safety_id, sources)
     try:
         previous = read_table_record(layout.tags_dir) if layout.tags_dir.is_dir() else None
     except BadInputError:
@@ -334,15 +378,23 @@ def build_tags(
     with atomic_dir(layout.tags_dir) as tmp:
         for key, validation in sorted(validations.items()):
             old = old_parts.get(key)
+            files = [
+                ("metadata", layout.shard_metadata(key), "clip_embeddings"),
+                ("scores", layout.shard_scores(key), "aesthetic_scores"),
+            ]
+            if layout.shard_watermark(key).is_file():
+                files.append(("watermark", layout.shard_watermark(key), "image_embeddings"))
             inputs = {
                 name: _input_record(layout.require(path, f"{step} for shard {key}"), _seen_entry(seen, key, name))
-                for name, path, step in (
-                    ("metadata", layout.shard_metadata(key), "clip_embeddings"),
-                    ("scores", layout.shard_scores(key), "aesthetic_scores"),
-                )
+                for name, path, step in files
             }
             part_id = tags_part_id(
-                key, validation.id, shard_ids[key], safety_id, {n: str(r["sha256"]) for n, r in inputs.items()}
+                key,
+                validation.id,
+                shard_ids[key],
+                safety_id,
+                {n: str(r["sha256"]) for n, r in inputs.items()},
+                sources,
             )
             fingerprints[key] = inputs
             target = tmp / f"part-{key}.parquet"
@@ -361,7 +413,7 @@ def build_tags(
                     SAFETY_ID_KEY: safety_id,
                     PART_ID_KEY: part_id,
                 }
-                counts = _write_part(key, validation, layout, safety, recorded, target)
+                counts = _write_part(key, validation, layout, safety, recorded, target, sources)
                 rewritten.append(key)
             per_shard[key] = counts
             parts[key] = {
@@ -372,10 +424,11 @@ def build_tags(
             }
         distinct = pl.scan_parquet(sorted(tmp.glob("part-*.parquet"))).select(pl.col("hash").n_unique()).collect()
         record = {"format": PART_FORMAT, "table_id": table_id, "safety_id": safety_id,
-                  "predictors": dict(sorted(identities.items())), "parts": parts}  # fmt: skip
+                  "safety_sources": sources.as_dict(), "predictors": dict(sorted(identities.items())),
+                  "parts": parts}  # fmt: skip
         (tmp / TABLE_FILE).write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")  # last: names the parts
     _write_seen(layout, fingerprints)
-    totals = {name: sum(c[name] for c in per_shard.values()) for name in next(iter(per_shard.values()))}
+    totals = {name: sum(c.get(name, 0) for c in per_shard.values()) for name in next(iter(per_shard.values()))}
     return TagsSummary(
         rows=totals["tags"],
         per_shard=per_shard,
@@ -386,10 +439,31 @@ def build_tags(
         duplicate_rows_within_shards=totals["duplicate_rows"],
         duplicate_rows=totals["tags"] - int(distinct.item()),
         table_id=table_id,
+        origins={name: totals[name] for name in totals if "/" in name},
         rewritten=tuple(rewritten),
         kept=tuple(kept),
         removed=tuple(sorted(set(old_parts) - set(validations))),
     )
+
+
+def safety_columns_record(folder: Path) -> dict[str, dict[str, object]]:
+    """Per safety column: its configured source, the rows provided and computed, and the head that computed them.
+
+    Read from the tags table's record (``_table.json``); what a release manifest and card say about punsafe and
+    pwatermark. A table built before sources were chosen reports the default source and no counts.
+    """
+    record = read_table_record(folder) or {}
+    sources = SafetySources.from_dict(record.get("safety_sources")).as_dict()
+    parts = record.get("parts", {}).values()
+    heads = record.get("predictors", {})
+    out: dict[str, dict[str, object]] = {}
+    for column, source in sources.items():
+        entry: dict[str, object] = {"from": source}
+        for origin in ("provided", "computed"):
+            entry[f"{origin}_rows"] = sum(int(p.get("counts", {}).get(f"{column}/{origin}", 0)) for p in parts)
+        entry["head"] = heads.get(column)
+        out[column] = entry
+    return out
 
 
 def tag_files(layout: OutputLayout) -> list[Path]:

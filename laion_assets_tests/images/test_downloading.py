@@ -496,3 +496,33 @@ def test_an_img2dataset_that_no_longer_fetches_through_download_image_is_refused
         check_img2dataset()
     assert "download_image_with_retry no longer calls download_image" in str(caught.value)
     assert "max_url_bytes, url_deadline" in str(caught.value) and "img2dataset==1.47.0" in str(caught.value)
+
+
+_IGNORED_IN_A_SPAWNED_WORKER = """
+import multiprocessing, signal, sys
+from laion_assets.images.url_fetch import default_stop_signals
+
+def ignored():
+    mask = next(line for line in open("/proc/self/status") if line.startswith("SigIgn:")).split()[1]
+    return [s for s in (signal.SIGTERM, signal.SIGINT) if int(mask, 16) >> (s - 1) & 1]
+
+if __name__ == "__main__":
+    if sys.argv[1] == "reset":
+        default_stop_signals()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # as img2dataset starts its workers
+        print(len(pool.apply(ignored)))
+"""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("keep", "2"), ("reset", "0")])
+def test_the_downloader_lets_its_pool_workers_be_terminated(tmp_path: Path, mode: str, expected: str) -> None:
+    """Started with SIGTERM and SIGINT ignored, the downloader's spawned workers get them back (or terminate hangs)."""
+    script = tmp_path / "probe.py"
+    script.write_text(_IGNORED_IN_A_SPAWNED_WORKER)
+    ignore = lambda: [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)]  # noqa: E731
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, str(script), mode], preexec_fn=ignore, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == expected  # "keep" shows the inheritance is real; "reset" is what main() does

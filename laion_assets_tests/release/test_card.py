@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from laion_assets.core.paths import MODELS_DIR
+from laion_assets.core.paths import MODELS_DIR, NSFW_B32_WEIGHTS, NSFW_L14_WEIGHTS
 from laion_assets.release.build import release_card
 from laion_assets.release.card import KNOWN_PREDICTORS, parse_front_matter, size_category
 from laion_assets.release.manifest import load_manifest
@@ -148,6 +148,8 @@ def test_load_dataset_per_config(release: Path, tmp_path: Path) -> None:
 def test_known_predictors_are_the_shipped_weights_by_identity() -> None:
     # The card knows each shipped head by the digest of its tensors (what the manifest records), not the file sha256.
     shipped = {load_predictor(p).identity.sha256: p.name for p in MODELS_DIR.glob("*.pth")}
+    for path, dim in ((NSFW_L14_WEIGHTS, 768), (NSFW_B32_WEIGHTS, 512)):  # LAION's NSFW heads, numpy arrays
+        shipped[load_predictor(path, dim).identity.sha256] = path.relative_to(MODELS_DIR).as_posix()
     assert {digest: known[0] for digest, known in KNOWN_PREDICTORS.items()} == shipped
 
 

@@ -21,8 +21,9 @@ def test_activate_rewrites_one_column(tmp_path):
     assert read_active(path) == {
         "aesthetic": read_active()["aesthetic"],
         "AESTHETIC_SCORE": "data/out/predictors/x.pth",
+        "punsafe": read_active()["punsafe"],
     }
-    assert path.read_text().startswith("# The active aesthetic predictors")
+    assert path.read_text().startswith("# The active predictors")
     with pytest.raises(BadInputError, match="'score' is not a score column"):
         activate("score", "x.pth", path)
 

@@ -46,7 +46,9 @@ def test_cli_scores_a_folder_with_gaps_and_zero_padded_names(gappy, tmp_path, pr
     ]
     for part in discover_parts(gappy):
         table = pl.read_parquet(scores_file(part, out))
-        assert table.schema == pl.Schema({"hash": pl.Int64, "aesthetic": pl.Float32, "AESTHETIC_SCORE": pl.Float32})
+        assert table.schema == pl.Schema(
+            {"hash": pl.Int64, "aesthetic": pl.Float32, "AESTHETIC_SCORE": pl.Float32, "punsafe": pl.Float32}
+        )
         # row-aligned with the part: LAION's hash as clip_embeddings computes it, scores of the same row
         assert table["hash"].equals(read_metadata(part.metadata)["hash"])
         expected = score_array(np.load(part.embeddings), predictors)
@@ -71,8 +73,10 @@ def test_cli_scores_a_folder_with_gaps_and_zero_padded_names(gappy, tmp_path, pr
 
 
 def test_unknown_heads_and_parts_are_named(gappy, tmp_path):
-    with pytest.raises(SystemExit, match=r"unknown head\(s\) \['punsafe'\].*\['aesthetic', 'AESTHETIC_SCORE'\]"):
-        main(["score", str(gappy), "--out", str(tmp_path), "--heads", "aesthetic,punsafe"])
+    with pytest.raises(
+        SystemExit, match=r"unknown head\(s\) \['nsfw'\].*\['aesthetic', 'AESTHETIC_SCORE', 'punsafe'\]"
+    ):
+        main(["score", str(gappy), "--out", str(tmp_path), "--heads", "aesthetic,nsfw"])
     parts = discover_parts(gappy)
     assert [p.number for p in select_parts(parts, "0-5, 42")] == [3, 42]
     with pytest.raises(BadInputError, match="no part numbered 4 "):

@@ -7,7 +7,7 @@ import torch
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import OutputLayout
-from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS, resolve
+from laion_assets.core.paths import NSFW_L14_WEIGHTS, V1_WEIGHTS, V2_WEIGHTS, resolve
 from laion_assets.release.rebuild import build_shards
 from laion_assets.scoring.active import activate, read_active, write_active
 from laion_assets.scoring.predictors import V2_MLP_LINEAR, detect_kind, load_for_column, load_predictor
@@ -182,7 +182,7 @@ def test_retraining_to_identical_tensors_keeps_identity_file_and_shards_current(
     assert identity.kind == V2_MLP_LINEAR and load_for_column(second, "AESTHETIC_SCORE").identity == identity
     # Shards scored with the first file stay current when the second becomes the active V2.
     layout = OutputLayout(tmp_path / "out")
-    build_shards(parts, layout, {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": first}, 768)
+    build_shards(parts, layout, {"aesthetic": V1_WEIGHTS, "AESTHETIC_SCORE": first, "punsafe": NSFW_L14_WEIGHTS}, 768)
     config = write_active({**read_active(), "AESTHETIC_SCORE": str(first)}, tmp_path / "predictors.yaml")
     activate("AESTHETIC_SCORE", str(second), config)
     active = {column: load_for_column(resolve(path), column).identity for column, path in read_active(config).items()}

@@ -61,6 +61,8 @@ def generated_tags(folder: Path, parts: int = 6, rows: int = 500, seed: int = 3)
                 "hash": hashes,
                 "aesthetic": np.where(i % 19 == 0, np.nan, rng.uniform(5, 10, n)),
                 "AESTHETIC_SCORE": rng.uniform(3, 8, n),
+                "punsafe_source": rng.choice(["provided", "computed"], n),
+                "pwatermark_source": rng.choice(["provided", "computed"], n),
             }
         ).with_columns(pl.col("punsafe", "pwatermark", "aesthetic").fill_nan(None))
         frame = frame.select([pl.col(c).cast(t) for c, t in TAGS_COLUMNS.items()])

@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -11,8 +13,9 @@ from laion_assets.core.atomic import write_parquet
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import OutputLayout
 from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
-from laion_assets.scoring.parts import score_part
-from laion_assets.scoring.predictors import load_predictor
+from laion_assets.scoring.parts import IDENTITY_KEY, score_part
+from laion_assets.scoring.predictors import LinearPredictor, PredictorIdentity, load_predictor
+from laion_assets.selection.safety_columns import SOURCES, SafetySources
 from laion_assets.selection.subsets import write_rule
 from laion_assets.selection.tags import (
     TABLE_FILE,
@@ -21,6 +24,7 @@ from laion_assets.selection.tags import (
     parquet_data_sha256,
     read_built_from,
     recorded_ids,
+    safety_columns_record,
     tag_files,
     tags_table_id,
 )
@@ -183,3 +187,81 @@ def test_an_input_is_known_by_its_rows_not_its_footer(tmp_path):
     (tmp_path / "e.parquet").write_bytes(b"not parquet")
     with pytest.raises(BadInputError, match=r"e\.parquet: not a parquet file"):
         parquet_data_sha256(tmp_path / "e.parquet")
+
+
+def _with_heads(layout: OutputLayout, scored, keys=("00000", "00001", "00002")) -> None:
+    """Give each shard computed punsafe (a head in its scores) and pwatermark (a watermark file), as our heads do."""
+    _, parts, predictors = scored
+    rng = np.random.default_rng(0)
+    nsfw = LinearPredictor(PredictorIdentity("test-nsfw", "1" * 64), rng.normal(0, 0.01, 768).astype(np.float32), 0.3)
+    for key in keys:
+        score_part(parts[key], layout.shard_metadata(key), {**predictors, "punsafe": nsfw}, layout.shard_scores(key))
+        hashes = pl.read_parquet(layout.shard_metadata(key), columns=["hash"])["hash"]
+        frame = pl.DataFrame({"hash": hashes, "pwatermark": rng.uniform(0, 1, hashes.len()).astype(np.float32)})
+        identity = json.dumps({"pwatermark": f"test-watermark@sha256:{'2' * 64}"})
+        write_parquet(frame.to_arrow(), layout.shard_watermark(key), {IDENTITY_KEY: identity})
+
+
+def _joined(layout: OutputLayout, key: str) -> pl.DataFrame:
+    meta = pl.read_parquet(layout.shard_metadata(key))
+    scores = pl.read_parquet(layout.shard_scores(key))
+    watermark = pl.read_parquet(layout.shard_watermark(key))
+    tags = pl.read_parquet(layout.tags_part(key))
+    return pl.DataFrame(
+        {
+            "given_punsafe": meta["punsafe"], "given_pwatermark": meta["pwatermark"],
+            "our_punsafe": scores["punsafe"], "our_pwatermark": watermark["pwatermark"],
+            "punsafe": tags["punsafe"], "pwatermark": tags["pwatermark"],
+            "punsafe_source": tags["punsafe_source"], "pwatermark_source": tags["pwatermark_source"],
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_safety_columns_come_from_the_configured_source_and_say_so(scored, layout, source):
+    _with_heads(layout, scored)
+    # Blank LAION's values on some rows of one shard: rows LAION never tagged.
+    meta = pl.read_parquet(layout.shard_metadata("00001"))
+    untagged = pl.Series(np.arange(meta.height) % 3 == 0)
+    meta = meta.with_columns(
+        pl.when(untagged).then(None).otherwise(pl.col("punsafe")).alias("punsafe"),
+        pl.when(untagged).then(None).otherwise(pl.col("pwatermark")).alias("pwatermark"),
+    )
+    footer = pq.read_schema(layout.shard_metadata("00001")).metadata
+    write_parquet(meta.to_arrow(), layout.shard_metadata("00001"), {k.decode(): v.decode() for k, v in footer.items()})
+    summary = build_tags(validations(layout), layout, sources=SafetySources(source, source))
+    rows = pl.concat([_joined(layout, key) for key in ("00000", "00001", "00002")])
+    for column in ("punsafe", "pwatermark"):
+        given, ours = rows[f"given_{column}"], rows[f"our_{column}"]
+        expected = {"provided": given, "computed": ours, "provided_else_computed": given.fill_null(ours)}[source]
+        assert rows[column].equals(expected.cast(pl.Float32), check_names=False)
+        origin = rows[f"{column}_source"]
+        provided = (origin == "provided").fill_null(False)
+        computed = (origin == "computed").fill_null(False)
+        assert provided.sum() == (given.is_not_null().sum() if source != "computed" else 0)
+        assert (
+            computed.sum()
+            == {"provided": 0, "computed": rows.height, "provided_else_computed": given.null_count()}[source]
+        )
+        assert summary.origins[f"{column}/provided"] == provided.sum()
+        assert summary.origins[f"{column}/computed"] == computed.sum()
+        assert (rows[column].is_null() == origin.is_null()).all()
+    record = safety_columns_record(layout.tags_dir)
+    assert record["punsafe"]["from"] == source and record["punsafe"]["head"] == f"test-nsfw@sha256:{'1' * 64}"
+    assert record["pwatermark"]["computed_rows"] == summary.origins["pwatermark/computed"]
+
+
+def test_changing_a_safety_source_rewrites_every_part_and_a_misaligned_head_is_refused(scored, layout):
+    _with_heads(layout, scored)
+    first = build_tags(validations(layout), layout)
+    again = build_tags(validations(layout), layout, sources=SafetySources(punsafe="computed"))
+    assert sorted(again.rewritten) == ["00000", "00001", "00002"] and again.table_id != first.table_id
+    frame = pl.read_parquet(layout.shard_watermark("00002"))
+    write_parquet(frame.reverse().to_arrow(), layout.shard_watermark("00002"), {IDENTITY_KEY: "{}"})
+    with pytest.raises(BadInputError, match=r"watermark.parquet: hashes are not row-aligned"):
+        build_tags(validations(layout), layout)
+
+
+def test_an_unknown_safety_source_is_refused():
+    with pytest.raises(BadInputError, match=r"punsafe source 'laion' is not one of"):
+        SafetySources(punsafe="laion")

@@ -1,4 +1,4 @@
-"""``aesthetic_scores``: shards' stored embeddings scored with the active predictors, many shards per run."""
+"""``aesthetic_scores``: shards' stored embeddings scored with the active heads (aesthetic, NSFW), many per run."""
 
 from pathlib import Path
 
@@ -65,8 +65,10 @@ def kept_scores(key: str, path: Path, identities: dict) -> ScoredPart:
     owners=OWNERS,
     tags=asset_tags("scoring", "scores"),
     code_version="1",
-    description="V1 (`aesthetic`) and V2 (`AESTHETIC_SCORE`) scores of every row of a shard, float32, with the "
-    "identity (kind + sha256) of the predictor that made each column. A run may hold many shards: the predictors "
+    description="V1 (`aesthetic`) and V2 (`AESTHETIC_SCORE`) scores of every row of a shard and, when "
+    "predictors.yaml configures it, `punsafe` (LAION's CLIP-based NSFW detector on the same embedding), float32, "
+    "with the identity (kind + sha256) of the predictor that made each column. A run may hold many shards: the "
+    "predictors "
     "load once, shards are scored storage.workers at a time, and a shard already scored by the active predictors "
     f"from its current validation is kept (config `redo: true` scores it again). {V1_RANGE}",
 )

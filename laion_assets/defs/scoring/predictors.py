@@ -1,4 +1,4 @@
-"""The active aesthetic predictors: V1 (``aesthetic``) and V2 (``AESTHETIC_SCORE``)."""
+"""The active predictors: V1 (``aesthetic``), V2 (``AESTHETIC_SCORE``) and, when configured, NSFW (``punsafe``)."""
 
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +12,7 @@ from laion_assets.scoring.predictors import CLIP_L14_DIM, Predictor, PredictorId
 
 V1_COLUMN = "aesthetic"
 V2_COLUMN = "AESTHETIC_SCORE"
+NSFW_COLUMN = "punsafe"
 
 
 @lru_cache(maxsize=8)
@@ -30,10 +31,15 @@ def load_cached(path: str | Path, column: str, dim: int = CLIP_L14_DIM, force: b
 
 
 class PredictorsResource(dg.ConfigurableResource):
-    """Weights files of the V1 and V2 predictors; empty means "as ``predictors.yaml`` says" (LAION's released heads)."""
+    """Weights of the V1, V2 and NSFW heads; empty means "as ``predictors.yaml`` says" (LAION's released heads)."""
 
     v1_weights: str = Field(default="", description="V1 head for `aesthetic` (empty: as config_file says)")
     v2_weights: str = Field(default="", description="V2 head for `AESTHETIC_SCORE` (empty: as config_file says)")
+    nsfw_weights: str = Field(
+        default="",
+        description="LAION's CLIP-based NSFW detector (.npz) for `punsafe` (empty: as config_file says; a config "
+        "file without `punsafe` means it is not computed)",
+    )
     config_file: str = Field(default="predictors.yaml", description="score column -> weights file, plus `force`")
     force: bool = Field(
         default=False,
@@ -42,20 +48,32 @@ class PredictorsResource(dg.ConfigurableResource):
         "say it was forced. Per column: the config file's `force` list (`laion-assets activate ... --force`).",
     )
 
+    def _explicit(self) -> dict[str, str]:
+        return {V1_COLUMN: self.v1_weights, V2_COLUMN: self.v2_weights, NSFW_COLUMN: self.nsfw_weights}
+
+    def _reads_file(self) -> bool:
+        # The file is needed for a required head not set here; for `punsafe` only when it exists (optional), so
+        # explicit V1 and V2 weights keep working without any predictors file.
+        if not (self.v1_weights and self.v2_weights):
+            return True
+        return not self.nsfw_weights and resolve(self.config_file).is_file()
+
     def weights(self) -> dict[str, str]:
-        """Return ``{score column: weights path}``: explicit settings win over the predictors file."""
-        v1, v2 = self.v1_weights, self.v2_weights
-        if not (v1 and v2):
-            active = read_active(resolve(self.config_file))
-            v1, v2 = v1 or active[V1_COLUMN], v2 or active[V2_COLUMN]
-        return {V1_COLUMN: v1, V2_COLUMN: v2}
+        """Return ``{score column: weights path}``: explicit settings win over the predictors file.
+
+        ``punsafe`` is there when ``nsfw_weights`` is set or the file maps it (it is optional in the file).
+        """
+        explicit = self._explicit()
+        active = read_active(resolve(self.config_file)) if self._reads_file() else {}
+        chosen = {column: path or active.get(column, "") for column, path in explicit.items()}
+        return {column: path for column, path in chosen.items() if path}
 
     def forced(self) -> list[str]:
         """Score columns whose weights are used even if they do not fit: all with ``force``, else the file's list."""
         if self.force:
-            return [V1_COLUMN, V2_COLUMN]
-        explicit = {V1_COLUMN: self.v1_weights, V2_COLUMN: self.v2_weights}
-        if all(explicit.values()):
+            return list(self.weights())
+        explicit = self._explicit()
+        if not self._reads_file():
             return []
         # The file's force list only covers the columns whose weights come from the file.
         return [c for c in read_forced(resolve(self.config_file)) if not explicit[c]]

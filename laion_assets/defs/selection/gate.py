@@ -69,7 +69,8 @@ def orchestration_problems(instance: dg.DagsterInstance, keys: Sequence[str], ur
 
 def _pull_shards(storage: StorageResource, keys: Sequence[str]) -> None:
     layout = storage.layout
-    storage.pull(*(p for key in keys for p in (layout.shard_metadata(key), layout.shard_scores(key))))
+    files = (layout.shard_metadata, layout.shard_scores, layout.shard_watermark)  # no watermark file: nothing pulled
+    storage.pull(*(f(key) for key in keys for f in files))
 
 
 def gate(

@@ -77,7 +77,9 @@ def safety_tags(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     tags=asset_tags("selection", "tags"),
     code_version="3",
     description="LAION's aesthetic-tags table: metadata, hash, `aesthetic` (V1) and `AESTHETIC_SCORE` (V2) for "
-    "every row of every released shard, one parquet per shard; a rebuild rewrites only the parts whose shard, "
+    "every row of every released shard, one parquet per shard, with `punsafe`/`pwatermark` provided by LAION or "
+    "computed by our heads as storage.punsafe_from/pwatermark_from say (each row records which); "
+    "a rebuild rewrites only the parts whose shard, "
     "predictors or safety table changed (tags/_table.json names the table and its parts). Stops, naming the "
     "shards, when a registered shard is not validated and scored, its latest shard run failed, or its source "
     "changed since validation (unless "
@@ -98,7 +100,7 @@ def aesthetic_tags(
         safety_id = check_safety_current(storage.safety_path, layout.safety_dir)
         # The previous table's record says which parts can be carried over; only those parts are pulled.
         storage.pull(layout.tags_dir / TABLE_FILE)
-        summary = build_tags(validations, layout, safety, safety_id, fetch=storage.pull)
+        summary = build_tags(validations, layout, safety, safety_id, fetch=storage.pull, sources=storage.safety_sources)
         mirror = storage.mirror
         if mirror is not None:  # a remote data root gets the rewritten parts and the record, not the whole table
             written = [layout.tags_part(key).name for key in summary.rewritten]
@@ -138,6 +140,9 @@ def aesthetic_tags(
                 "duplicate_rows_across_shards": summary.duplicate_rows - summary.duplicate_rows_within_shards,
                 "declared_language": storage.language or "(none)",
                 "safety_source": str(storage.safety_path or "embeddings metadata"),
+                # Where punsafe/pwatermark came from: configured per column, and rows per origin.
+                **{f"{c}_from": s for c, s in storage.safety_sources.as_dict().items()},
+                **{f"rows/{name}": n for name, n in summary.origins.items()},
                 "per_shard": dg.MetadataValue.json(summary.per_shard),
                 **{f"predictor/{c}": i for c, i in summary.identities.items()},
                 **{name: float(stats[name].item()) for name in stats.columns if stats[name].item() is not None},

@@ -15,6 +15,7 @@ from laion_assets.core.outputs import OutputLayout
 from laion_assets.core.settings import DATA_ROOT, SAFETY, SOURCE, Spec
 from laion_assets.scoring.predictors import CLIP_L14_DIM
 from laion_assets.selection.gating import ShardSettings
+from laion_assets.selection.safety_columns import DEFAULT_SOURCE, SOURCES, SafetySources
 from laion_assets.sources.layout import Part, parts_by_key
 from laion_assets.sources.metadata import ENGLISH
 from laion_assets.sources.mirror import Mirror
@@ -64,6 +65,17 @@ class StorageResource(dg.ConfigurableResource):
         default=0,
         description=f"shards processed at once inside one run, by threads (0: ${WORKERS_ENV}, else one per CPU core)",
     )
+    punsafe_from: str = Field(
+        default=DEFAULT_SOURCE,
+        description=f"where punsafe comes from, one of {list(SOURCES)}: LAION's provided value (the safety table, "
+        "else the metadata's column), our NSFW head's (computed in aesthetic_scores), or LAION's where it has one "
+        "and ours elsewhere",
+    )
+    pwatermark_from: str = Field(
+        default=DEFAULT_SOURCE,
+        description=f"where pwatermark comes from, one of {list(SOURCES)}: LAION's provided value, our watermark "
+        "head's (computed in image_embeddings from the images), or LAION's where it has one and ours elsewhere",
+    )
     language: str = Field(
         default=ENGLISH,
         description="the source's declared language: rows of a part with no language column (or an all-null one) "
@@ -84,6 +96,11 @@ class StorageResource(dg.ConfigurableResource):
     def safety_value(self) -> str:
         """``safety``, else ``$LAION_ASSETS_SAFETY``, else none (``""``)."""
         return from_environment(SAFETY, self.safety)
+
+    @property
+    def safety_sources(self) -> SafetySources:
+        """Where each of punsafe and pwatermark comes from (``punsafe_from``, ``pwatermark_from``), checked."""
+        return SafetySources(self.punsafe_from, self.pwatermark_from)
 
     @property
     def url_mode(self) -> bool:

@@ -66,9 +66,9 @@ def test_cli_scores_equal_the_asset_bit_for_bit(cli_and_asset):
     for part in parts:
         asset = pl.read_parquet(storage.layout.shard_scores(part.key))
         cli = pl.read_parquet(copy / "data" / "out" / "scores" / f"scores_{part.number}.parquet")
-        assert cli.columns == asset.columns == ["hash", "aesthetic", "AESTHETIC_SCORE"]
+        assert cli.columns == asset.columns == ["hash", "aesthetic", "AESTHETIC_SCORE", "punsafe"]
         assert cli["hash"].dtype == pl.Int64 and cli["hash"].equals(asset["hash"])
-        for name in ("aesthetic", "AESTHETIC_SCORE"):
+        for name in ("aesthetic", "AESTHETIC_SCORE", "punsafe"):
             assert cli[name].dtype == pl.Float32
             assert np.array_equal(bits(cli[name]), bits(asset[name])), f"part {part.number}: {name} differs"
     v2 = sorted((copy / "data" / "out" / "scores-v2").iterdir())
