@@ -67,7 +67,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory):
             "predictors": PredictorsResource(),
             "downloader": DownloaderResource(processes_count=1, thread_count=8, timeout=5, min_success_rate=0.9),
             "clip": ClipResource(model=TINY, pretrained="none", device="cpu", batch_size=4, num_workers=1),
-            "watermark": WatermarkResource(weights="random", device="cpu", batch_size=4, num_workers=1),
         }
         assert register_shards(instance, resources["storage"].shard_source) == ["00003"]
         first = _materialize(resources, instance, "00003", SHARD_STEPS)
@@ -135,9 +134,35 @@ def test_scores_tags_and_subsets_materialize_from_them(chain: Chain) -> None:
     assert 0 <= _metadata(release, "subset_4_5plus")["dagster/row_count"] <= 6
 
 
-def test_image_embeddings_scores_pwatermark_in_the_same_pass(chain: Chain) -> None:
-    layout = chain.resources["storage"].layout
-    meta = _metadata(chain.first, "image_embeddings")
+@dataclass
+class Watermarked:
+    storage: StorageResource
+    instance: dg.DagsterInstance
+    resources: dict
+    embedded: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def watermarked(chain: Chain, tmp_path_factory: pytest.TempPathFactory):
+    """The chain's downloaded images in a data root (and instance) of their own, embedded with the watermark head on.
+
+    Apart, so that the chain's own release (test_scores_tags_and_subsets_materialize_from_them) stays without it.
+    """
+    out = tmp_path_factory.mktemp("watermarked") / "out"
+    shutil.copytree(chain.root / "out" / "images", out / "images")
+    storage = StorageResource(urls=chain.resources["storage"].urls, data_root=str(out))
+    instance = dg.DagsterInstance.ephemeral()
+    register_shards(instance, storage.shard_source)
+    head = WatermarkResource(weights="random", device="cpu", batch_size=4, num_workers=1)
+    resources = {**chain.resources, "storage": storage, "watermark": head}
+    embedded = _materialize(resources, instance, "00003", SHARD_STEPS[1:])
+    return Watermarked(storage, instance, resources, embedded)
+
+
+def test_image_embeddings_scores_pwatermark_in_the_same_pass(chain: Chain, watermarked: Watermarked) -> None:
+    assert _metadata(chain.first, "image_embeddings")["watermark"].startswith("off: no watermark head configured")
+    layout = watermarked.storage.layout
+    meta = _metadata(watermarked.embedded, "image_embeddings")
     assert meta["watermark/head"] == str(WatermarkResource(weights="random").identity())
     assert meta["watermark/rows"] == 6 and meta["watermark/images_per_second"] > 0
     assert 0 < meta["pwatermark/min"] <= meta["pwatermark/mean"] <= meta["pwatermark/max"] < 1
@@ -148,11 +173,10 @@ def test_image_embeddings_scores_pwatermark_in_the_same_pass(chain: Chain) -> No
 
 
 def test_a_new_watermark_head_is_stale_rescored_from_images_and_listed_by_stale(
-    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    watermarked: Watermarked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    shutil.copytree(chain.root / "out", out)  # this test changes the files
-    storage = StorageResource(urls=chain.resources["storage"].urls, data_root=str(out))
+    storage = watermarked.storage
+    out = Path(storage.data_root)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))  # the CLI exports it; restored after the test
@@ -172,8 +196,8 @@ def test_a_new_watermark_head_is_stale_rescored_from_images_and_listed_by_stale(
     result = dg.materialize(
         [*URL_ASSETS, *ASSETS, *CHECKS],
         selection=["rescored_shards"],
-        instance=chain.instance,
-        resources={**chain.resources, "storage": storage, "watermark": WatermarkResource(device="cpu")},
+        instance=watermarked.instance,
+        resources={**watermarked.resources, "watermark": WatermarkResource(device="cpu")},
     )
     (observed,) = [e.asset_observation_data.asset_observation for e in result.all_events if e.is_asset_observation]
     assert (observed.asset_key, observed.partition) == (image_embeddings.key, "00003")
