@@ -191,7 +191,7 @@ def _registered_shards(args: argparse.Namespace, root: Setting) -> tuple[Setting
 def _stale(args: argparse.Namespace) -> None:
     root = resolve_setting(DATA_ROOT, args.data_root)
     home, keys = _registered_shards(args, root)
-    from laion_assets.definitions import PredictorsResource, StorageResource
+    from laion_assets.definitions import PredictorsResource, StorageResource, WatermarkResource
     from laion_assets.scoring.rescoring import shard_states
 
     storage = StorageResource(data_root=root.value)
@@ -200,6 +200,12 @@ def _stale(args: argparse.Namespace) -> None:
     print(f"shards of instance {home.describe()} in data root {root.describe()}:")
     for state in shard_states(keys, storage.layout, active):
         print(f"{state.key}  {state.status:<9}  {state.reason}")
+    watermark = WatermarkResource()  # weights from $LAION_ASSETS_WATERMARK, as the rescore job reads them
+    identity = watermark.identity()
+    if identity is not None:
+        print(f"pwatermark against the watermark head {identity} ({watermark.weights_value}):")
+        for mark in watermark.states(storage, keys):
+            print(f"{mark.key}  {mark.status:<12}  {mark.reason}")
 
 
 def _rescore(args: argparse.Namespace) -> None:
@@ -358,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.set_defaults(func=_activate)
     p = command(
-        "stale", "list each registered shard and whether the active predictors outdate it", DATA_ROOT, DAGSTER_HOME
+        "stale",
+        "list each registered shard and whether the active predictors (and the watermark head named by "
+        "$LAION_ASSETS_WATERMARK, if any) outdate it",
+        DATA_ROOT,
+        DAGSTER_HOME,
     )
     p.set_defaults(func=_stale)
     p = command(

@@ -22,6 +22,7 @@ from laion_assets.defs.resources import (
     PredictorsResource,
     ReleaseResource,
     StorageResource,
+    WatermarkResource,
 )
 from laion_assets.defs.scoring.assets import aesthetic_scores
 from laion_assets.defs.scoring.rescore import rescored_shards
@@ -80,6 +81,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "hf": HfResource(),
         "downloader": DownloaderResource(),
         "clip": ClipResource(),
+        # Off unless weights are given (LAION's watermark_model_v1.pt, or 'random' for demos).
+        "watermark": WatermarkResource(),
     }
 
 

@@ -37,7 +37,8 @@ class OutputLayout:
         return self.shard_dir(key) / "scores.parquet"
 
     def shard_watermark(self, key: str) -> Path:
-        """image_embeddings: hash plus the watermark head's pwatermark of every row (URL shards with the head on)."""
+        """image_embeddings (or rescore): hash plus the watermark head's pwatermark of every row of the shard's
+        embedded part (URL shards with the head on)."""
         return self.shard_dir(key) / "watermark.parquet"
 
     def images_dir(self, key: str) -> Path:

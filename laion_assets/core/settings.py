@@ -10,6 +10,7 @@ resource reads the variables through ``dg.EnvVar`` when a run uses it, never whe
 | data root | ``--data-root`` | ``LAION_ASSETS_DATA_ROOT`` | ``data/out`` |
 | safety table | ``--safety`` | ``LAION_ASSETS_SAFETY`` | none |
 | Dagster instance | ``--dagster-home`` | ``DAGSTER_HOME`` | ``.dagster`` (created, linking ``dagster.yaml``) |
+| watermark head | (the ``watermark`` resource) | ``LAION_ASSETS_WATERMARK`` | none (off) |
 
 Relative paths are taken from the project folder, as everywhere else in the project. An empty value counts as
 not given. This module is pure (no dagster import) so that the CLI, the demo and the resources share it.
@@ -43,6 +44,13 @@ class Spec:
 SOURCE = Spec("source", "--source", "LAION_ASSETS_SOURCE", "data/sample", "clip-retrieval folder or URL")
 DATA_ROOT = Spec("data root", "--data-root", "LAION_ASSETS_DATA_ROOT", "data/out", "output folder or URL")
 SAFETY = Spec("safety table", "--safety", "LAION_ASSETS_SAFETY", "", "safety-tags table (folder, file or URL)")
+WATERMARK = Spec(
+    "watermark head",
+    "--watermark",
+    "LAION_ASSETS_WATERMARK",
+    "",
+    "LAION's watermark_model_v1.pt (a local file), 'random' / 'random:SEED' (demos), or 'off'",
+)
 DAGSTER_HOME = Spec(
     "Dagster instance",
     "--dagster-home",

@@ -2,6 +2,7 @@
 
 from laion_assets.defs.images.clip import ClipResource
 from laion_assets.defs.images.downloader import DownloaderResource
+from laion_assets.defs.images.watermark import WatermarkResource
 from laion_assets.defs.release.config import ReleaseResource
 from laion_assets.defs.release.hub import HfResource
 from laion_assets.defs.scoring.predictors import PredictorsResource
@@ -14,4 +15,5 @@ __all__ = [
     "PredictorsResource",
     "ReleaseResource",
     "StorageResource",
+    "WatermarkResource",
 ]

@@ -3,7 +3,8 @@
 The tars are read and their members grouped into samples by ``webdataset`` (its tar iterators). Tars are read
 sequentially (no random access, so they may sit on slow disks) and split between loader workers
 by file. Images are decoded and preprocessed in the workers; one that cannot be decoded is passed on as a
-skipped sample with its reason, counted by the caller, and never stops the run.
+skipped sample with its reason, counted by the caller, and never stops the run. Given a second preprocessing
+(``extra``, the watermark head's), each image is decoded once and both tensors travel together in the batch.
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ class Sample:
     meta: dict
     image: torch.Tensor | None = None
     error: str | None = None
+    extra: torch.Tensor | None = None  # the second preprocessing of the same decoded image, when one is given
 
 
 @dataclass
 class Batch:
-    """A collated batch: the decodable samples stacked, and the skipped ones with their reasons."""
+    """A collated batch: the decodable samples stacked (both preprocessings, row-aligned), the skipped ones."""
 
     keys: list[str]
     metas: list[dict]
     images: torch.Tensor | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    extra: torch.Tensor | None = None
 
 
 def _tar_error(exc: BaseException) -> str:
@@ -64,8 +67,8 @@ def _members(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             yield key, {ext: data for ext, data in sample.items() if not ext.startswith("__")}
 
 
-def decode_sample(key: str, files: dict[str, bytes], preprocess: Callable) -> Sample:
-    """Decode and preprocess one sample; a missing or undecodable image becomes a skipped sample."""
+def decode_sample(key: str, files: dict[str, bytes], preprocess: Callable, extra: Callable | None = None) -> Sample:
+    """Decode one sample once and preprocess it (also with ``extra``); a missing or undecodable image is skipped."""
     try:
         meta = json.loads(files["json"]) if "json" in files else {}
     except ValueError:
@@ -79,18 +82,22 @@ def decode_sample(key: str, files: dict[str, bytes], preprocess: Callable) -> Sa
     try:
         with Image.open(io.BytesIO(files[ext])) as img:
             img.load()
-            image = preprocess(img.convert("RGB"))
+            rgb = img.convert("RGB")
+            image = preprocess(rgb)
+            # Inside the guard: an image either preprocessing fails on is skipped for both, so they stay aligned.
+            second = extra(rgb) if extra is not None else None
     except Exception as exc:  # PIL raises many types for broken files; any of them means "skip this one"
         return Sample(key, meta, error=f"{type(exc).__name__}: {exc}")
-    return Sample(key, meta, image=image)
+    return Sample(key, meta, image=image, extra=second)
 
 
 class TarImages(IterableDataset):
     """The samples of a list of tars, each worker reading its share of the files."""
 
-    def __init__(self, tars: Sequence[str | Path], preprocess: Callable) -> None:
+    def __init__(self, tars: Sequence[str | Path], preprocess: Callable, extra: Callable | None = None) -> None:
         self.tars = [Path(t) for t in tars]
         self.preprocess = preprocess
+        self.extra = extra
 
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
@@ -108,7 +115,7 @@ class TarImages(IterableDataset):
                     # what was read, report the rest of the file as one skipped entry naming the tar.
                     yield Sample(f"{tar.name}:rest", {}, error=f"unreadable tar {tar}: {_tar_error(exc)}")
                     break
-                yield decode_sample(key, files, self.preprocess)
+                yield decode_sample(key, files, self.preprocess, self.extra)
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -116,16 +123,24 @@ def collate(samples: list[Sample]) -> Batch:
     good = [s for s in samples if s.image is not None]
     skipped = [(s.key, s.error or "unknown") for s in samples if s.image is None]
     images = torch.stack([s.image for s in good]) if good else None
-    return Batch([s.key for s in good], [s.meta for s in good], images, skipped)
+    extra = torch.stack([s.extra for s in good]) if good and good[0].extra is not None else None
+    return Batch([s.key for s in good], [s.meta for s in good], images, skipped, extra)
 
 
 def image_loader(
-    tars: Sequence[str | Path], preprocess: Callable, batch_size: int = 256, num_workers: int = 2
+    tars: Sequence[str | Path],
+    preprocess: Callable,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    extra: Callable | None = None,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` over the tars; at most one worker per tar is useful."""
+    """A DataLoader of :class:`Batch` over the tars (``extra``: a second preprocessing of each decoded image).
+
+    At most one worker per tar is useful.
+    """
     workers = max(0, min(num_workers, len(tars)))
     return DataLoader(
-        TarImages(tars, preprocess),
+        TarImages(tars, preprocess, extra),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,

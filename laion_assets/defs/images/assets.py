@@ -5,17 +5,20 @@ embeddings flow into ``clip_embeddings`` exactly as before; with one, ``clip_emb
 ``image_embeddings`` wrote, and everything downstream is unchanged.
 """
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import require
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded, table_metadata
-from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource
+from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource, WatermarkResource
 from laion_assets.defs.sources.batch import ShardDone, process_shards, shards_result
 from laion_assets.defs.sources.partitions import SHARD_BACKFILL_POLICY, shards
 from laion_assets.images.downloading import SOURCE_FILE, ShardTimeoutError, download_shard, summarize
 from laion_assets.images.image_embeddings import embed_shard
+from laion_assets.images.watermark_scores import WatermarkScores
 from laion_assets.sources.url_sources import find_url_shard, read_url_shard
 
 STORED_MODE = "stored embeddings (storage.urls is empty): nothing to download or embed"
@@ -146,22 +149,51 @@ def download_one(storage: StorageResource, downloader: DownloaderResource, key: 
     tags=asset_tags("images", "embeddings"),
     code_version="1",
     description="CLIP image (and caption) embeddings of a shard's downloaded images in clip-retrieval's layout "
-    "(float16, L2-normalised, row-aligned with metadata); undecodable images are skipped and counted.",
+    "(float16, L2-normalised, row-aligned with metadata); undecodable images are skipped and counted. With a "
+    "watermark head configured, the same pass over the decoded images scores `pwatermark` (LAION's watermark "
+    "detector) into the shard's watermark.parquet.",
 )
 def image_embeddings(
-    context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource
+    context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource, watermark: WatermarkResource
 ) -> dg.MaterializeResult:
     """Embed the run's shards' images with the CLIP resource (loaded once) and write their parts."""
     keys = context.partition_keys
     if not storage.url_mode:
         return dg.MaterializeResult(metadata={"mode": STORED_MODE})
-    # The model is the step's one accelerator (pool "gpu"): shards go one after the other through it.
-    done = process_shards(context, "image_embeddings", keys, lambda key: embed_one(storage, clip, key), 1)
+    # The models are the step's one accelerator (pool "gpu"): shards go one after the other through them.
+    done = process_shards(context, "image_embeddings", keys, lambda key: embed_one(storage, clip, key, watermark), 1)
     return shards_result(context, done)
 
 
-def embed_one(storage: StorageResource, clip: ClipResource, key: str) -> ShardDone:
-    """Embed one shard's images with the CLIP resource and write its part under ``<data_root>/embedded``."""
+WATERMARK_OFF = (
+    "off: no watermark head configured (watermark.weights and $LAION_ASSETS_WATERMARK are empty), no "
+    "watermark.parquet written; pwatermark comes from the URL shard's own column or LAION's tags"
+)
+
+
+def watermark_metadata(scored: WatermarkScores | None, path: Path) -> dict[str, object]:
+    """A shard's watermark figures: the head's identity, rows scored, pwatermark min/mean/max, the model's speed."""
+    if scored is None:
+        return {"watermark": WATERMARK_OFF}
+    return {
+        "watermark/head": str(scored.identity),
+        "watermark/rows": scored.rows,
+        **{f"pwatermark/{stat}": value for stat, value in scored.summary.items()},
+        "watermark/images_per_second": scored.images_per_second,
+        "watermark/seconds": scored.seconds,
+        "watermark/batch_size": scored.batch_size,
+        "watermark/oom_halvings": scored.halvings,
+        "watermark/path": dg.MetadataValue.path(str(path)),
+    }
+
+
+def embed_one(
+    storage: StorageResource, clip: ClipResource, key: str, watermark: WatermarkResource | None = None
+) -> ShardDone:
+    """Embed one shard's images with the CLIP resource and write its part under ``<data_root>/embedded``.
+
+    With a watermark head, the same pass writes the shard's ``pwatermark`` to its watermark file.
+    """
     shard_dir = storage.layout.images_dir(key)
     storage.pull(shard_dir)
     source = require(
@@ -177,6 +209,8 @@ def embed_one(storage: StorageResource, clip: ClipResource, key: str) -> ShardDo
             f"CLIP model {clip.model!r} makes {loaded.embed_dim}-d embeddings but storage.embedding_dim is "
             f"{storage.embedding_dim} (LAION's aesthetic heads read ViT-L/14's 768)"
         )
+    head = watermark.load() if watermark is not None and watermark.enabled else None
+    watermark_out = storage.layout.shard_watermark(key)
     result = embed_shard(
         downloads.tars,
         frame,
@@ -186,12 +220,17 @@ def embed_one(storage: StorageResource, clip: ClipResource, key: str) -> ShardDo
         clip.batch_size,
         clip.num_workers,
         clip.embed_text,
+        watermark=head,
+        watermark_out=watermark_out,
+        watermark_batch_size=watermark.batch_size if watermark is not None else None,
     )
     part = result.part
-    storage.push(*(p for p in (part.embeddings, part.metadata, part.text_embeddings) if p is not None))
+    written = [part.embeddings, part.metadata, part.text_embeddings, watermark_out if result.watermark else None]
+    storage.push(*(p for p in written if p is not None))
     message = (
         f"shard {key}: {result.rows} images embedded, {result.skipped} skipped, "
         f"{result.images_per_second:.1f} images/s on {loaded.device}"
+        + (f"; pwatermark by {result.watermark.identity.kind}" if result.watermark else "")
     )
     metadata = {
         "dagster/row_count": result.rows,
@@ -207,6 +246,7 @@ def embed_one(storage: StorageResource, clip: ClipResource, key: str) -> ShardDo
         "oom_halvings": result.halvings,
         "embeddings": dg.MetadataValue.path(str(result.part.embeddings)),
         "metadata": dg.MetadataValue.path(str(result.part.metadata)),
+        **watermark_metadata(result.watermark, watermark_out),
         **table_metadata(result.part.metadata),
     }
     return ShardDone(rounded(metadata), message)

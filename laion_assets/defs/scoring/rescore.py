@@ -4,13 +4,17 @@ Each re-scored shard is recorded as a materialization of its ``aesthetic_scores`
 data version as the per-shard asset), so the UI shows per shard which predictor scored it. The asset only
 materializes when it re-scored something; when nothing is stale it says so and yields nothing, so the
 release-level assets downstream of it in the ``rescore`` job are skipped.
+
+With a watermark head configured, the shards whose ``pwatermark`` it outdates are re-scored from their downloaded
+images too (``laion_assets/defs/images/rescore_watermark.py``); shards without images are reported as needing them.
 """
 
 import dagster as dg
 
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.images.rescore_watermark import rescore_watermarks
 from laion_assets.defs.metadata import OWNERS, asset_tags
-from laion_assets.defs.resources import PredictorsResource, StorageResource
+from laion_assets.defs.resources import PredictorsResource, StorageResource, WatermarkResource
 from laion_assets.defs.scoring.assets import aesthetic_scores, scores_metadata, scores_version
 from laion_assets.defs.sources.partitions import shards
 from laion_assets.scoring.rescoring import UNINDEXED, identity_table, rescore, shard_states, summarize
@@ -25,9 +29,15 @@ from laion_assets.scoring.rescoring import UNINDEXED, identity_table, rescore, s
     code_version="1",
     output_required=False,
     description="Re-scores the shards whose scores were made by predictors other than the active ones "
-    "(predictors.yaml), all in one run; records each as an aesthetic_scores partition materialization.",
+    "(predictors.yaml), all in one run; records each as an aesthetic_scores partition materialization. With a "
+    "watermark head configured, also re-scores from their images the shards whose pwatermark it outdates.",
 )
-def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource, predictors: PredictorsResource):
+def rescored_shards(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    predictors: PredictorsResource,
+    watermark: WatermarkResource,
+):
     """Find the stale shards, re-score them with the active predictors loaded once, and report per shard."""
     layout = storage.layout
     keys = sorted(context.instance.get_dynamic_partitions(shards.name))
@@ -40,16 +50,9 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
         if unindexed:
             context.log.warning(f"shards {unindexed} have no clip_embeddings yet; their shard runs build them")
         stale = [s for s in before if s.needs_scores]
-        if not stale:
-            context.log.info(
-                f"nothing stale: all {len(keys) - len(unindexed)} indexed shard(s) are scored by "
-                + ", ".join(f"{c}={i}" for c, i in active.items())
-                + "; nothing re-scored, release-level assets left as they are"
-            )
-            return
         for state in stale:
             context.log.info(f"shard {state.key}: {state.reason}")
-        parts = storage.parts([s.key for s in stale])
+        parts = storage.parts([s.key for s in stale]) if stale else {}
         for scored in rescore([s.key for s in stale], layout, parts, loaded):
             storage.push(layout.shard_scores(scored.key))
             context.log_event(
@@ -63,6 +66,15 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
                     },
                 )
             )
+        watermarked = rescore_watermarks(context, storage, watermark, keys)
+        if not stale and not watermarked.rescored:
+            context.log.info(
+                f"nothing stale: all {len(keys) - len(unindexed)} indexed shard(s) are scored by "
+                + ", ".join(f"{c}={i}" for c, i in active.items())
+                + (f", pwatermark={watermark.identity()}" if watermarked.before else "")
+                + "; nothing re-scored, release-level assets left as they are"
+            )
+            return
         after = shard_states(keys, layout, active)
     columns = list(active)
     yield dg.MaterializeResult(
@@ -73,5 +85,6 @@ def rescored_shards(context: dg.AssetExecutionContext, storage: StorageResource,
             **{f"predictor/{c}": str(i) for c, i in active.items()},
             "per_shard": dg.MetadataValue.md(identity_table(after, columns)),
             "before": dg.MetadataValue.md(identity_table(before, columns)),
+            **watermarked.metadata(),
         }
     )

@@ -1,5 +1,6 @@
 """The URL front wired in Dagster: img2dataset downloads, CLIP embeddings with a tiny model, then the spine."""
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,15 +9,23 @@ import numpy as np
 import polars as pl
 import pytest
 
+from laion_assets import cli
 from laion_assets.core.paths import MODELS_DIR
 from laion_assets.definitions import ASSETS, CHECKS, URL_ASSETS, default_resources
 from laion_assets.defs.images.assets import image_embeddings
 from laion_assets.defs.metadata import PREVIEW_ROWS
-from laion_assets.defs.resources import ClipResource, DownloaderResource, PredictorsResource, StorageResource
+from laion_assets.defs.resources import (
+    ClipResource,
+    DownloaderResource,
+    PredictorsResource,
+    StorageResource,
+    WatermarkResource,
+)
 from laion_assets.defs.sources.partitions import register_shards
 from laion_assets.defs.sources.sensors import new_shards_sensor
 from laion_assets.demos.url_server import ImageServer, serve_images, url_frame, write_images
 from laion_assets.images.downloading import DownloadOptions
+from laion_assets.images.watermark_scores import indexed_watermark, read_watermark
 from laion_assets.sources.layout import discover_parts
 
 SHARD_STEPS = ["images", "image_embeddings", "clip_embeddings", "aesthetic_scores"]
@@ -123,6 +132,87 @@ def test_scores_tags_and_subsets_materialize_from_them(chain: Chain) -> None:
     assert _metadata(release, "aesthetic_tags")["dagster/row_count"] == 6
     assert all(e.passed for e in release.get_asset_check_evaluations())
     assert 0 <= _metadata(release, "subset_4_5plus")["dagster/row_count"] <= 6
+
+
+@dataclass
+class Watermarked:
+    storage: StorageResource
+    instance: dg.DagsterInstance
+    resources: dict
+    embedded: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def watermarked(chain: Chain, tmp_path_factory: pytest.TempPathFactory):
+    """The chain's downloaded images in a data root (and instance) of their own, embedded with the watermark head on.
+
+    Apart, so that the chain's own release (test_scores_tags_and_subsets_materialize_from_them) stays without it.
+    """
+    out = tmp_path_factory.mktemp("watermarked") / "out"
+    shutil.copytree(chain.root / "out" / "images", out / "images")
+    storage = StorageResource(urls=chain.resources["storage"].urls, data_root=str(out))
+    instance = dg.DagsterInstance.ephemeral()
+    register_shards(instance, storage.shard_source)
+    head = WatermarkResource(weights="random", device="cpu", batch_size=4, num_workers=1)
+    resources = {**chain.resources, "storage": storage, "watermark": head}
+    embedded = _materialize(resources, instance, "00003", SHARD_STEPS[1:])
+    return Watermarked(storage, instance, resources, embedded)
+
+
+def test_image_embeddings_scores_pwatermark_in_the_same_pass(chain: Chain, watermarked: Watermarked) -> None:
+    assert _metadata(chain.first, "image_embeddings")["watermark"].startswith("off: no watermark head configured")
+    layout = watermarked.storage.layout
+    meta = _metadata(watermarked.embedded, "image_embeddings")
+    assert meta["watermark/head"] == str(WatermarkResource(weights="random").identity())
+    assert meta["watermark/rows"] == 6 and meta["watermark/images_per_second"] > 0
+    assert 0 < meta["pwatermark/min"] <= meta["pwatermark/mean"] <= meta["pwatermark/max"] < 1
+    assert meta["watermark/path"] == str(layout.shard_watermark("00003"))
+    aligned, _ = indexed_watermark(layout, "00003")  # what the tags join reads: one value per indexed row
+    assert aligned is not None
+    assert aligned["hash"].to_list() == pl.read_parquet(layout.shard_metadata("00003"))["hash"].to_list()
+
+
+def test_a_new_watermark_head_is_stale_rescored_from_images_and_listed_by_stale(
+    watermarked: Watermarked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    storage = watermarked.storage
+    out = Path(storage.data_root)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the CLI exports it; restored after the test
+    monkeypatch.setenv("LAION_ASSETS_WATERMARK", "random:1")  # the head `stale` and the rescore job read
+    cli.main(["register", storage.urls, "--dagster-home", str(home)])
+    old, new = (WatermarkResource(weights=w).identity() for w in ("random", "random:1"))
+
+    def stale() -> list[str]:
+        capsys.readouterr()
+        cli.main(["stale", "--data-root", str(out), "--dagster-home", str(home)])
+        printed = capsys.readouterr().out.splitlines()
+        (header,) = [i for i, line in enumerate(printed) if line.startswith("pwatermark against the watermark head")]
+        assert printed[header].startswith(f"pwatermark against the watermark head {new} (random")
+        return printed[header + 1 :]
+
+    assert stale() == [f"00003  stale         scored by another head ({old} -> {new})"]
+    result = dg.materialize(
+        [*URL_ASSETS, *ASSETS, *CHECKS],
+        selection=["rescored_shards"],
+        instance=watermarked.instance,
+        resources={**watermarked.resources, "watermark": WatermarkResource(device="cpu")},
+    )
+    (observed,) = [e.asset_observation_data.asset_observation for e in result.all_events if e.is_asset_observation]
+    assert (observed.asset_key, observed.partition) == (image_embeddings.key, "00003")
+    assert observed.metadata["watermark/head"].value == str(new)
+    assert _metadata(result, "rescored_shards")["watermark/rescored"] == ["00003"]
+    assert stale() == ["00003  current       scored by the active watermark head"]
+    assert read_watermark(storage.layout.shard_watermark("00003"))[1].identity == str(new)
+
+    # Back to the first head, with the shard's images gone: it is listed as needing them, with what to run.
+    shutil.rmtree(storage.layout.images_dir("00003"))
+    monkeypatch.setenv("LAION_ASSETS_WATERMARK", "random")
+    old, new = new, old
+    (line,) = stale()
+    assert line.startswith(f"00003  needs images  scored by another head ({old} -> {new}), and its images are gone")
+    assert "`dagster asset materialize --select images,image_embeddings --partition 00003`" in line
 
 
 def test_rematerializing_retries_only_failures_then_skips_the_finished_shard(chain: Chain) -> None:
