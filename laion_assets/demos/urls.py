@@ -22,7 +22,13 @@ import dagster as dg
 
 from laion_assets.core.atomic import atomic_path
 from laion_assets.core.paths import MODELS_DIR, V1_WEIGHTS, resolve
-from laion_assets.definitions import ClipResource, DownloaderResource, PredictorsResource, StorageResource
+from laion_assets.definitions import (
+    ClipResource,
+    DownloaderResource,
+    PredictorsResource,
+    StorageResource,
+    WatermarkResource,
+)
 from laion_assets.demos.local import run_graph
 from laion_assets.demos.url_server import serve_images, url_frame, write_images
 
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size=32,
                 num_workers=1,
             ),
+            # Seeded random weights: LAION's watermark_model_v1.pt cannot be shipped (see the README).
+            "watermark": WatermarkResource(weights="random", batch_size=32, num_workers=1),
         }
         counts = run_graph(instance, storage, PredictorsResource(), url_resources)
         print(f"{len(server.requests)} image requests served")

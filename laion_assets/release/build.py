@@ -475,6 +475,7 @@ def release_from_layout(
     language: str = ENGLISH,
     excluded_shards: Sequence[str] = (),
     validations: Mapping[str, Validation] | None = None,
+    image_heads: Mapping[str, tuple[str, str | None]] | None = None,
 ) -> ReleaseSummary:
     """Build a release from a data root whose spine is built, recording the source parts and predictors.
 
@@ -499,5 +500,5 @@ def release_from_layout(
         "language": language,
         "excluded_shards": sorted(excluded_shards),
     }
-    predictors = predictor_entries(tags_identities(layout), dict(predictor_files))
+    predictors = predictor_entries(tags_identities(layout), dict(predictor_files), image_heads)
     return build_release(layout, version, inputs=inputs, predictors=predictors, name=name, subsets=subsets)

@@ -320,6 +320,8 @@ def render_card(manifest: dict, histogram: dict) -> str:
     rows = []
     for column, info in sorted(manifest["predictors"].items()):
         origin, licence = _licence(info["identity"])
+        if str(info.get("file", "")).startswith("random"):  # a demo's or test's seeded random head
+            origin, licence = f"seeded random weights (`{info['file']}`): its values mean nothing", "n/a"
         rows.append([f"`{column}`", f"`{info['identity'][:40]}…`", origin, licence])
     lines += _table(["score column", "identity (kind@sha256 of the tensors)", "origin", "licence"], rows)
     for column, info in sorted(manifest["predictors"].items()):

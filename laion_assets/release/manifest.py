@@ -27,6 +27,7 @@ from laion_assets.sources.safety import SafetySource
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
+IMAGE_HEADS = ("pwatermark",)  # score columns computed from the images, which a rebuild from embeddings cannot redo
 FORMAT_VERSION = 1
 PACKAGES = ("laion-assets", "numpy", "polars", "pyarrow", "torch", "mmh3", "dagster", "huggingface_hub")
 
@@ -220,16 +221,46 @@ def check_files(release_dir: Path, manifest: dict) -> dict[str, str]:
     return problems
 
 
-def predictor_entries(identities: dict[str, str], files: dict[str, Path]) -> dict[str, dict[str, object]]:
+IMAGE_INPUT = "images"  # the ``input`` of a head scored from the images (pwatermark), not from the embeddings
+
+
+def image_head_entry(column: str, identity: str, weights: str, configured: str | None) -> dict[str, object]:
+    """The manifest entry of a head scored from images (``pwatermark``): its identity, weights and ``input``.
+
+    ``weights`` is how the head was configured (a file, or ``random:SEED``) and ``configured`` the identity of the
+    head configured now; the recorded one must be it (else its shards are stale: re-score them first).
+    """
+    if configured is not None and configured != identity:
+        raise BadInputError(
+            f"{column} was computed by {identity} but the configured head is {configured}; re-score the stale "
+            "shards first (`laion-assets stale`, then the rescore job)"
+        )
+    path = Path(weights)
+    entry: dict[str, object] = {"identity": identity, "input": IMAGE_INPUT, "forced": False}
+    if weights and path.is_file():
+        entry.update({"file": project_relative(path) or path.name, "file_sha256": file_sha256(path)})
+    else:
+        entry["file"] = weights or "not configured now"
+    return entry
+
+
+def predictor_entries(
+    identities: dict[str, str], files: dict[str, Path], image_heads: Mapping[str, tuple[str, str | None]] | None = None
+) -> dict[str, dict[str, object]]:
     """``{column: {identity, file, file_sha256, forced[, misfit]}}``; raises when a file's weights did not score.
 
     The configured file must hold the weights that scored the column: its identity (kind + sha256 of the tensors,
     not of the file) must be the recorded one. ``file_sha256`` is provenance only. ``forced`` is true when the
     weights do not fit the column (another kind of head, NaN/Inf), which only a forced config lets through;
-    ``misfit`` then says why.
+    ``misfit`` then says why. A head scored from images (``pwatermark``) is recorded by :func:`image_head_entry`
+    from ``image_heads`` (``{column: (weights as configured, identity configured now)}``).
     """
     entries: dict[str, dict[str, object]] = {}
     for column, identity in sorted(identities.items()):
+        if column in IMAGE_HEADS:
+            weights, configured = (image_heads or {}).get(column, ("", None))
+            entries[column] = image_head_entry(column, identity, weights, configured)
+            continue
         path = files.get(column)
         if path is None:
             raise BadInputError(f"no weights file configured for score column {column!r} (scored by {identity})")

@@ -6,6 +6,7 @@ inputs from scratch in a temporary data root.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -150,16 +151,20 @@ def rebuild(
     forced: Collection[str] = (),
     part_rows: int | Mapping[str, int] = SUBSET_PART_ROWS,
     sources: SafetySources | None = None,
+    watermark_files: Mapping[str, Path] | None = None,
 ) -> OutputLayout:
     """Run the whole spine from a clip-retrieval folder (and optional safety table) into ``data_root``.
 
     Parts whose keys are in ``exclude`` are left out, as ``release_config.exclude_shards`` leaves them out;
     ``part_rows`` is the subsets' part size (one for all, or per subset name); ``sources`` where punsafe and
-    pwatermark come from.
+    pwatermark come from; ``watermark_files`` each shard's ``watermark.parquet`` when pwatermark was computed from
+    images (a rebuild from embeddings cannot score them: it takes the values the watermark head wrote).
     """
     layout = OutputLayout(Path(data_root))
     parts = [p for p in discover_parts(source) if p.key not in set(exclude)]
     validations = build_shards(parts, layout, predictor_files, dim, swap_width_height, language, forced)
+    for key, path in (watermark_files or {}).items():
+        shutil.copy2(path, layout.shard_watermark(key))
     index, safety_id = None, NO_SAFETY_ID
     if safety is not None:
         build_safety_index(safety, layout.safety_dir)

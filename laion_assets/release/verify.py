@@ -10,11 +10,19 @@ from pathlib import Path
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import Location, file_sha256, location
+from laion_assets.core.outputs import OutputLayout
 from laion_assets.core.paths import MODELS_DIR, PROJECT_DIR, resolve
 from laion_assets.core.settings import SAFETY, SOURCE
 from laion_assets.release.build import build_release, subsets_with_funnels
 from laion_assets.release.card import subset_files as release_parts
-from laion_assets.release.manifest import CARD, check_files, code_version, load_manifest, package_versions
+from laion_assets.release.manifest import (
+    CARD,
+    IMAGE_INPUT,
+    check_files,
+    code_version,
+    load_manifest,
+    package_versions,
+)
 from laion_assets.release.rebuild import rebuild
 from laion_assets.scoring.predictors import CLIP_L14_DIM, inspect_weights
 from laion_assets.selection.safety_columns import SafetySources
@@ -156,6 +164,8 @@ def locate_weights(
     roots = weights_data_roots(release_dir)
     out: dict[str, Path] = {}
     for column, info in manifest["predictors"].items():
+        if info.get("input") == IMAGE_INPUT:  # scored from the images: its values come from locate_watermarks
+            continue
         identity = str(info["identity"])
         if weights and column in weights:
             path = Path(weights[column])
@@ -176,6 +186,29 @@ def locate_weights(
             )
         out[column] = found
     return out
+
+
+def locate_watermarks(manifest: dict, release_dir: Path | None) -> dict[str, Path]:
+    """Each released shard's ``watermark.parquet`` when the release's ``pwatermark`` was computed from images.
+
+    A rebuild from the embeddings cannot score images, so it joins the per-shard values the watermark head wrote
+    (found in the release's data root or ``$LAION_ASSETS_DATA_ROOT``); the tags join checks them row by row.
+    """
+    info = manifest["predictors"].get("pwatermark")
+    if not info or info.get("input") != IMAGE_INPUT:
+        return {}
+    keys = [str(p["key"]) for p in manifest["inputs"].get("parts", [])]
+    roots = weights_data_roots(release_dir)
+    for root in roots:
+        found = {key: OutputLayout(root).shard_watermark(key) for key in keys}
+        if all(path.is_file() for path in found.values()):
+            return found
+    raise BadInputError(
+        f"pwatermark of release {manifest['version']} was computed from images by {info['identity']}, which a "
+        f"rebuild from the embeddings cannot redo: it needs every shard's watermark.parquet, and no data root "
+        f"({', '.join(map(str, roots)) or 'none found'}) holds all of them; set {DATA_ROOT_ENV} to the data root "
+        "that built the release"
+    )
 
 
 def forced_columns(manifest: dict) -> list[str]:
@@ -199,6 +232,12 @@ def verify_release(
     src = locate_source(manifest, release_dir, location(source) if source else None)
     safety_table = locate_safety(manifest, release_dir, location(safety) if safety else None)
     weight_files = locate_weights(manifest, weights, release_dir)
+    watermark_files = locate_watermarks(manifest, release_dir)
+    if watermark_files:
+        report.notes.append(
+            f"pwatermark was computed from images: the rebuild joined the {len(watermark_files)} shards' "
+            f"watermark.parquet of {next(iter(watermark_files.values())).parents[2]} (not re-scored)"
+        )
     dim = int(manifest["inputs"].get("embedding_dim", CLIP_L14_DIM))
     inputs = manifest["inputs"]
     with tempfile.TemporaryDirectory(prefix="laion-verify-", dir=workdir) as tmp:
@@ -213,6 +252,7 @@ def verify_release(
             exclude=inputs.get("excluded_shards", []),
             forced=forced_columns(manifest),
             part_rows=release_part_rows(manifest),
+            watermark_files=watermark_files,
             sources=SafetySources.from_dict({c: e["from"] for c, e in inputs.get("safety_columns", {}).items()}),
         )
         rebuilt = build_release(

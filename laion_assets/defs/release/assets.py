@@ -10,7 +10,13 @@ from laion_assets.core.outputs import require
 from laion_assets.core.paths import resolve
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded
-from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources import (
+    HfResource,
+    PredictorsResource,
+    ReleaseResource,
+    StorageResource,
+    WatermarkResource,
+)
 from laion_assets.defs.selection.gate import gate_tags
 from laion_assets.defs.selection.stats import bucket_embeddings, score_histogram
 from laion_assets.defs.selection.subsets import SUBSET_ASSETS
@@ -102,6 +108,12 @@ def aesthetic_viz(context: dg.AssetExecutionContext, storage: StorageResource) -
     )
 
 
+def _image_heads(watermark: WatermarkResource) -> dict[str, tuple[str, str | None]]:
+    """How the watermark head is configured now (weights, identity), for the manifest's ``pwatermark`` entry."""
+    identity = watermark.identity()
+    return {"pwatermark": (watermark.weights_value, str(identity) if identity else None)}
+
+
 @dg.asset(
     deps=[*SUBSET_ASSETS, score_histogram, bucket_embeddings, aesthetic_kv],
     group_name="release",
@@ -117,6 +129,7 @@ def release(
     storage: StorageResource,
     predictors: PredictorsResource,
     release_config: ReleaseResource,
+    watermark: WatermarkResource,
 ) -> dg.MaterializeResult:
     """Assemble the release folder, its card and manifest (the changelog compares with the previous release).
 
@@ -143,6 +156,7 @@ def release(
             language=storage.language,
             excluded_shards=release_config.exclude_shards,
             validations=validations,
+            image_heads=_image_heads(watermark),
         )
         if not built.unchanged:
             storage.push(built.path)
