@@ -13,14 +13,12 @@ import pyarrow.parquet as pq
 
 from laion_assets.core.atomic import write_parquet
 from laion_assets.core.errors import BadInputError
+from laion_assets.core.identity import IDENTITY_KEY
 from laion_assets.core.threads import limit_threads
 from laion_assets.scoring.predictors import Predictor, PredictorIdentity
 from laion_assets.scoring.stored import scan_and_score
 from laion_assets.sources.indexing import VALIDATION_ID_KEY, check_source_unchanged, read_validation
 from laion_assets.sources.layout import Part
-
-# Key under which a scores file records which predictor made each column.
-IDENTITY_KEY = "laion_assets.predictors"
 
 
 @dataclass(frozen=True)

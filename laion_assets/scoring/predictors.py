@@ -23,10 +23,7 @@ torch); every function here takes either kind of file and tells them apart by th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from laion_assets.core.errors import BadInputError
+from laion_assets.core.identity import HeadIdentity, weights_sha256
 from laion_assets.scoring.nsfw import (
     NSFW_B32,
     NSFW_L14,
@@ -71,23 +69,8 @@ _V2_LINEAR_KEYS = (0, 2, 4, 6, 7)
 _V2_RELU_KEYS = (0, 3, 6, 9, 11)
 
 
-@dataclass(frozen=True)
-class PredictorIdentity:
-    """Which predictor made a score: its kind and the canonical sha256 of its tensors (:func:`weights_sha256`)."""
-
-    kind: str
-    sha256: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}@sha256:{self.sha256}"
-
-    @classmethod
-    def parse(cls, text: str) -> PredictorIdentity:
-        """Parse the ``kind@sha256:hex`` form written by ``str()``."""
-        kind, _, digest = text.partition("@sha256:")
-        if not kind or len(digest) != 64:
-            raise ValueError(f"not a predictor identity: {text!r}")
-        return cls(kind, digest)
+# One identity for every head (aesthetic, NSFW, watermark): ``kind@sha256:<hex>`` of the canonical tensor encoding.
+PredictorIdentity = HeadIdentity
 
 
 @dataclass(frozen=True)
@@ -209,31 +192,6 @@ def v2_module(kind: str, dim: int = CLIP_L14_DIM) -> nn.Sequential:
 
 def _strip_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("layers."): v for k, v in state.items()}
-
-
-def _tensor_bytes(key: str, tensor: torch.Tensor) -> bytes:
-    """A tensor's elements as little-endian, C-contiguous bytes (the payload of the canonical encoding)."""
-    import torch
-
-    if tensor.layout != torch.strided:
-        raise ValueError(f"tensor {key} has layout {tensor.layout}; only dense tensors have a canonical encoding")
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    raw = flat.view(torch.uint8)
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        raw = raw.reshape(-1, flat.element_size()).flip(1).reshape(-1)
-    return raw.numpy().tobytes()
-
-
-def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
-    """Hex sha256 of a state_dict's tensors in the canonical encoding described in this module's docstring."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key]
-        data = _tensor_bytes(key, tensor)
-        header = json.dumps([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), len(data)])
-        digest.update(header.encode("utf-8") + b"\n")
-        digest.update(data)
-    return digest.hexdigest()
 
 
 def non_finite(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:

@@ -110,10 +110,13 @@ def test_laion_layout_with_separate_safety_gives_the_same_subsets(laion_layout, 
         assert got[name].equals(want[name]), name
         assert got[name].height == counts[name] > 0
     tags = pl.read_parquet(sorted(storage.layout.tags_dir.glob("*.parquet")))
-    missing = int(tags["punsafe"].null_count())
-    assert missing > 0
+    # Rows the safety table lacks take our NSFW head's punsafe (provided_else_computed); pwatermark has no head here.
+    computed = tags.filter(pl.col("punsafe_source") == "computed")
+    assert computed.height > 0 and computed["pwatermark"].null_count() == computed.height
+    assert (tags["punsafe_source"] == "provided").sum() == tags.height - computed.height
     # Rows without safety tags are never in the V1 subsets.
-    no_tags = set(tags.filter(pl.col("punsafe").is_null())["hash"].to_list())
+    no_tags = set(tags.filter(pl.col("punsafe").is_null() | pl.col("pwatermark").is_null())["hash"].to_list())
+    assert no_tags
     assert not no_tags & set(got["laion_aesthetic"]["hash"].to_list())
     # The release records the safety table, and verify rebuilds it byte for byte from both inputs.
     release_dir = storage.layout.release_dir("v0.1.0")

@@ -3,6 +3,8 @@
 Acceptance 1 of issue 9: lowercase clip-retrieval columns, no LANGUAGE column, safety tags in a separate joined table
 with repeated hashes and null pwatermark, gaps in part numbers, null/blank URLs and null captions. Every subset must
 equal, row for row, what LAION's heads and rules give when computed here with plain torch, mmh3 and Python.
+Rows the safety table lacks take LAION's NSFW head's punsafe (the default ``provided_else_computed``), computed here
+in plain numpy from the shipped head file; their pwatermark stays null (no images), so no V1 subset holds them.
 """
 
 from pathlib import Path
@@ -14,6 +16,7 @@ import polars as pl
 import pytest
 import torch
 
+from laion_assets.core.paths import NSFW_L14_WEIGHTS
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.demos.local import run_graph
 from laion_assets.release.manifest import load_manifest
@@ -37,6 +40,21 @@ def laion_heads() -> tuple[torch.nn.Module, torch.nn.Module]:
     return v1.eval(), v2.eval()
 
 
+def nsfw_punsafe(x: np.ndarray) -> np.ndarray:
+    """LAION's NSFW detector written out: "%f" lookups on its five categorical columns, Normalization, Dense/ReLU."""
+    head = np.load(NSFW_L14_WEIGHTS, allow_pickle=False)
+    x = x.astype(np.float32).copy()
+    for column in head["lookup_columns"]:
+        table = dict(zip(head[f"lookup_keys_{column}"].tolist(), head[f"lookup_values_{column}"].tolist(), strict=True))
+        default = int(head[f"lookup_default_{column}"])
+        x[:, column] = [table.get(f"{float(v):f}", default) for v in x[:, column]]
+    h = (x - head["mean"]) / np.maximum(np.sqrt(head["variance"]), head["epsilon"])
+    for i in range(4):
+        h = h @ head[f"dense{i}_kernel"] + head[f"dense{i}_bias"]
+        h = np.maximum(h, 0) if i < 3 else h
+    return 1 / (1 + np.exp(-h[:, 0].astype(np.float64)))
+
+
 def expected_table(embeddings: Path, joined: Path) -> pl.DataFrame:
     """Every source row as LAION's aesthetic join makes it: hash, both scores, first safety row per hash."""
     safety: dict[int, tuple[float, float]] = {}
@@ -52,9 +70,10 @@ def expected_table(embeddings: Path, joined: Path) -> pl.DataFrame:
         x = torch.from_numpy(np.load(embeddings / "img_emb" / f"img_emb_{number}.npy").astype(np.float32))
         with torch.no_grad():
             s1, s2 = v1(x)[:, 0].numpy(), v2(x)[:, 0].numpy()
+        ours = nsfw_punsafe(x.numpy())
         for i, row in enumerate(pl.read_parquet(meta_path).iter_rows(named=True)):
             h = mmh3.hash64(((row["url"] or "") + (row["caption"] or "")).encode("utf-8"), seed=0, signed=True)[0]
-            punsafe, pwatermark = safety.get(h, (None, None))
+            punsafe, pwatermark = safety.get(h, (float(ours[i]), None))
             rows.append({
                 "URL": row["url"], "TEXT": row["caption"], "WIDTH": float(row["original_width"]),
                 "HEIGHT": float(row["original_height"]), "similarity": row["similarity"], "punsafe": punsafe,
@@ -71,7 +90,8 @@ def expected_subsets(table: pl.DataFrame) -> dict[str, list[dict]]:
            for name, t in V2_CUTS.items()}  # fmt: skip
     seen, first = set(), []
     for r, ok in zip(rows, has_url, strict=True):
-        safe = r["punsafe"] is not None and r["punsafe"] < 0.5 and r["pwatermark"] < 0.8
+        tagged = r["punsafe"] is not None and r["pwatermark"] is not None
+        safe = tagged and r["punsafe"] < 0.5 and r["pwatermark"] < 0.8
         if ok and safe and r["hash"] not in seen:
             seen.add(r["hash"])
             first.append(r)
@@ -100,8 +120,10 @@ def test_every_subset_equals_an_independent_recomputation(built):
         assert got["hash"].to_list() == [r["hash"] for r in want], name
         score = "AESTHETIC_SCORE" if name in V2_CUTS else "aesthetic"
         np.testing.assert_allclose(got[score].to_numpy(), [r[score] for r in want], atol=1e-5, rtol=0)
-        for column in ("URL", "TEXT", "WIDTH", "HEIGHT", "punsafe", "pwatermark"):
+        for column in ("URL", "TEXT", "WIDTH", "HEIGHT", "pwatermark"):
             assert got[column].to_list() == pytest.approx([r[column] for r in want]), (name, column)
+        # LAION's punsafe exactly; ours (rows the table lacks) as float32 arithmetic reaches it.
+        np.testing.assert_allclose(got["punsafe"].to_numpy(), [r["punsafe"] for r in want], atol=1e-6, rtol=0)
         if name in V1_CUTS:
             assert set(got["LANGUAGE"].to_list()) == {"en"}  # the declared language of a laion2B-en-like source
 
@@ -112,7 +134,9 @@ def test_awkward_rows_are_counted_and_never_published(built):
     no_url = table.filter(pl.col("URL").is_null() | (pl.col("URL").str.strip_chars() == "")).height
     assert no_url > 0 and tags["rows_without_url"].value == no_url
     assert tags["rows_without_caption"].value == table["TEXT"].null_count() > 0
-    assert tags["rows_without_safety_tags"].value == table["punsafe"].null_count() > 0
+    untagged = int((table["punsafe"].is_null() | table["pwatermark"].is_null()).sum())
+    assert tags["rows_without_safety_tags"].value == untagged > 0
+    assert table["punsafe"].null_count() == 0  # rows LAION did not tag got our head's punsafe
     duplicates = table.height - table["hash"].n_unique()
     assert tags["duplicate_rows"].value == duplicates and tags["duplicate_rows_across_shards"].value > 0
     for name in (*V2_CUTS, *V1_CUTS):

@@ -509,8 +509,10 @@ def ignored():
 if __name__ == "__main__":
     if sys.argv[1] == "reset":
         default_stop_signals()
-    with multiprocessing.get_context("spawn").Pool(1) as pool:  # as img2dataset starts its workers
-        print(len(pool.apply(ignored)))
+    pool = multiprocessing.get_context("spawn").Pool(1)  # as img2dataset starts its workers
+    print(len(pool.apply(ignored)))
+    pool.close()  # not terminate(): with SIGTERM ignored that is the very hang this guards against
+    pool.join()
 """
 
 

@@ -20,7 +20,13 @@ import pytest
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.definitions import ASSETS
-from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources import (
+    HfResource,
+    PredictorsResource,
+    ReleaseResource,
+    StorageResource,
+    WatermarkResource,
+)
 from laion_assets.demos.local import run_graph
 from laion_assets.release.manifest import load_manifest
 from laion_assets_tests.hub_server import FakeHub, token_found
@@ -184,6 +190,7 @@ def test_hf_release_refuses_a_token_with_a_control_character(
         "storage": StorageResource(source=str(source), data_root=str(data_root)),
         "predictors": PredictorsResource(),
         "release_config": ReleaseResource(),
+        "watermark": WatermarkResource(),
         "hf": HfResource(repo_id=REPO, endpoint="http://127.0.0.1:9"),  # never reached
     }
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:

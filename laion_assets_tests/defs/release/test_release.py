@@ -6,7 +6,13 @@ import dagster as dg
 import pytest
 
 from laion_assets.definitions import ASSETS, CHECKS, defs
-from laion_assets.defs.resources import HfResource, PredictorsResource, ReleaseResource, StorageResource
+from laion_assets.defs.resources import (
+    HfResource,
+    PredictorsResource,
+    ReleaseResource,
+    StorageResource,
+    WatermarkResource,
+)
 from laion_assets.demos.local import run_graph
 from laion_assets.release.kv import OnDiskKV
 from laion_assets.release.manifest import check_files, load_manifest
@@ -54,7 +60,7 @@ def test_graph_builds_kv_viz_and_release(graph, small_sample_session: Path, tmp_
 def test_release_check_catches_tampering(graph) -> None:
     instance, storage, _ = graph
     folder = storage.layout.release_dir("v0.1.0")
-    resources = {"storage": storage, "release_config": ReleaseResource()}
+    resources = {"storage": storage, "release_config": ReleaseResource(), "watermark": WatermarkResource()}
     checks = [c for c in CHECKS if "release_matches_manifest" in str(c.check_keys)]
     result = dg.materialize(
         [*checks], instance=instance, resources=resources, selection=dg.AssetSelection.all_asset_checks()
@@ -95,6 +101,7 @@ def test_hf_release_pushes_once(graph, monkeypatch: pytest.MonkeyPatch) -> None:
                 "storage": storage,
                 "predictors": PredictorsResource(),
                 "release_config": ReleaseResource(),
+                "watermark": WatermarkResource(),
                 "hf": hf,
             }
             dg.materialize([*ASSETS], selection=["hf_release"], instance=instance, resources=resources)
@@ -132,7 +139,12 @@ def test_hf_release_sends_the_renamed_card_to_a_remote_data_root(
     storage = StorageResource(source=local.source, data_root=f"local://{remote}", staging=str(tmp_path / "staging"))
     with FakeHub() as hub, dg.instance_for_test() as instance:
         hf = HfResource(repo_id="laion/remote", endpoint=hub.endpoint)
-        resources = {"storage": storage, "predictors": PredictorsResource(), "release_config": ReleaseResource()}
+        resources = {
+            "storage": storage,
+            "predictors": PredictorsResource(),
+            "release_config": ReleaseResource(),
+            "watermark": WatermarkResource(),
+        }
         dg.materialize([*ASSETS], selection=["hf_release"], instance=instance, resources={**resources, "hf": hf})
         pushed = hub.repos["laion/remote"].files
     folder = remote / "releases" / "v0.1.0"
@@ -146,6 +158,7 @@ def test_hf_release_without_repo_fails_clearly(graph) -> None:
         "storage": storage,
         "predictors": PredictorsResource(),
         "release_config": ReleaseResource(),
+        "watermark": WatermarkResource(),
         "hf": HfResource(),
     }
     with pytest.raises(dg.Failure, match="hf.repo_id is not set"):
