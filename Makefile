@@ -33,8 +33,9 @@ demo-urls: venv
 	ln -sf ../dagster.yaml $(CURDIR)/.dagster-urls/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster-urls $(BIN)/python -m laion_assets.demos.urls
 
+# One worker per core (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check laion_assets laion_assets_tests bench

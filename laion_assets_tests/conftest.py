@@ -18,6 +18,27 @@ from laion_assets.demos.sample import SampleSpec, write_sample
 
 SMALL_SPEC = SampleSpec(parts=3, rows_per_part=400, seed=7)
 
+# The files that take a minute or more: collected first, so that under `make test` (xdist, whole files per worker)
+# they start at once instead of leaving one worker alone with them at the end.
+SLOW_FIRST = (
+    "defs/test_quickstart.py",
+    "defs/test_cli.py",
+    "demos/test_demo_urls.py",
+    "defs/test_webserver_e2e.py",
+    "images/test_downloading.py",
+    "defs/sources/test_cli_range.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the slow files first (otherwise collection order): a scheduling hint only, tests stay independent."""
+
+    def rank(item: pytest.Item) -> int:
+        path = Path(str(item.fspath)).as_posix()
+        return next((i for i, name in enumerate(SLOW_FIRST) if path.endswith(name)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, the collected order
+
 
 @pytest.fixture(scope="session")
 def small_sample_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
