@@ -17,6 +17,7 @@ import yaml
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.selection.histogram import LABELS
+from laion_assets.selection.safety_columns import COMPUTED, PROVIDED, PROVIDED_ELSE_COMPUTED
 
 DATA_LICENSE = "cc-by-4.0"  # LAION's metadata (URLs, captions, scores) is released under CC-BY 4.0
 
@@ -202,9 +203,9 @@ def safety_lines(manifest: Mapping[str, object]) -> list[str]:
     lines = []
     for column, entry in sorted(columns.items()):
         said = {
-            "provided": "LAION's provided values only",
-            "computed": "computed by our head only",
-            "provided_else_computed": "LAION's provided value where there is one, else computed by our head",
+            PROVIDED: "LAION's provided values only",
+            COMPUTED: "computed by our head only",
+            PROVIDED_ELSE_COMPUTED: "LAION's provided value where there is one, else computed by our head",
         }.get(str(entry.get("from")), str(entry.get("from")))
         head = f" (`{str(entry['head'])[:40]}…`)" if entry.get("head") else ""
         computed = int(entry.get("computed_rows", 0))

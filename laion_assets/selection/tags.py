@@ -356,8 +356,8 @@ def build_tags(
             scored.append(layout.shard_watermark(key))
         shard_ids[key] = {}
         for path in scored:
-            shard_ids[key].update({column: str(identity) for column, identity in read_identities(path).items()})
-            for column, identity in shard_ids[key].items():
+            for column, identity in ((c, str(i)) for c, i in read_identities(path).items()):
+                shard_ids[key][column] = identity
                 if identities.setdefault(column, identity) != identity:
                     raise BadInputError(
                         f"{path}: {column} was scored by {identity} but other shards by "
