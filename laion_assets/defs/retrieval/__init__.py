@@ -1,0 +1,1 @@
+"""Dagster wiring of retrieval: the knn_index asset."""
