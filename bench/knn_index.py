@@ -5,7 +5,8 @@ Writes ``--shards`` float16 .npy files of CLIP-like clustered unit vectors (laio
 to a temporary folder, memory-maps them, and builds each kind in its own child process (each child's peak RSS and
 CPU time come from ``os.wait4``, so they are that build's alone). Reported per kind: build CPU seconds
 (user+sys of the child: build_index's own CPU time, recall measurement included) and per 1M rows, recall@10 on 200
-sampled rows (and the codes' own, before re-ranking), peak RSS, index size on disk, the load average. The data and
+sampled rows (and the codes' own, before re-ranking), CPU per query of ``search`` (k=10, one query a call, after
+the build), peak RSS, index size on disk, the load average. The data and
 the indices are deleted afterwards.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+QUERIES = 200
 sys.path.insert(0, str(ROOT))
 
 from laion_assets_tests.retrieval.clustered import clustered_embeddings  # noqa: E402
@@ -31,11 +33,20 @@ from laion_assets_tests.retrieval.clustered import clustered_embeddings  # noqa:
 
 def child(data: Path, kind: str, out: Path) -> None:
     """Build one index over the .npy files in ``data`` (memory-mapped) and print its IndexInfo as JSON."""
-    from laion_assets.retrieval.index_build import IndexParams, ShardVectors, build_index
+    from laion_assets.retrieval.index_build import IndexParams, ShardVectors, build_index, load_index, search
 
     shards = [ShardVectors(p.stem, np.load(p, mmap_mode="r")) for p in sorted(data.glob("*.npy"))]
     info = build_index(shards, out, IndexParams(kind=kind), progress=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(info.to_dict()))
+    # Queries after the build: new rows around the same centres (a shorter draw of the same seed), one a call as the
+    # service asks them.
+    queries = clustered_embeddings(QUERIES, shards[0].embeddings.shape[1], seed=1)[-QUERIES:].astype(np.float32)
+    index = load_index(out, info)
+    start = os.times()
+    for query in queries:
+        search(index, info, shards, query[None, :], 10)
+    end = os.times()
+    per_query = (end.user + end.system - start.user - start.system) / QUERIES * 1000
+    print(json.dumps({**info.to_dict(), "query_cpu_ms": per_query}))
 
 
 def main() -> None:
@@ -92,6 +103,7 @@ def main() -> None:
                 f"child process CPU {cpu:.1f} s, wall {wall:.1f} s\n"
                 f"  recall@10 {info['recall_at_10']:.3f} (codes alone "
                 f"{info['params'].get('recall_at_10_codes_only', 1.0):.3f}) on {info['recall_queries']} rows\n"
+                f"  search() k=10, one query at a time: {info['query_cpu_ms']:.2f} CPU-ms per query\n"
                 f"  peak RSS {usage.ru_maxrss / 1024:.0f} MiB, on disk {size / 2**20:.1f} MiB, "
                 f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
             )
