@@ -120,9 +120,12 @@ class IndexInfo:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
     def locate(self, ids: np.ndarray) -> list[tuple[str, int]]:
-        """(shard key, row) of each id."""
+        """(shard key, row) of each id; BadInputError for an id outside 0..rows-1 (faiss pads with -1)."""
         firsts = np.array([s["first_id"] for s in self.shards], dtype=np.int64)
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        outside = (ids < 0) | (ids >= self.rows)
+        if outside.any():
+            raise BadInputError(f"id {int(ids[outside][0])} is not in this index (ids 0..{self.rows - 1})")
         where = np.searchsorted(firsts, ids, side="right") - 1
         return [(self.shards[w]["key"], int(i - firsts[w])) for w, i in zip(where, ids, strict=True)]
 

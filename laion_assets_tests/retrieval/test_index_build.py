@@ -84,6 +84,8 @@ def test_flat_index_ranks_like_numpy_brute_force(small, tmp_path):
     _, raw = index.search(queries, 10)
     assert raw.tolist() == ids.tolist()
     assert info.locate(np.array([0, 699, 700, 1649])) == [("00000", 0), ("00000", 699), ("00002", 0), ("00002", 949)]
+    with pytest.raises(BadInputError, match=r"id -1 is not in this index \(ids 0..1649\)"):
+        info.locate(np.array([3, -1]))
 
 
 def test_exact_topk_streams_chunks_and_equals_numpy(small, monkeypatch):
