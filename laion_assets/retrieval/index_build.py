@@ -11,11 +11,11 @@ vector's id is its shard's ``first_id`` plus its row, shards numbered in the ord
   training sample, the trained index and one shard's codes.
 
 PQ codes alone rank poorly among close neighbours: on generated clustered sets at d=768, ``PQ64`` codes gave
-recall@10 0.45 (300k rows, ``bench/knn_index.py``) and even ``PQ192`` (192 bytes a vector) 0.79 (50k rows).
-So :func:`search` re-ranks: it takes
-``rerank_factor * k`` candidates from the codes and orders them by their exact inner product, read from the shards'
-own embeddings (``rerank_factor=20``: recall@10 0.994 with ``PQ64``). The codes cost ``pq_m`` bytes per vector on disk;
-the exact vectors are the embeddings the caller keeps anyway.
+recall@10 0.45 (300k rows, ``bench/knn_index.py``) and even ``PQ192`` (192 bytes a vector) 0.79 (50k rows). So
+:func:`search` re-ranks: it takes ``rerank_factor * k`` candidates from the codes and orders them by their exact inner
+product, read from the shards' own embeddings (``rerank_factor=20``: recall@10 0.995 with ``PQ64``). The codes cost
+``pq_m`` bytes per vector on disk; the exact vectors are the embeddings the caller keeps anyway. Use :func:`search`,
+not ``index.search``, for ivf_pq results at the recall recorded in IndexInfo.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ METRIC = "inner_product"
 CHUNK_ROWS = 16384
 # k-means wants ~39 training points per centroid (faiss warns below that); PQ has 2**nbits centroids per sub-quantizer.
 POINTS_PER_CENTROID = 39
-# LAION's own laion5B indices use 131072 lists (README, "kNN index: sizes and scaling"); more lists would need more
-# than 5M training rows (39 each), 15.7 GB as float32 at d=768.
+# autofaiss' guide reports a 5.5B-vector index with 131072 lists (README, "kNN index: sizes and scaling"); more lists
+# would need more than 5M training rows (39 each), 15.7 GB as float32 at d=768.
 MAX_NLIST = 131_072
 MAX_TRAIN_ROWS = POINTS_PER_CENTROID * MAX_NLIST
 # Above this many lists, a flat coarse quantizer (every vector compared with every centroid when added) costs more
@@ -59,7 +59,7 @@ class IndexParams:
     - ``nlist``: 0 = the power of two nearest ``4 * sqrt(rows)`` (faiss' guideline is 4..16 sqrt(rows)), at most
       131072 and at most ``rows // 39`` so every centroid gets 39 training points.
     - ``quantizer``: how a vector finds its lists: ``flat`` (exact, compares with every centroid), ``hnsw`` (an HNSW32
-      graph over the centroids, as autofaiss builds for LAION), ``auto`` = hnsw when nlist > 16384.
+      graph over the centroids, as in autofaiss' billion-scale indices), ``auto`` = hnsw when nlist > 16384.
     - ``pq_m``: 0 = the largest divisor of ``dim`` not above ``dim / 8``, capped at 64 (d=768 -> 64 bytes per vector,
       12 dimensions per sub-quantizer; d=64 -> 8).
     - ``nprobe``: 0 = ``clamp(nlist // 16, 16, 256)``, at most nlist (lists scanned per query). On the clustered
@@ -68,7 +68,7 @@ class IndexParams:
     - ``train_rows``: 0 = ``max(39 * nlist, 64 * 2**nbits)``, at most the row count; drawn without replacement,
       seeded, from the ids of all shards (it is held in memory as float32: 39 * nlist * dim * 4 bytes).
     - ``rerank_factor``: :func:`search` re-ranks ``rerank_factor * k`` PQ candidates exactly (ivf_pq only). 20:
-      recall@10 0.994 on the 300k x 768 set, against 0.957 with 10 and 0.454 for the codes alone.
+      recall@10 0.995 on the 300k x 768 set, against 0.957 with 10 and 0.454 for the codes alone.
     - ``recall_queries``: rows sampled (seeded) from the data as queries for recall@10.
     - ``threads``: faiss' OpenMP threads while building; 0 = ``$LAION_ASSETS_THREADS``, else 1.
     """
