@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +47,6 @@ DEFAULT_PORT = 1234
 MAX_BODY = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024  # a base64 image at the limit plus the other fields
 MAX_RESULTS = 10_000
 IGNORED = "use_violence_detector"  # accepted for clip-retrieval's clients; no violence detector is served
-
-
-def public_url() -> str:
-    """Where ``laion-assets serve`` is reached, for asset metadata links: ``LAION_ASSETS_SERVE_URL`` or the default."""
-    return os.environ.get("LAION_ASSETS_SERVE_URL", f"http://{DEFAULT_HOST}:{DEFAULT_PORT}").rstrip("/")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from laion_assets.core.settings import serve_url
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded
 from laion_assets.defs.resources import ReleaseResource, StorageResource
@@ -15,7 +16,6 @@ from laion_assets.retrieval.catalog import part_name
 from laion_assets.retrieval.index_build import IndexParams
 from laion_assets.retrieval.index_folder import IndexedShard, build_index_folder
 from laion_assets.retrieval.served import open_index, read_index_json
-from laion_assets.retrieval.service import public_url
 from laion_assets.selection.tags import recorded_ids, tag_files
 from laion_assets.sources.embeddings import open_embeddings
 from laion_assets.sources.indexing import check_source_unchanged
@@ -88,7 +88,7 @@ def knn_index(
             storage.push(layout.knn_dir)
     info = record["info"]
     size = sum(p.stat().st_size for p in layout.knn_dir.rglob("*") if p.is_file())
-    url = public_url()
+    url = serve_url()
     return dg.MaterializeResult(
         metadata=rounded(
             {
