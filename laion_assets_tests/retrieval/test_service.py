@@ -1,8 +1,11 @@
 """The search service over a generated index: clip-retrieval's API, guidance, filters, and every bad input."""
 
 import base64
+import http.server
 import io
 import json
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import polars as pl
@@ -158,6 +161,35 @@ def test_text_and_image_queries_go_through_clip(world):
     r = knn(client, image=base64.b64encode(buf.getvalue()).decode(), num_images=10)
     assert r.status_code == 200, r.text
     assert [x["id"] for x in r.json()] == brute(vectors, unit(e), 10)[0].tolist()
+    with image_server(buf.getvalue()) as url:
+        r = knn(client, image_url=url, num_images=10)
+    assert r.status_code == 200, r.text
+    assert [x["id"] for x in r.json()] == brute(vectors, unit(e), 10)[0].tolist()
+
+
+@contextmanager
+def image_server(png: bytes):
+    """One PNG served over HTTP on 127.0.0.1 (the only network a test may touch)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/query.png"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_indices_list_metadata_and_config(world):
