@@ -94,6 +94,9 @@ class Browser:
                         "--headless",
                         "--no-sandbox",
                         "--disable-gpu",
+                        # Shared memory in /tmp: a container's /dev/shm may be tiny (64 MB under Docker), and
+                        # Debian's launcher, which would add this itself, misreads findmnt on some machines.
+                        "--disable-dev-shm-usage",
                         "--remote-debugging-port=0",
                         f"--user-data-dir={profile}",
                         f"--window-size={width},{height}",
