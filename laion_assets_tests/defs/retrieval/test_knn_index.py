@@ -26,6 +26,7 @@ from laion_assets.demos.local import run_graph
 from laion_assets.retrieval.catalog import part_name
 from laion_assets.retrieval.served import INDEX_JSON
 from laion_assets.sources.layout import discover_parts
+from laion_assets_tests.clip_client import load_clip_client
 from laion_assets_tests.fresh_copy import user_env
 
 CLI = str(Path(sys.executable).parent / "laion-assets")
@@ -130,6 +131,30 @@ def test_served_top10_equals_brute_force(served):
         assert response.status == 200 and b"<html" in response.read().lower()
     status, answer = post(port, "/knn-service", {"text": "a cat", "modality": "image"})
     assert status == 400 and "started without one" in answer["error"]
+
+
+def test_clip_retrievals_own_client_gets_urls_and_captions(served):
+    port, source, out, _ = served
+    client_module = load_clip_client()
+    vectors = source_vectors(source)
+    q = vectors[42] / np.linalg.norm(vectors[42])
+    # its defaults: aesthetic_score 9 / weight 0.5, deduplicate, safety model and violence detector on, 40 images
+    client = client_module.ClipClient(url=f"http://127.0.0.1:{port}/knn-service", indice_name="laion-aesthetics-assets")
+    results = client.query(embedding_input=q.tolist())
+    assert 0 < len(results) <= 40
+    assert all(r["url"].startswith("http") and isinstance(r["caption"], str) for r in results)
+    assert all(r["punsafe"] is not None and r["punsafe"] < 0.5 for r in results)
+    ratings = np.concatenate([np.load(out / "buckets" / f"rating{k}.npy") for k in range(10)])
+    guided = q + 0.5 * ratings[9]
+    guided /= np.linalg.norm(guided)
+    np.testing.assert_allclose([r["similarity"] for r in results], vectors[[r["id"] for r in results]] @ guided,
+                               atol=1e-4)  # fmt: skip
+    sims = [r["similarity"] for r in results]
+    assert sims == sorted(sims, reverse=True)
+    found = vectors[[r["id"] for r in results]]
+    near = found @ found.T
+    np.fill_diagonal(near, 0)
+    assert near.max() < 0.94  # near-duplicates were hidden
 
 
 def test_check_fails_on_a_wrong_index(built, tmp_path):
