@@ -51,13 +51,9 @@ WATERMARK = Spec(
     "",
     "LAION's watermark_model_v1.pt (a local file), 'random' / 'random:SEED' (demos), or 'off'",
 )
-SERVE_URL = Spec(
-    "search service URL",
-    "--serve-url",
-    "LAION_ASSETS_SERVE_URL",
-    "http://127.0.0.1:1234",
-    "where `laion-assets serve` is reached, for the links in asset metadata",
-)
+# Where `laion-assets serve` is reached, for the links in asset metadata (read when an asset runs).
+SERVE_URL_ENV = "LAION_ASSETS_SERVE_URL"
+DEFAULT_SERVE_URL = "http://127.0.0.1:1234"
 DAGSTER_HOME = Spec(
     "Dagster instance",
     "--dagster-home",
@@ -170,4 +166,4 @@ def add_flags(parser: argparse.ArgumentParser, *specs: Spec) -> None:
 def serve_url(environ: Mapping[str, str] | None = None) -> str:
     """Where ``laion-assets serve`` is reached (``LAION_ASSETS_SERVE_URL``, else its default), for metadata links."""
     env = os.environ if environ is None else environ
-    return (env.get(SERVE_URL.env) or SERVE_URL.default).rstrip("/")
+    return (env.get(SERVE_URL_ENV) or DEFAULT_SERVE_URL).rstrip("/")
