@@ -190,7 +190,9 @@ class Browser:
             self.console_errors.append(f"uncaught: {_exception_text(params.get('exceptionDetails', {}))}")
         elif method == "Log.entryAdded":
             entry = params.get("entry", {})
-            if entry.get("level") == "error":  # failed resource loads (404s, refused connections) land here
+            # Failed resource loads (404s, refused connections) land here; the favicon Chromium asks for on its own
+            # is the browser's request, not the page's.
+            if entry.get("level") == "error" and not entry.get("url", "").endswith("/favicon.ico"):
                 self.console_errors.append(
                     f"{entry.get('source', 'log')}: {entry.get('text', '')} {entry.get('url', '')}"
                 )

@@ -19,7 +19,7 @@ import pytest
 from laion_assets_tests.browser import MISSING, Browser, BrowserError, BrowserTimeout, launch_for_test
 
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>driver test</title><link rel="icon" href="data:,">
+<html><head><meta charset="utf-8"><title>driver test</title>
 <style>body { font: 16px sans-serif; margin: 2em } .hidden { display: none } li.unsafe { color: #b00 }</style>
 </head><body>
 <h1>Items</h1>
@@ -129,12 +129,13 @@ def test_evaluate_returns_json_values_and_awaits_promises(page: Browser) -> None
     assert page.url.endswith("/index.html")
 
 
-def test_screenshot_writes_a_png_of_the_page(page: Browser, tmp_path: Path) -> None:
+def test_screenshot_writes_a_png_of_the_page(page: Browser, tmp_path: Path, record_property) -> None:
     page.type_text("#item", "a screenshot item")
     page.press("Enter")
     page.wait_for("document.querySelectorAll('#items li').length === 1")
     path = page.screenshot(tmp_path / "driver-page.png")
     print(f"screenshot: {path}")
+    record_property("screenshot", str(path))  # listed at the end of the run (conftest.py)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk: the viewport's size
