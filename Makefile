@@ -12,11 +12,20 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: venv demo demo-urls test lint clean-out
 
-venv: $(VENV)/.installed $(VENV)/.activate-patched
+venv: $(VENV)/.installed $(VENV)/.activate-patched $(VENV)/clip-retrieval/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[images,hub,dev]'
+	touch $@
+
+# clip-retrieval's ClipClient for the tests (laion_assets_tests/clip_client.py): its package imports the whole back
+# end with pins our stack can't take (numpy < 2, ...), so the wheel goes without dependencies into its own folder,
+# off the venv's path. Its own target, so an existing venv gets it too; reinstalled when this file changes.
+CLIP_RETRIEVAL := clip-retrieval==2.45.0
+$(VENV)/clip-retrieval/.installed: Makefile | $(VENV)/.installed
+	rm -rf $(VENV)/clip-retrieval
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/clip-retrieval $(CLIP_RETRIEVAL)
 	touch $@
 
 # Applied again whenever the script changes, so an existing venv gets the current activation.

@@ -285,6 +285,42 @@ def _score(args: argparse.Namespace) -> None:
         )
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from laion_assets.core.errors import BadInputError
+    from laion_assets.core.locations import is_local
+    from laion_assets.core.paths import resolve
+    from laion_assets.images.clip_model import ClipSpec
+    from laion_assets.retrieval.queries import ClipEncoder
+    from laion_assets.retrieval.served import open_index
+    from laion_assets.retrieval.service import ServiceState, serve
+
+    root = resolve_setting(DATA_ROOT, args.data_root)
+    if not args.index and not is_local(root.location):
+        raise BadInputError(f"the data root {root.describe()} is remote; pass --index with a local copy of its knn/")
+    folder = resolve(args.index) if args.index else Path(root.location) / "knn"
+    ratings = [resolve(args.buckets)] if args.buckets else []
+    if not args.index:
+        if args.release:
+            ratings.append(Path(root.location) / "releases" / args.release / "buckets")
+        ratings.append(Path(root.location) / "buckets")
+    served = open_index(folder, args.name or None, ratings)
+    encoder = None
+    if args.clip_model.lower() != "none":
+        encoder = ClipEncoder(ClipSpec(args.clip_model, args.clip_pretrained, args.device))
+    galleries = None if args.index else Path(root.location) / "viz"
+    state = ServiceState({served.name: served}, encoder, galleries if galleries and galleries.is_dir() else None)
+    guidance = f"bucket embeddings from {served.ratings_from}" if served.ratings is not None else "no bucket embeddings"
+    print(
+        f"serving index {served.name!r} ({served.catalog.rows} rows, {served.dim}-d, {folder}); {guidance}; "
+        f"text/image queries: {'CLIP ' + args.clip_model + ' (loaded on first use)' if encoder else 'off'}",
+        flush=True,
+    )
+    print(f"search page: http://{args.host}:{args.port}/", flush=True)
+    serve(state, args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one subcommand."""
     parser = argparse.ArgumentParser(
@@ -418,6 +454,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="", help="predictors file (default: predictors.yaml in the project)")
     p.add_argument("--dim", type=int, default=768, help="embedding width the heads take (default 768, ViT-L/14)")
     p.set_defaults(func=_score)
+    p = command(
+        "serve",
+        "answer clip-retrieval's back-end API (POST /knn-service, GET /indices-list, POST /metadata) over the "
+        "knn_index, with a search page at / and the galleries at /galleries/",
+        DATA_ROOT,
+    )
+    p.add_argument("--index", default="", help="index folder (default DATA_ROOT/knn, built by knn_index)")
+    p.add_argument("--name", default="", help="the index's name in /indices-list (default: the one it was built with)")
+    p.add_argument("--release", default="", help="take the aesthetic bucket embeddings of this release version")
+    p.add_argument(
+        "--buckets",
+        default="",
+        help="folder with rating0..9.npy for aesthetic guidance (default: the release's, else DATA_ROOT/buckets, "
+        "else LAION's shipped ViT-L/14 ones)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=1234)
+    p.add_argument(
+        "--clip-model",
+        default="ViT-L-14",
+        help="open_clip model (or model-config .json) for text and image queries; 'none' serves embedding queries only",
+    )
+    p.add_argument("--clip-pretrained", default="openai", help="its weights: a pretrained tag or a local file")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.set_defaults(func=_serve)
     args = parser.parse_args(argv)
     try:
         args.func(args)

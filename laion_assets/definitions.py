@@ -24,6 +24,7 @@ from laion_assets.defs.resources import (
     StorageResource,
     WatermarkResource,
 )
+from laion_assets.defs.retrieval.assets import knn_index, knn_index_complete
 from laion_assets.defs.scoring.assets import aesthetic_scores
 from laion_assets.defs.scoring.rescore import rescored_shards
 from laion_assets.defs.scoring.schedules import rescore_schedule
@@ -62,12 +63,14 @@ ASSETS = [
     score_histogram,
 ]
 ASSETS += RELEASE_ASSETS
+# The kNN index over the released shards' embeddings (`laion-assets serve` answers queries on it).
+ASSETS += [knn_index]
 # Batched re-scoring of stale shards, and training a predictor.
 ASSETS += [rescored_shards, aesthetic_predictor_trained]
 # The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
 URL_ASSETS = [images, image_embeddings]
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
-CHECKS += RELEASE_CHECKS
+CHECKS += RELEASE_CHECKS + [knn_index_complete]
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

@@ -56,3 +56,18 @@ def small_sample(small_sample_session: Path, tmp_path: Path) -> Path:
     out = tmp_path / "sample"
     shutil.copytree(small_sample_session, out)
     return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the screenshots the browser tests took (``record_property("screenshot", path)``) at the end of the run."""
+    shots = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "screenshot" and getattr(report, "when", "call") == "call"
+    ]
+    if shots:
+        terminalreporter.write_sep("-", "screenshots")
+        for shot in shots:
+            terminalreporter.write_line(str(shot))

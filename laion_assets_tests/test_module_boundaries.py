@@ -1,9 +1,9 @@
 """The house by stages: imports run one way along LAION's chain, and pure modules never import dagster.
 
-Stages, in chain order: ``core`` (shared), ``sources``, ``images``, ``scoring``, ``selection``, ``release``, ``retrieval``.
-A module
-of a stage may import its own stage and earlier ones, never a later one, ``defs``, the front ends or the code
-location. The wiring (``defs``, ``definitions``) and the front ends (``cli``, ``demos``) may import any stage.
+Stages, in chain order: ``core`` (shared), ``sources``, ``images``, ``scoring``, ``selection``, ``release``,
+``retrieval``. A module of a stage may import its own stage and earlier ones, never a later one, ``defs``, the
+front ends or the code location. The wiring (``defs``, ``definitions``) and the front ends (``cli``, ``demos``)
+may import any stage.
 """
 
 import ast

@@ -104,6 +104,11 @@ class OutputLayout:
         return self.root / "viz"
 
     @property
+    def knn_dir(self) -> Path:
+        """knn_index: the faiss files, the catalog parts and index.json."""
+        return self.root / "knn"
+
+    @property
     def releases_dir(self) -> Path:
         """Parent folder of every versioned release."""
         return self.root / "releases"

@@ -51,6 +51,9 @@ WATERMARK = Spec(
     "",
     "LAION's watermark_model_v1.pt (a local file), 'random' / 'random:SEED' (demos), or 'off'",
 )
+# Where `laion-assets serve` is reached, for the links in asset metadata (read when an asset runs).
+SERVE_URL_ENV = "LAION_ASSETS_SERVE_URL"
+DEFAULT_SERVE_URL = "http://127.0.0.1:1234"
 DAGSTER_HOME = Spec(
     "Dagster instance",
     "--dagster-home",
@@ -158,3 +161,9 @@ def add_flags(parser: argparse.ArgumentParser, *specs: Spec) -> None:
     for spec in specs:
         dest = spec.flag.removeprefix("--").replace("-", "_")
         parser.add_argument(spec.flag, dest=dest, default=None, metavar="DIR", help=flag_help(spec))
+
+
+def serve_url(environ: Mapping[str, str] | None = None) -> str:
+    """Where ``laion-assets serve`` is reached (``LAION_ASSETS_SERVE_URL``, else its default), for metadata links."""
+    env = os.environ if environ is None else environ
+    return (env.get(SERVE_URL_ENV) or DEFAULT_SERVE_URL).rstrip("/")

@@ -81,7 +81,7 @@ def run_graph(
             asset_selection=[dg.AssetKey(name) for name in selection],
         )
         _stop_on_failure(result, f"shard {key}")
-    print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, release", flush=True)
+    print("release-level assets: tags, subsets, buckets, histogram, KV, galleries, kNN index, release", flush=True)
     result = graph.resolve_job_def(release_job.name).execute_in_process(
         run_config=QUIET, instance=instance, raise_on_error=False
     )

@@ -108,7 +108,11 @@ def embed_texts(texts: list[str], clip: LoadedClip, batch_size: int) -> np.ndarr
 
 
 def shard_metadata(source: pl.DataFrame, metas: list[dict]) -> pl.DataFrame:
-    """The metadata rows of the embedded samples (in ``metas`` order) from the URL shard, plus key and caption."""
+    """The metadata rows of the embedded samples (in ``metas`` order) from the URL shard, plus key, url and caption.
+
+    ``url`` and ``caption`` repeat ``URL`` and ``TEXT`` under clip-retrieval's default metadata column names, so its
+    back end (``clip_back`` with ``columns_to_return`` left at ``["url", "caption"]``) serves our folders unchanged.
+    """
     try:
         rows = [int(m[ROW_COLUMN]) for m in metas]
     except (KeyError, TypeError, ValueError) as exc:
@@ -128,9 +132,13 @@ def shard_metadata(source: pl.DataFrame, metas: list[dict]) -> pl.DataFrame:
     laion = {**METADATA_COLUMNS, **OPTIONAL_METADATA_COLUMNS}
     frame = frame.with_columns(
         [pl.lit(None, dtype=t).alias(c) for c, t in laion.items() if c not in frame.columns]
-        + [pl.col(ROW_COLUMN).cast(pl.String).str.zfill(KEY_WIDTH).alias("key"), pl.col("TEXT").alias("caption")]
+        + [
+            pl.col(ROW_COLUMN).cast(pl.String).str.zfill(KEY_WIDTH).alias("key"),
+            pl.col("URL").alias("url"),
+            pl.col("TEXT").alias("caption"),
+        ]
     )
-    first = [*laion, "key", "caption"]
+    first = [*laion, "key", "url", "caption"]
     rest = [c for c in frame.columns if c not in first and c not in ("original_width", "original_height")]
     return frame.select([*first, *rest])
 

@@ -27,7 +27,7 @@ ALL_ASSETS = {
     "clip_embeddings", "aesthetic_scores", "safety_tags", "aesthetic_tags", "subset_4_5plus", "subset_4_75plus",
     "subset_5plus", "subset_6plus", "subset_6_25plus", "subset_6_5plus", "laion_aesthetic", "laion_art",
     "bucket_embeddings", "score_histogram", "aesthetic_kv", "aesthetic_viz", "release", "hf_release", "images",
-    "image_embeddings", "rescored_shards", "aesthetic_predictor_trained",
+    "image_embeddings", "rescored_shards", "aesthetic_predictor_trained", "knn_index",
 }  # fmt: skip
 # Pushing to the Hub needs a repo and a token; the URL front only runs when a URL source is configured; re-scoring
 # and training are operations of their own (the rescore job, a ratings table).

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -314,3 +315,42 @@ def test_the_rescoring_commands_work_as_written(demo_repo: Path):
     changelog = json.loads((releases / new / "manifest.json").read_text())["changelog"]
     assert set(changelog["predictors"]) == {"AESTHETIC_SCORE"} and changelog["previous"] in before
     assert "RUN_SUCCESS" in outputs[3]  # dagster's own CLI runs the job too; nothing is stale any more
+
+
+def test_the_search_commands_work_as_written(demo_repo: Path, tmp_path: Path):
+    """The README's search block: `laion-assets serve` (until it answers, as a server), then the lines after it."""
+    repo = demo_repo
+    lines = section_commands("Search")
+    assert [line.split()[:2] for line in lines] == [[".", ".venv/bin/activate"], ["laion-assets", "serve"],
+                                                    ["curl", "-s"]]  # fmt: skip
+    prefix, log = f"{lines[0]}\n", tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-c", RESTORE_SIGNALS, "bash", "-c", prefix + lines[1]],
+            cwd=repo, env=user_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"serve exited:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:1234/health", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, f"serve did not answer:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+        done = bash(prefix + lines[2], repo, user_env())
+        assert done.returncode == 0 and json.loads(done.stdout) == ["laion-aesthetics-assets"], done
+        vector = np.load(repo / "data" / "sample" / "img_emb" / "img_emb_0.npy")[0].astype(np.float32)
+        body = json.dumps({"embedding_input": vector.tolist(), "num_images": 3, "modality": "image"}).encode()
+        request = urllib.request.Request("http://127.0.0.1:1234/knn-service", data=body)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            results = json.loads(response.read())
+        first_url = pl.read_parquet(repo / "data" / "sample" / "metadata" / "metadata_0.parquet")["URL"][0]
+        assert results[0]["id"] == 0 and results[0]["url"] == first_url
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
+        assert stop_group(server), f"serve did not stop on Ctrl-C:\n{log.read_text()[-3000:]}"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            stop_group(server, timeout=30)

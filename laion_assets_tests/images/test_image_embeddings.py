@@ -48,8 +48,8 @@ def test_embeds_in_url_shard_order_and_skips_undecodable(tiny, tmp_path: Path) -
     assert (
         meta["caption"].to_list() == meta["TEXT"].to_list() == [f"a generated picture number {i}" for i in (0, 1, 3, 4)]
     )
-    assert meta["URL"].to_list() == [f"http://127.0.0.1/{i}.jpg" for i in (0, 1, 3, 4)]
-    assert meta.columns[:10] == [
+    assert meta["URL"].to_list() == meta["url"].to_list() == [f"http://127.0.0.1/{i}.jpg" for i in (0, 1, 3, 4)]
+    assert meta.columns[:11] == [
         "URL",
         "TEXT",
         "WIDTH",
@@ -59,6 +59,7 @@ def test_embeds_in_url_shard_order_and_skips_undecodable(tiny, tmp_path: Path) -
         "pwatermark",
         "LANGUAGE",
         "key",
+        "url",
         "caption",
     ]
     assert meta["note"].to_list() == ["kept"] * 4

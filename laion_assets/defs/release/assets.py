@@ -8,6 +8,7 @@ from laion_assets.core.errors import BadInputError
 from laion_assets.core.locations import file_sha256
 from laion_assets.core.outputs import require
 from laion_assets.core.paths import resolve
+from laion_assets.core.settings import serve_url
 from laion_assets.defs.errors import as_failure
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded
 from laion_assets.defs.resources import (
@@ -101,6 +102,8 @@ def aesthetic_viz(context: dg.AssetExecutionContext, storage: StorageResource) -
     return dg.MaterializeResult(
         metadata={
             "index": dg.MetadataValue.url(index.as_uri()),
+            # file:// links do nothing when clicked in the UI; `laion-assets serve` serves the pages over HTTP
+            "galleries_http": dg.MetadataValue.url(f"{serve_url()}/galleries/index.html"),
             "path": dg.MetadataValue.path(str(layout.viz_dir)),
             "pages": dg.MetadataValue.json(pages),
             "histogram_aesthetic": dg.MetadataValue.path(str(layout.viz_dir / "histogram_aesthetic.png")),
@@ -179,6 +182,7 @@ def release(
             "excluded_shards": dg.MetadataValue.json(manifest["inputs"].get("excluded_shards", [])),
             "changelog": dg.MetadataValue.json(manifest["changelog"]),
             "galleries": dg.MetadataValue.path(str(layout.viz_dir / "index.html")),
+            "galleries_http": dg.MetadataValue.url(f"{serve_url()}/galleries/index.html"),
             "card": dg.MetadataValue.md(card.split("\n---\n", 1)[-1][:4000]),
         }
     )
