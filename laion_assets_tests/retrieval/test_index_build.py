@@ -17,8 +17,10 @@ from laion_assets.retrieval.index_build import (
     build_index,
     exact_topk,
     load_index,
+    recall_at_k,
     resolve_params,
     search,
+    search_with_vectors,
 )
 from laion_assets_tests.retrieval.clustered import clustered_embeddings
 
@@ -67,6 +69,8 @@ def clustered(tmp_path_factory):
 
 def test_flat_index_ranks_like_numpy_brute_force(small, tmp_path):
     lines: list[str] = []
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "catalog.txt").write_text("the caller's own file, left alone")
     info = build_index(small, tmp_path / "flat", progress=lines.append)
     assert info.kind == "flat" and info.rows == 1650 and info.dim == 32
     assert info.shards == [
@@ -75,7 +79,8 @@ def test_flat_index_ranks_like_numpy_brute_force(small, tmp_path):
         {"key": "00002", "first_id": 700, "rows": 950},
     ]
     assert info.recall_at_10 == 1.0 and info.recall_queries == 200
-    assert info.files == ["image.index"] and sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["image.index"]
+    assert info.files == ["image.index"]
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["catalog.txt", "image.index"]
     assert "shard 00002: 950 rows added" in lines
     queries = unit(25, 32, 9).astype(np.float32)
     index = load_index(tmp_path / "flat", info)
@@ -98,6 +103,21 @@ def test_exact_topk_streams_chunks_and_equals_numpy(small, monkeypatch):
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ everything.T, expected, axis=1), rtol=1e-5)
     _, padded = exact_topk(small[:1], queries[:1], 800)  # more than the 700 rows: padded with -1
     assert (padded[0, 700:] == -1).all() and sorted(padded[0, :700].tolist()) == list(range(700))
+
+
+def test_recall_counts_tied_duplicates_as_found(tmp_path):
+    base = unit(400, 32, 12)
+    base[100:130] = base[7]  # 31 equal rows: which 10 of them are "the" top-10 is arbitrary
+    shards = on_disk(tmp_path, {"00000": base[:200], "00001": base[200:]})
+    info = build_index(shards, tmp_path / "dup", IndexParams(recall_queries=400))
+    assert info.recall_at_10 == 1.0
+    query = base[7:8].astype(np.float32)
+    _, exact = exact_topk(shards, query, 10)
+    # BLAS sums equal rows in different orders (their place in a block), so which copies win is down to ulps.
+    assert set(exact[0].tolist()) <= {7, *range(100, 130)}
+    other_copies = np.array([sorted({7, *range(100, 130)} - set(exact[0].tolist()))[:10]])
+    assert recall_at_k(shards, info, query, other_copies, 10) == 1.0
+    assert recall_at_k(shards, info, query, np.array([[*range(120, 129), 399]]), 10) == 0.9
 
 
 def test_ivf_pq_over_five_shards_merged_on_disk_reaches_recall(clustered):
@@ -123,8 +143,9 @@ def test_ivf_pq_ids_map_back_to_shard_and_row(clustered):
     shards, vectors, folder, info, _ = clustered
     index = load_index(folder, info)
     picks = [0, 2999, 3000, 7999, 8000, 12500, 19999]
-    _, ids = search(index, info, shards, vectors[picks].astype(np.float32), 5)
+    _, ids, found = search_with_vectors(index, info, shards, vectors[picks].astype(np.float32), 5)
     assert ids[:, 0].tolist() == picks  # a row's own vector finds its own id first
+    np.testing.assert_array_equal(found, vectors[ids].astype(np.float32))  # the exact embeddings of the results
     assert info.locate(ids[:, 0]) == [
         ("00000", 0),
         ("00000", 2999),
@@ -204,8 +225,8 @@ def test_bad_inputs_name_the_shard(small, tmp_path):
     with pytest.raises(BadInputError, match="pq_m=5 must divide the dimension 64"):
         resolve_params(IndexParams(kind="ivf_pq", pq_m=5), 20_000, 64)
     (tmp_path / "h").mkdir()
-    (tmp_path / "h" / "left.txt").write_text("x")
-    with pytest.raises(BadInputError, match="must be empty"):
+    (tmp_path / "h" / "image.index").write_text("x")
+    with pytest.raises(BadInputError, match="already holds image.index; build into a fresh folder"):
         build_index(small, tmp_path / "h")
     with pytest.raises(BadInputError, match=r"queries must be \(n, 32\)"):
         exact_topk(small, unit(2, 16, 7), 3)
