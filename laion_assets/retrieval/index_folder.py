@@ -59,7 +59,14 @@ def build_index_folder(
             write_part(tmp, shard.key, frame)
             vectors.append(ShardVectors(shard.key, embeddings))
         info = build_index(vectors, tmp, params, progress)
-        record = {"format": FORMAT, "name": name, "info": info.to_dict(), "built_from": dict(built_from)}
+        record = {
+            "format": FORMAT,
+            "name": name,
+            "info": info.to_dict(),
+            "built_from": dict(built_from),
+            # read back by the service: IVF-PQ re-ranks candidates on these exact vectors
+            "embeddings": {shard.key: str(shard.embeddings) for shard in shards},
+        }
         (tmp / INDEX_JSON).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 

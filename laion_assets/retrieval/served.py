@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from laion_assets.core.errors import BadInputError, MissingUpstreamError
+from laion_assets.core.locations import location
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.retrieval.catalog import Catalog, spans_from
+from laion_assets.retrieval.index_build import IndexInfo, ShardVectors, load_index, search_with_vectors
 from laion_assets.selection.buckets import N_BUCKETS
+from laion_assets.sources.embeddings import open_embeddings
 
 INDEX_JSON = "index.json"
 LAION_RATINGS = PROJECT_DIR / "data" / "reference" / "vit_l_14_embeddings"
@@ -60,31 +63,63 @@ def find_ratings(candidates: list[Path], dim: int) -> tuple[np.ndarray | None, s
 
 @dataclass
 class ServedIndex:
-    """One queryable index: ``search`` answers (similarities, ids, embeddings) best first."""
+    """One queryable index: ``search`` answers (similarities, ids, embeddings) best first.
+
+    ``shards`` are the embedding files the index was built from (memory-mapped): an IVF-PQ index re-ranks its
+    candidates by their exact inner product read from them, and near-duplicates are judged on exact vectors.
+    """
 
     name: str
     index: object  # a faiss.Index
+    info: IndexInfo
+    shards: list[ShardVectors]
     catalog: Catalog
-    dim: int
     ratings: np.ndarray | None = None
     ratings_from: str = ""
     record: dict = field(default_factory=dict)
 
+    @property
+    def dim(self) -> int:
+        """The embeddings' width."""
+        return self.info.dim
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The k nearest rows of each (n, d) query with their reconstructed embeddings."""
+        """The k nearest rows of each (n, d) query with their exact embeddings."""
         k = max(1, min(int(k), self.catalog.rows))
-        sims, ids, vecs = self.index.search_and_reconstruct(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return sims, ids, vecs
+        return search_with_vectors(self.index, self.info, self.shards, np.asarray(queries, dtype=np.float32), k)
+
+
+def open_shards(record: dict, info: IndexInfo) -> list[ShardVectors]:
+    """The embedding files the index records (``embeddings``), opened; a missing or changed one is an error."""
+    files = record.get("embeddings") or {}
+    shards = []
+    for span in info.shards:
+        key = span["key"]
+        if key not in files:
+            raise BadInputError(f"the index record names no embeddings file for shard {key}: rebuild knn_index")
+        try:
+            embeddings = open_embeddings(location(files[key]))
+        except (OSError, BadInputError) as exc:
+            raise MissingUpstreamError(
+                f"shard {key}: the index was built from {files[key]}, which cannot be opened ({exc}); the service "
+                "reads the embeddings for exact re-ranking: restore the file or rebuild knn_index"
+            ) from exc
+        if tuple(embeddings.shape) != (span["rows"], info.dim):
+            raise BadInputError(
+                f"shard {key}: {files[key]} is {tuple(embeddings.shape)}, the index holds "
+                f"({span['rows']}, {info.dim}): rebuild knn_index"
+            )
+        shards.append(ShardVectors(key, embeddings))
+    return shards
 
 
 def open_index(folder: Path, name: str | None = None, ratings_dirs: list[Path] | None = None) -> ServedIndex:
     """Open the index built into ``folder`` (faiss files memory-mapped where on disk) for queries."""
-    from laion_assets.retrieval.index_build import IndexInfo, load_index
-
     record = read_index_json(folder)
     info = IndexInfo.from_dict(record["info"])
     index = load_index(folder, info)
     catalog = Catalog(folder, spans_from(info.shards))
     ratings, ratings_from = find_ratings(ratings_dirs or [], info.dim)
-    return ServedIndex(name or str(record.get("name", folder.name)), index, catalog, info.dim, ratings, ratings_from,
-                       record)  # fmt: skip
+    shards = open_shards(record, info)
+    return ServedIndex(name or str(record.get("name", folder.name)), index, info, shards, catalog, ratings,
+                       ratings_from, record)  # fmt: skip

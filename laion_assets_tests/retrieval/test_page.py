@@ -101,9 +101,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, images: str) -> Iterator[t
         keys.append(f"{s:05d}")
         write_part(folder, keys[-1], frame)
         first += rows
-    info = build_index([ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)], folder, IndexParams("flat"))
+    shards = [ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)]
+    info = build_index(shards, folder, IndexParams("flat"))
     catalog = Catalog(folder, [ShardSpan(s["key"], s["first_id"], s["rows"]) for s in info.shards])
-    served = ServedIndex("page-index", load_index(folder, info), catalog, DIM, None, "", {"info": info.to_dict()})
+    served = ServedIndex("page-index", load_index(folder, info), info, shards, catalog, None, "",
+                         {"info": info.to_dict()})  # fmt: skip
     encoder = ClipEncoder(ClipSpec(TINY, "none", "cpu"))
     server = uvicorn.Server(
         uvicorn.Config(create_app(ServiceState({"page-index": served}, encoder)), host="127.0.0.1", port=0,

@@ -69,10 +69,11 @@ def world(tmp_path_factory):
     keys = [f"{i:05d}" for i in range(len(ROWS))]
     for key, frame in zip(keys, frames, strict=True):
         write_part(folder, key, frame)
-    info = build_index([ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)], folder, IndexParams("flat"))
+    shards = [ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)]
+    info = build_index(shards, folder, IndexParams("flat"))
     catalog = Catalog(folder, [ShardSpan(s["key"], s["first_id"], s["rows"]) for s in info.shards])
     ratings = unit(rng.normal(size=(10, DIM)))
-    served = ServedIndex("test-index", load_index(folder, info), catalog, DIM, ratings, "generated",
+    served = ServedIndex("test-index", load_index(folder, info), info, shards, catalog, ratings, "generated",
                          {"info": info.to_dict()})  # fmt: skip
     encoder = ClipEncoder(ClipSpec(TINY, "none", "cpu"))
     app = create_app(ServiceState({"test-index": served}, encoder))

@@ -26,7 +26,8 @@ SELF_QUERIES = 32
 
 
 class KnnIndexConfig(dg.Config):
-    """How to build the index (faiss): ``auto`` is exact up to ``exact_max_rows`` rows, IVF-PQ above."""
+    """How to build the index (faiss): ``auto`` is exact up to ``exact_max_rows`` rows, IVF-PQ above; 0 means
+    "chosen from the data" (the rules: ``laion_assets.retrieval.index_build.IndexParams``)."""
 
     kind: str = "auto"
     exact_max_rows: int = IndexParams.exact_max_rows
@@ -34,8 +35,12 @@ class KnnIndexConfig(dg.Config):
     pq_m: int = 0
     nprobe: int = 0
     train_rows: int = 0
+    nbits: int = IndexParams.nbits
     seed: int = 0
     recall_queries: int = IndexParams.recall_queries
+    rerank_factor: int = IndexParams.rerank_factor
+    quantizer: str = "auto"
+    threads: int = 0
     name: str = ""
     """The index's name in ``/indices-list`` (default: the release's name)."""
 
@@ -43,7 +48,8 @@ class KnnIndexConfig(dg.Config):
         """The build parameters."""
         return IndexParams(
             kind=self.kind, exact_max_rows=self.exact_max_rows, nlist=self.nlist, pq_m=self.pq_m, nprobe=self.nprobe,
-            train_rows=self.train_rows, seed=self.seed, recall_queries=self.recall_queries,
+            train_rows=self.train_rows, seed=self.seed, recall_queries=self.recall_queries, nbits=self.nbits,
+            rerank_factor=self.rerank_factor, quantizer=self.quantizer, threads=self.threads,
         )  # fmt: skip
 
 
