@@ -238,6 +238,12 @@ class Browser:
             if left <= 0:
                 raise BrowserTimeout(f"{url} did not finish loading within {timeout:g} s (now at {self.url})")
             self._receive(left)
+        # A late load event of the page before (e.g. the error page of a refused navigation) can set the flag first:
+        # done only when the document is the one asked for and complete.
+        self.wait_for(
+            f"document.readyState === 'complete' && location.href === new URL({_js_string(url)}).href",
+            timeout=max(deadline - time.monotonic(), 1.0),
+        )
 
     def _evaluate_raw(self, expression: str, timeout: float | None = None) -> dict[str, Any]:
         return self._call(

@@ -59,9 +59,11 @@ class StreamedNpy:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        if not isinstance(rows, slice) or rows.step not in (None, 1):
-            raise TypeError("StreamedNpy supports contiguous row slices only")
+    def __getitem__(self, rows: slice | np.ndarray | list[int]) -> np.ndarray:
+        if not isinstance(rows, slice):
+            return self._take(np.asarray(rows, dtype=np.int64))
+        if rows.step not in (None, 1):
+            raise TypeError("StreamedNpy supports contiguous row slices and integer row arrays only")
         start, stop, _ = rows.indices(self.shape[0])
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         count = max(stop - start, 0)
@@ -71,6 +73,23 @@ class StreamedNpy:
         if len(data) != count * row_bytes:
             raise BadInputError(f"{self.path}: file is truncated (rows {start}..{stop} not all present)")
         return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by index (any order, repeats allowed): one range read per run of consecutive rows."""
+        if rows.ndim != 1:
+            raise TypeError("StreamedNpy takes a 1-D array of row numbers")
+        n = self.shape[0]
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"{self.path}: row index out of range for {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        wanted = np.unique(rows)
+        out = np.empty((len(wanted), *self.shape[1:]), dtype=self.dtype)
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        for run in np.split(np.arange(len(wanted)), breaks):
+            if run.size:
+                first, last = int(wanted[run[0]]), int(wanted[run[-1]])
+                out[run] = self[first : last + 1]
+        return out[np.searchsorted(wanted, rows)]
 
 
 def open_embeddings(path: str | Location) -> np.ndarray | StreamedNpy:

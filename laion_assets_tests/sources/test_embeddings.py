@@ -97,3 +97,18 @@ def test_a_streamed_part_hashes_the_same(tmp_path):
     remote = UPath(f"memory://hash-test-{tmp_path.name}/img_emb_0.npy")
     remote.write_bytes(path.read_bytes())
     assert validate_embeddings(remote, 16, 30).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_streamed_part_takes_rows_by_index_like_a_memory_map(tmp_path):
+    """Remote parts (fsspec URLs) serve the kNN index's row reads: any order, repeats, one read per run."""
+    from upath import UPath
+
+    from laion_assets.sources.embeddings import StreamedNpy
+
+    array = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
+    np.save(tmp_path / "img_emb_0.npy", array)
+    streamed = StreamedNpy(UPath(f"file://{tmp_path / 'img_emb_0.npy'}"))
+    rows = np.array([9, 3, 4, 5, 63, 3, 0, -1])
+    assert np.array_equal(streamed[rows], array[rows]) and np.array_equal(streamed[10:20], array[10:20])
+    with pytest.raises(IndexError, match="row index out of range for 64 rows"):
+        streamed[np.array([64])]
