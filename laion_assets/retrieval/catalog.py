@@ -9,8 +9,7 @@ names follow clip-retrieval's defaults (lowercase ``url`` and ``caption``), so i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow.ipc as ipc
 
 from laion_assets.core.atomic import atomic_path
 from laion_assets.core.errors import BadInputError
+from laion_assets.retrieval.index_build import IndexInfo
 
 METADATA_DIR = "metadata"
 # tags column -> catalog column: clip-retrieval's lowercase names for url/caption/size, LAION's for the scores.
@@ -61,15 +61,6 @@ def write_part(folder: Path, key: str, frame: pl.DataFrame) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ShardSpan:
-    """Where one shard's rows sit in the id space."""
-
-    key: str
-    first_id: int
-    rows: int
-
-
 def _json_value(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; a missing score reads as null
@@ -77,44 +68,34 @@ def _json_value(value: object) -> object:
 
 
 class Catalog:
-    """The metadata of every indexed row, looked up by id; parts are memory-mapped, read only where asked."""
+    """The metadata of every indexed row, looked up by id (``IndexInfo.locate``: an id outside the index is a
+    BadInputError naming it); parts are memory-mapped, read only where asked."""
 
-    def __init__(self, folder: Path, spans: Sequence[ShardSpan]) -> None:
+    def __init__(self, folder: Path, info: IndexInfo) -> None:
         self.folder = folder
-        self.spans = list(spans)
-        self._starts = np.array([s.first_id for s in self.spans], dtype=np.int64)
+        self.info = info
         self._tables: dict[str, pa.Table] = {}
-        for span in self.spans:
-            path = folder / part_name(span.key)
+        for shard in info.shards:
+            key, rows = str(shard["key"]), int(shard["rows"])
+            path = folder / part_name(key)
             if not path.is_file():
-                raise BadInputError(f"{path}: the catalog part of shard {span.key} is missing (rebuild knn_index)")
+                raise BadInputError(f"{path}: the catalog part of shard {key} is missing (rebuild knn_index)")
             table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-            if table.num_rows != span.rows:
-                raise BadInputError(f"{path}: {table.num_rows} rows, but the index holds {span.rows} for the shard")
-            self._tables[span.key] = table
-        self.columns: list[str] = self._tables[self.spans[0].key].column_names if self.spans else []
+            if table.num_rows != rows:
+                raise BadInputError(f"{path}: {table.num_rows} rows, but the index holds {rows} for the shard")
+            self._tables[key] = table
+        self.columns: list[str] = next(iter(self._tables.values())).column_names if self._tables else []
 
     @property
     def rows(self) -> int:
         """How many ids the catalog covers."""
-        return sum(s.rows for s in self.spans)
-
-    def locate(self, ids: Sequence[int] | np.ndarray) -> list[tuple[str, int]]:
-        """(shard key, row) of each id; an id outside the catalog is an error naming it."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = []
-        for i in ids.tolist():
-            if i < 0 or i >= self.rows:
-                raise KeyError(f"id {i} is not in this index (0..{self.rows - 1})")
-            s = int(np.searchsorted(self._starts, i, side="right")) - 1
-            out.append((self.spans[s].key, i - self.spans[s].first_id))
-        return out
+        return self.info.rows
 
     def records(self, ids: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> list[dict[str, object]]:
         """One dict per id with the catalog columns (all, or ``columns``), in the order of ``ids``."""
         wanted = list(columns) if columns is not None else self.columns
         out = []
-        for key, row in self.locate(ids):
+        for key, row in self.info.locate(np.asarray(ids, dtype=np.int64)):
             table = self._tables[key]
             names = [c for c in wanted if c in table.column_names]
             record = table.select(names).slice(row, 1).to_pylist()[0]
@@ -125,8 +106,3 @@ class Catalog:
         """One numeric column's values for ``ids`` as float64 (NaN where null or absent)."""
         values = [r.get(name) for r in self.records(ids, [name])]
         return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
-def spans_from(shards: Sequence[Mapping[str, object]]) -> list[ShardSpan]:
-    """ShardSpans from the index's recorded shard list (``key``, ``first_id``, ``rows``)."""
-    return [ShardSpan(str(s["key"]), int(s["first_id"]), int(s["rows"])) for s in shards]

@@ -192,7 +192,7 @@ def _chunks(shard: ShardVectors) -> Iterator[tuple[int, np.ndarray]]:
         yield start, _finite(shard.key, start, chunk)
 
 
-def _rows(shards: Sequence[ShardVectors], ranges: list[dict], ids: np.ndarray) -> np.ndarray:
+def read_rows(shards: Sequence[ShardVectors], ranges: list[dict], ids: np.ndarray) -> np.ndarray:
     """The float32 vectors of sorted global ``ids``, read shard by shard, a chunk of ids at a time."""
     dim = shards[0].embeddings.shape[1]
     out = np.empty((len(ids), dim), dtype=np.float32)
@@ -336,7 +336,7 @@ def search(
     _, candidates = index.search(q, max(k, k * int(info.params["rerank_factor"])))
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
     wanted = np.unique(candidates[candidates >= 0])
-    vectors = _rows(shards, info.shards, wanted)
+    vectors = read_rows(shards, info.shards, wanted)
     for j in range(len(q)):
         found = candidates[j] >= 0
         scores[j, found] = vectors[np.searchsorted(wanted, candidates[j, found])] @ q[j]
@@ -352,7 +352,7 @@ def search_with_vectors(
     vectors = np.zeros((*ids.shape, info.dim), dtype=np.float32)
     found = ids >= 0
     wanted, inverse = np.unique(ids[found], return_inverse=True)
-    vectors[found] = _rows(shards, info.shards, wanted)[inverse]
+    vectors[found] = read_rows(shards, info.shards, wanted)[inverse]
     return scores, ids, vectors
 
 
@@ -371,7 +371,7 @@ def recall_at_k(
     exact_scores, exact_ids = exact_topk(shards, q, k)
     found = np.asarray(found, dtype=np.int64)[:, :k]
     wanted = np.unique(found[found >= 0])
-    vectors = _rows(shards, info.shards, wanted)
+    vectors = read_rows(shards, info.shards, wanted)
     hits = []
     for j in range(len(q)):
         ids = np.unique(found[j][found[j] >= 0])
@@ -387,7 +387,7 @@ def _recall(index, info: IndexInfo, shards: Sequence[ShardVectors], params: Inde
     count = min(params.recall_queries, info.rows)
     if count < 1:
         return 1.0, 1.0, 0
-    queries = _rows(shards, info.shards, _sample_ids(info.rows, count, params.seed + 1))
+    queries = read_rows(shards, info.shards, _sample_ids(info.rows, count, params.seed + 1))
     k = min(10, info.rows)
     _, found = search(index, info, shards, queries, k)
     recall = recall_at_k(shards, info, queries, found, k)
@@ -461,7 +461,7 @@ def _build_flat(faiss, shards, ranges, dim: int, folder: Path, say) -> list[str]
 def _build_ivf_pq(faiss, shards, ranges, dim: int, folder: Path, p: dict, say) -> list[str]:
     """Train on a sample from all shards, fill one empty copy per shard, merge the copies' lists on disk."""
     total = sum(r["rows"] for r in ranges)
-    sample = _rows(shards, ranges, _sample_ids(total, p["train_rows"], p["seed"]))
+    sample = read_rows(shards, ranges, _sample_ids(total, p["train_rows"], p["seed"]))
     trained = faiss.index_factory(dim, p["index_factory"], faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(trained))
     # Polysemous training only serves Hamming-distance filtering we never use, and costs ~50x the PQ training itself.

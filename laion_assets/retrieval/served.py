@@ -16,8 +16,8 @@ import numpy as np
 from laion_assets.core.errors import BadInputError, MissingUpstreamError
 from laion_assets.core.locations import location
 from laion_assets.core.paths import PROJECT_DIR
-from laion_assets.retrieval.catalog import Catalog, spans_from
-from laion_assets.retrieval.index_build import IndexInfo, ShardVectors, load_index, search_with_vectors
+from laion_assets.retrieval.catalog import Catalog
+from laion_assets.retrieval.index_build import IndexInfo, ShardVectors, load_index, read_rows, search_with_vectors
 from laion_assets.selection.buckets import N_BUCKETS
 from laion_assets.sources.embeddings import open_embeddings
 
@@ -88,6 +88,11 @@ class ServedIndex:
         k = max(1, min(int(k), self.catalog.rows))
         return search_with_vectors(self.index, self.info, self.shards, np.asarray(queries, dtype=np.float32), k)
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The exact float32 embeddings of ``ids`` (any order), read from the shards' files."""
+        wanted, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
+        return read_rows(self.shards, self.info.shards, wanted)[inverse]
+
 
 def open_shards(record: dict, info: IndexInfo) -> list[ShardVectors]:
     """The embedding files the index records (``embeddings``), opened; a missing or changed one is an error."""
@@ -118,7 +123,7 @@ def open_index(folder: Path, name: str | None = None, ratings_dirs: list[Path] |
     record = read_index_json(folder)
     info = IndexInfo.from_dict(record["info"])
     index = load_index(folder, info)
-    catalog = Catalog(folder, spans_from(info.shards))
+    catalog = Catalog(folder, info)
     ratings, ratings_from = find_ratings(ratings_dirs or [], info.dim)
     shards = open_shards(record, info)
     return ServedIndex(name or str(record.get("name", folder.name)), index, info, shards, catalog, ratings,

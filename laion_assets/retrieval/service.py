@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from laion_assets.core.errors import LaionAssetsError
+from laion_assets.core.errors import BadInputError, LaionAssetsError
 from laion_assets.retrieval.queries import (
     MAX_IMAGE_BYTES,
     ClipEncoder,
@@ -209,8 +209,8 @@ def create_app(state: ServiceState) -> Starlette:
                 raise QueryError(413, f"{len(ids)} ids asked; the limit is {MAX_RESULTS}")
             try:
                 return JSONResponse(await run_in_threadpool(metadata_of, served.catalog, ids))
-            except KeyError as exc:
-                raise QueryError(404, str(exc.args[0])) from exc
+            except BadInputError as exc:  # an id outside the index
+                raise QueryError(404, str(exc)) from exc
         except QueryError as exc:
             return _error(exc.status, str(exc))
 

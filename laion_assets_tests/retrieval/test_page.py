@@ -23,7 +23,7 @@ from PIL import Image
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.images.clip_model import ClipSpec
-from laion_assets.retrieval.catalog import Catalog, ShardSpan, write_part
+from laion_assets.retrieval.catalog import Catalog, write_part
 from laion_assets.retrieval.index_build import IndexParams, ShardVectors, build_index, load_index
 from laion_assets.retrieval.queries import MAX_TEXT_CHARS, ClipEncoder
 from laion_assets.retrieval.served import ServedIndex
@@ -103,7 +103,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, images: str) -> Iterator[t
         first += rows
     shards = [ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)]
     info = build_index(shards, folder, IndexParams("flat"))
-    catalog = Catalog(folder, [ShardSpan(s["key"], s["first_id"], s["rows"]) for s in info.shards])
+    catalog = Catalog(folder, info)
     served = ServedIndex("page-index", load_index(folder, info), info, shards, catalog, None, "",
                          {"info": info.to_dict()})  # fmt: skip
     encoder = ClipEncoder(ClipSpec(TINY, "none", "cpu"))

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets.images.clip_model import ClipSpec, load_clip
-from laion_assets.retrieval.catalog import Catalog, ShardSpan, write_part
+from laion_assets.retrieval.catalog import Catalog, write_part
 from laion_assets.retrieval.index_build import IndexParams, ShardVectors, build_index, load_index
 from laion_assets.retrieval.queries import MAX_IMAGE_PIXELS, ClipEncoder
 from laion_assets.retrieval.search import NEAR_DUPLICATE
@@ -71,7 +71,7 @@ def world(tmp_path_factory):
         write_part(folder, key, frame)
     shards = [ShardVectors(k, v) for k, v in zip(keys, vectors, strict=True)]
     info = build_index(shards, folder, IndexParams("flat"))
-    catalog = Catalog(folder, [ShardSpan(s["key"], s["first_id"], s["rows"]) for s in info.shards])
+    catalog = Catalog(folder, info)
     ratings = unit(rng.normal(size=(10, DIM)))
     served = ServedIndex("test-index", load_index(folder, info), info, shards, catalog, ratings, "generated",
                          {"info": info.to_dict()})  # fmt: skip
