@@ -22,7 +22,8 @@ from laion_assets.retrieval.index_build import IndexInfo, IndexParams, ShardVect
 from laion_assets.retrieval.served import INDEX_JSON
 from laion_assets.sources.embeddings import open_embeddings
 
-FORMAT = 1
+# 2: the record names the embedding files (the service re-ranks on them); an index of another format is rebuilt.
+FORMAT = 2
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from laion_assets.defs.selection.gate import gate_tags_parts
 from laion_assets.defs.selection.tags import aesthetic_tags
 from laion_assets.retrieval.catalog import part_name
 from laion_assets.retrieval.index_build import IndexParams
-from laion_assets.retrieval.index_folder import IndexedShard, build_index_folder
+from laion_assets.retrieval.index_folder import FORMAT, IndexedShard, build_index_folder
 from laion_assets.retrieval.served import ServedIndex, open_index, read_index_json
 from laion_assets.selection.tags import recorded_ids, tag_files
 
@@ -80,7 +80,11 @@ def knn_index(
         name = config.name or release_config.name
         storage.pull(layout.knn_dir)
         previous = read_index_json(layout.knn_dir) if (layout.knn_dir / "index.json").is_file() else None
-        unchanged = previous is not None and previous.get("built_from") == built_from and previous.get("name") == name
+        unchanged = previous is not None and (
+            previous.get("format"),
+            previous.get("built_from"),
+            previous.get("name"),
+        ) == (FORMAT, built_from, name)
         if unchanged:
             record = previous
             context.log.info("knn_index: built from the same tags, files and parameters: kept")
