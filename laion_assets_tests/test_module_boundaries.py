@@ -1,7 +1,7 @@
 """The house by stages: imports run one way along LAION's chain, and pure modules never import dagster.
 
 Stages, in chain order: ``core`` (shared), ``sources``, ``images``, ``scoring``, ``selection``, ``release``,
-``retrieval``. A module of a stage may import its own stage and earlier ones, never a later one, ``defs``, the
+``retrieval``, ``pop``. A module of a stage may import its own stage and earlier ones, never a later one, ``defs``, the
 front ends or the code location. The wiring (``defs``, ``definitions``) and the front ends (``cli``, ``demos``)
 may import any stage.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import laion_assets
 from laion_assets.core.paths import PROJECT_DIR
 
-STAGES = ("core", "sources", "images", "scoring", "selection", "release", "retrieval")
+STAGES = ("core", "sources", "images", "scoring", "selection", "release", "retrieval", "pop")
 PACKAGE_DIR = Path(laion_assets.__file__).parent
 # Modules that run Dagster (the code location and the front ends that launch it); every other one is pure.
 WIRING = {"laion_assets.definitions", "laion_assets.cli", "laion_assets.demos.local", "laion_assets.demos.urls"}

@@ -21,7 +21,7 @@ from laion_assets.selection.thresholds import V1_SUBSETS
 # One owner for every asset (Dagster takes "team:<name>" or an e-mail address); README "Asset metadata" says so.
 OWNERS = ["team:laion-assets"]
 # The stage packages of laion_assets/defs/, in the order of LAION's chain; an asset's `stage` tag is one of them.
-STAGES = ("sources", "images", "scoring", "selection", "release", "retrieval")
+STAGES = ("sources", "images", "scoring", "selection", "release", "retrieval", "pop")
 
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 80  # URLs and captions are cut here (with "…"), so a preview stays one line per row
