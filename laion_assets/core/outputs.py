@@ -109,6 +109,45 @@ class OutputLayout:
         return self.root / "knn"
 
     @property
+    def pop_dir(self) -> Path:
+        """LAION-POP: concepts, centroids, the selection, its images, captions and the released table."""
+        return self.root / "pop"
+
+    @property
+    def pop_concepts_path(self) -> Path:
+        """pop_concepts: the concept collection's embedding files, rows and dimension (a JSON record)."""
+        return self.pop_dir / "concepts.json"
+
+    @property
+    def pop_centroids_path(self) -> Path:
+        """pop_centroids: the k-means centroids, float32 (k, d), L2-normalised."""
+        return self.pop_dir / "centroids.npy"
+
+    @property
+    def pop_centroids_info(self) -> Path:
+        """pop_centroids: parameters, inertia and cluster sizes (JSON)."""
+        return self.pop_dir / "centroids.json"
+
+    @property
+    def pop_selection_dir(self) -> Path:
+        """laion_pop: the selected rows, parquet parts."""
+        return self.pop_dir / "laion_pop"
+
+    def pop_images_dir(self, key: str) -> Path:
+        """pop_images: img2dataset's attempts for one shard of the selection."""
+        return self.pop_dir / "images" / key
+
+    @property
+    def pop_captions_dir(self) -> Path:
+        """pop_captions: one caption parquet per image shard (and the finished chunks of an unfinished one)."""
+        return self.pop_dir / "captions"
+
+    @property
+    def pop_table_dir(self) -> Path:
+        """pop_captions: the released LAION-POP table (selection joined with captions) and its settings.json."""
+        return self.pop_dir / "table"
+
+    @property
     def releases_dir(self) -> Path:
         """Parent folder of every versioned release."""
         return self.root / "releases"
