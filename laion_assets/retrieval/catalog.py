@@ -106,3 +106,26 @@ class Catalog:
         """One numeric column's values for ``ids`` as float64 (NaN where null or absent)."""
         values = [r.get(name) for r in self.records(ids, [name])]
         return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+    def frame(self, ids: Sequence[int] | np.ndarray, columns: Sequence[str]) -> pl.DataFrame:
+        """The catalog ``columns`` of many ``ids`` at once (one take per shard), in the order of ``ids``, plus ``id``.
+
+        A column a shard's part lacks (e.g. ``pwatermark`` in a release without it) comes back null.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        located = self.info.locate(ids)
+        keys = np.array([k for k, _ in located], dtype=object)
+        rows = np.array([r for _, r in located], dtype=np.int64)
+        pieces = []
+        for key in dict.fromkeys(keys.tolist()):
+            mine = np.flatnonzero(keys == key)
+            table = self._tables[key]
+            taken = pl.from_arrow(table.select([c for c in columns if c in table.column_names]).take(rows[mine]))
+            assert isinstance(taken, pl.DataFrame)
+            absent = [pl.lit(None).alias(c) for c in columns if c not in taken.columns]
+            pieces.append(taken.with_columns(absent).select(columns).with_columns(pl.Series("id", ids[mine])))
+        if not pieces:
+            return pl.DataFrame({"id": pl.Series([], dtype=pl.Int64)})
+        order = pl.DataFrame({"id": ids, "_order": np.arange(len(ids))})
+        joined = pl.concat(pieces, how="diagonal_relaxed").unique("id", keep="first")
+        return order.join(joined, on="id", how="left").sort("_order").drop("_order")

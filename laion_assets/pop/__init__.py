@@ -1,0 +1,1 @@
+"""LAION-POP: concept centroids, kNN selection with resolution and watermark filters, VLM captions."""
