@@ -218,7 +218,9 @@ def test_the_checks_fail_on_a_broken_selection(world):
     params = PopParams(neighbours=12)
     rows = select(served, centroids, params)
     # A row that breaks the size filter, slipped in: soundness names it.
-    broken = pl.concat([rows, rows.head(1).with_columns(pl.lit(700.0).alias("HEIGHT"), pl.lit(123, dtype=pl.Int64).alias("hash"))])
+    broken = pl.concat(
+        [rows, rows.head(1).with_columns(pl.lit(700.0).alias("HEIGHT"), pl.lit(123, dtype=pl.Int64).alias("hash"))]
+    )
     problems = soundness_problems(broken, params, CLUSTERS)
     assert problems == ["hash 123 (centroid 0): shortest side of 1024.0x700.0 < 768"]
     assert any("appears 2 times" in p for p in soundness_problems(pl.concat([rows, rows.head(1)]), params, CLUSTERS))
