@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from laion_assets.core.errors import BadInputError, MissingUpstreamError, SourceChangedError
 from laion_assets.core.locations import Location
 from laion_assets.core.outputs import OutputLayout
-from laion_assets.release.card import render_card, subset_path
+from laion_assets.release.card import config_name, render_card, subset_path
 from laion_assets.release.kv import KV_FILES, record_dtype
 from laion_assets.release.manifest import (
     CARD,
@@ -37,6 +37,7 @@ from laion_assets.release.manifest import (
     safety_entry,
     source_entry,
 )
+from laion_assets.release.tables import ReleaseTable, table_changes, table_sources
 from laion_assets.scoring.parts import IDENTITY_KEY
 from laion_assets.selection.audit import SubsetAudit, audit_subset
 from laion_assets.selection.buckets import N_BUCKETS
@@ -61,7 +62,8 @@ AUTO = "auto"
 FIRST_VERSION = "v0.1.0"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Manifest fields that say what a release holds; code and package versions say what built it and do not count.
-CONTENT_FIELDS = ("format", "name", "subsets", "thresholds", "predictors", "inputs")
+# ``tables`` (LAION-POP) is absent from a release without one, as from releases made before tables existed.
+CONTENT_FIELDS = ("format", "name", "subsets", "thresholds", "predictors", "inputs", "tables")
 
 
 class ReleaseExistsError(BadInputError):
@@ -122,7 +124,10 @@ def thresholds() -> dict[str, object]:
 
 
 def release_sources(layout: OutputLayout) -> dict[str, Path]:
-    """Map each data file's path inside the release to the built file under the data root (all must exist)."""
+    """Map each data file's path inside the release to the built file under the data root (all must exist).
+
+    Tables (:class:`ReleaseTable`) are not in it: :func:`with_tables` adds them.
+    """
     files: dict[str, Path] = {}
     for subset in subset_rules():
         name = str(subset["name"])
@@ -134,6 +139,27 @@ def release_sources(layout: OutputLayout) -> dict[str, Path]:
     for k in range(N_BUCKETS):
         files[f"buckets/rating{k}.npy"] = layout.require(layout.buckets_dir / f"rating{k}.npy", "bucket_embeddings")
     return files
+
+
+def with_tables(
+    sources: Mapping[str, Path], tables: Sequence[ReleaseTable]
+) -> tuple[dict[str, Path], list[dict[str, object]]]:
+    """``sources`` plus every table's files, and the tables' manifest entries; raises when a table's config or
+    folder is taken (by a subset or another table)."""
+    files = dict(sources)
+    configs = {config_name(s) for s in subset_rules()} | {str(s["name"]) for s in subset_rules()}
+    entries: list[dict[str, object]] = []
+    for table in tables:
+        taken = [rel for rel in files if rel.startswith(f"{table.path}/") or table.path.startswith(f"{rel}/")]
+        if table.config in configs or taken:
+            raise BadInputError(
+                f"table {table.folder}: config {table.config!r} or folder {table.path}/ is already taken in the release"
+            )
+        table_files, entry = table_sources(table)
+        files.update(table_files)
+        entries.append(entry)
+        configs.add(table.config)
+    return files, entries
 
 
 def _releases(layout: OutputLayout) -> list[Path]:
@@ -214,6 +240,8 @@ def compute_changelog(previous: Path | None, release_dir: Path, manifest: Mappin
         old = load_manifest(previous)
         changelog["predictors"] = _predictor_changes(old.get("predictors", {}), manifest.get("predictors", {}))
         changelog["inputs"] = _input_changes(old.get("inputs", {}), manifest.get("inputs", {}))
+        if old.get("tables") or manifest.get("tables"):  # a release without tables keeps the changelog it had
+            changelog["tables"] = table_changes(previous, old, release_dir, manifest)
     return changelog
 
 
@@ -271,6 +299,7 @@ def build_release(
     code: dict | None = None,
     packages: dict | None = None,
     hub_repo: str | None = None,
+    tables: Sequence[ReleaseTable] = (),
 ) -> ReleaseSummary:
     """Assemble ``releases/<version>/`` with its dataset card and manifest; a built version is never rewritten.
 
@@ -280,13 +309,14 @@ def build_release(
     ``code`` and ``packages`` default to a fresh comparison with the previous release and the running code;
     ``verify`` passes the recorded ones so that only the data decides whether bytes match. ``hub_repo`` is the Hub
     repo the card's usage snippet names (None: a placeholder; a push writes the repo in, and ``verify`` passes the
-    recorded one).
+    recorded one). ``tables`` are finished tables (LAION-POP) released as their own configs, their parts copied
+    byte for byte; they are listed in the manifest's ``tables`` field, which a release without tables lacks.
     """
     if version != AUTO:
         check_version(version)
     with release_lock(layout):  # one build at a time decides the version and renames into place
         return _build_release_locked(
-            layout, version, inputs, predictors, name, subsets, changelog, code, packages, hub_repo
+            layout, version, inputs, predictors, name, subsets, changelog, code, packages, hub_repo, tables
         )
 
 
@@ -336,12 +366,13 @@ def _build_release_locked(
     code: dict | None,
     packages: dict | None,
     hub_repo: str | None,
+    tables: Sequence[ReleaseTable],
 ) -> ReleaseSummary:
     newest = newest_release(layout) if version == AUTO else None
     target_version = (next_version(newest.name) if newest else FIRST_VERSION) if version == AUTO else version
     check_version(target_version)
     existing = newest if version == AUTO else layout.release_dir(target_version)
-    sources = release_sources(layout)
+    sources, table_entries = with_tables(release_sources(layout), tables)
     target = layout.release_dir(target_version)
     if target.exists() and not (target / MANIFEST).is_file():
         raise ReleaseExistsError(
@@ -368,6 +399,8 @@ def _build_release_locked(
             "packages": packages if packages is not None else package_versions(),
             "hub_repo": hub_repo,
         }
+        if table_entries:
+            manifest["tables"] = table_entries
         if changelog is None:
             changelog = compute_changelog(previous_release(layout, target_version), tmp, json.loads(dumps(manifest)))
         manifest["changelog"] = changelog
@@ -476,11 +509,12 @@ def release_from_layout(
     excluded_shards: Sequence[str] = (),
     validations: Mapping[str, Validation] | None = None,
     image_heads: Mapping[str, tuple[str, str | None]] | None = None,
+    tables: Sequence[ReleaseTable] = (),
 ) -> ReleaseSummary:
     """Build a release from a data root whose spine is built, recording the source parts and predictors.
 
     Every subset is first recounted independently from the tags table; a subset that is not exactly what its rule
-    selects stops the release (nothing is written).
+    selects stops the release (nothing is written). ``tables`` (LAION-POP) are released as their own configs.
     """
     validations = validations if validations is not None else tags_validations(layout)
     check_release_inputs(layout, safety)
@@ -501,4 +535,6 @@ def release_from_layout(
         "excluded_shards": sorted(excluded_shards),
     }
     predictors = predictor_entries(tags_identities(layout), dict(predictor_files), image_heads)
-    return build_release(layout, version, inputs=inputs, predictors=predictors, name=name, subsets=subsets)
+    return build_release(
+        layout, version, inputs=inputs, predictors=predictors, name=name, subsets=subsets, tables=tables
+    )

@@ -16,6 +16,16 @@ from collections.abc import Mapping
 import yaml
 
 from laion_assets.core.errors import BadInputError
+from laion_assets.release.tables import (
+    GUESS,
+    HUB,
+    HUB_LAION_POP,
+    LAION_POP_COLUMNS,
+    LAION_POP_CONFIG,
+    OURS,
+    SETTINGS,
+    table_files,
+)
 from laion_assets.selection.histogram import LABELS
 from laion_assets.selection.safety_columns import COMPUTED, PROVIDED, PROVIDED_ELSE_COMPUTED
 
@@ -118,15 +128,28 @@ def subset_files(manifest: Mapping[str, object], name: str) -> dict[str, dict]:
 
 def _subset_info(manifest: Mapping[str, object], subset: Mapping[str, object]) -> dict:
     """One ``dataset_info`` entry: the subset's columns, its train split's rows and bytes, and its download size."""
-    files = subset_files(manifest, str(subset["name"]))
+    return _info(f"subset {subset['name']}", config_name(subset), subset_files(manifest, str(subset["name"])))
+
+
+def tables(manifest: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """The manifest's tables (LAION-POP) that get a config: those with rows."""
+    return [t for t in manifest.get("tables") or [] if int(t["rows"])]  # type: ignore[attr-defined]
+
+
+def table_parquet(manifest: Mapping[str, object], table: Mapping[str, object]) -> dict[str, dict]:
+    """The manifest entries of one table's parquet parts, by path inside the release."""
+    return {rel: e for rel, e in table_files(manifest, str(table["path"])).items() if rel.endswith(".parquet")}
+
+
+def _info(what: str, config: str, files: Mapping[str, Mapping]) -> dict:
     # As the Hub writes them: name, then dtype.
     features = {json.dumps([{"name": f["name"], "dtype": f["dtype"]} for f in e["features"]]) for e in files.values()}
     if len(features) != 1:
-        raise BadInputError(f"subset {subset['name']}: its files {sorted(files)} do not have one schema to declare")
+        raise BadInputError(f"{what}: its files {sorted(files)} do not have one schema to declare")
     num_bytes = sum(int(e["arrow_bytes"]) for e in files.values())
     split = {"name": "train", "num_bytes": num_bytes, "num_examples": sum(int(e["rows"]) for e in files.values())}
     return {
-        "config_name": config_name(subset),
+        "config_name": config,
         "features": json.loads(features.pop()),
         "splits": [split],
         "download_size": sum(int(e["bytes"]) for e in files.values()),
@@ -166,7 +189,12 @@ def front_matter(manifest: dict) -> dict:
         if name == default:
             entry["default"] = True
         configs.append(entry)
+    for table in tables(manifest):  # after the subsets, never the default
+        configs.append(
+            {"config_name": table["config"], "data_files": [{"split": "train", "path": f"{table['path']}/*.parquet"}]}
+        )
     infos = [_subset_info(manifest, s) for s in subsets]
+    infos += [_info(f"table {t['config']}", str(t["config"]), table_parquet(manifest, t)) for t in tables(manifest)]
     largest = max((info["splits"][0]["num_examples"] for info in infos), default=0)
     meta: dict = {"pretty_name": manifest["name"], "license": DATA_LICENSE}
     found = languages(manifest)
@@ -176,7 +204,8 @@ def front_matter(manifest: dict) -> dict:
         # Subsets overlap (every V2 subset holds the next one), so the largest one is the dataset's size.
         "size_categories": [size_category(largest)],
         "task_categories": TASK_CATEGORIES,
-        "tags": ["laion", "aesthetics", "clip", "image-text"],
+        "tags": ["laion", "aesthetics", "clip", "image-text"]
+        + (["laion-pop"] if any(t["config"] == LAION_POP_CONFIG for t in tables(manifest)) else []),
         "configs": configs,
         "dataset_info": infos,
     }
@@ -286,6 +315,8 @@ def render_card(manifest: dict, histogram: dict) -> str:
             [[f"`{config_name(s)}`", *(f"{s.get('funnel', {}).get(k, 0):,}" for k in keys)] for s in subsets],
         )
     lines += ["", *usage(manifest)]
+    for table in manifest.get("tables") or []:
+        lines += ["", *table_lines(manifest, table)]
     lines += [
         "",
         "## Score histograms",
@@ -358,6 +389,13 @@ def render_card(manifest: dict, histogram: dict) -> str:
             for name, c in sorted(changelog["subsets"].items())
         ]
         lines += _table(["config", "rows before", "rows after", "added", "removed"], rows)
+        for config, c in sorted(changelog.get("tables", {}).items()):
+            settings = "; its settings changed" if c["settings_changed"] else ""
+            lines += [
+                "",
+                f"- table `{config}`: {c['rows_before']:,} -> {c['rows_after']:,} rows, +{c['added']:,} "
+                f"-{c['removed']:,} by `hash`{settings}.",
+            ]
     inputs = manifest["inputs"]
     excluded = inputs.get("excluded_shards") or []
     lines += [
@@ -376,6 +414,97 @@ def render_card(manifest: dict, histogram: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _code(value: object) -> str:
+    """``value`` as an inline code span that holds any backticks it contains (CommonMark)."""
+    text = str(value).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _block(text: str) -> list[str]:
+    """``text`` as a fenced code block, its fence longer than any backtick run inside."""
+    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return [fence, *text.split("\n"), fence]
+
+
+def _settings_list(settings: Mapping[str, object]) -> list[str]:
+    return [
+        f"  - `{key}`: {_code(json.dumps(value, sort_keys=True, ensure_ascii=False))}"
+        for key, value in settings.items()
+    ]
+
+
+def table_lines(manifest: Mapping[str, object], table: Mapping[str, object]) -> list[str]:
+    """The card's section on one table: LAION-POP's recipe, caption model, prompt and columns; others' settings."""
+    config, path = str(table["config"]), str(table["path"])
+    settings: dict = dict(table["settings"])  # type: ignore[call-overload]
+    parts = table_parquet(manifest, table)
+    rows = int(table["rows"])
+    repo = manifest.get("hub_repo") or REPO_PLACEHOLDER
+    where = (
+        f"`{path}/` ({len(parts)} part(s), {rows:,} rows; `{path}/{SETTINGS}` records how it was made), config "
+        f"`{config}`"
+    )
+    load = (
+        ["```python", f'ds = load_dataset("{repo}", "{config}", split="train")', "```"]
+        if rows
+        else ["It holds no rows, so it has no config in the header."]
+    )
+    features = next(iter(parts.values()))["features"] if parts else []
+    if config != LAION_POP_CONFIG:
+        lines = [f"## {config}", "", f"A finished table released as it was built: {where}.", "", *load, ""]
+        lines += ["Settings:", "", *_settings_list(settings), ""]
+        return lines + _table(["column", "dtype"], [[f"`{f['name']}`", f["dtype"]] for f in features])
+    selection = settings.get("selection") or {}
+    concepts = settings.get("concepts") or {}
+    centroids = settings.get("centroids") or {}
+    captions = settings.get("captions") or {}
+    lines = [
+        "## LAION-POP",
+        "",
+        f"LAION-POP, after LAION's dataset of that name (`{HUB_LAION_POP}` on the Hub): rows selected near the "
+        "centroids of a collection of popular concepts and by the filters below, each with a caption a "
+        f"vision-language model wrote for its image. It is in {where}. Built by laion-assets, not copied from LAION; "
+        "`laion-assets verify` checks its files (sha256, rows) but cannot rebuild its captions.",
+        "",
+        *load,
+        "",
+        "How it was made:",
+        "",
+        f"- Concepts: {int(concepts.get('rows', 0)):,} rows from {_code(concepts.get('source', 'unknown'))}, "
+        f"clustered into {int(centroids.get('k', 0)):,} centroids (k-means, seed {centroids.get('seed')}, inertia "
+        f"{centroids.get('inertia')}).",
+        "- Selection recipe:",
+        *_settings_list(selection),
+        f"- Captions: {_code(captions.get('model', 'unknown'))}, at most {captions.get('max_new_tokens')} new "
+        f"tokens; a caption starting with the trimmed prefix {_code(captions.get('trim_prefix', ''))} loses it. "
+        "The prompt:",
+        "",
+        *_block(str(captions.get("prompt", ""))),
+    ]
+    known = {"format", "rows", "selection", "concepts", "centroids", "captions"}
+    other = {k: v for k, v in settings.items() if k not in known}
+    if other:
+        lines += ["", "Other settings:", "", *_settings_list(other)]
+    said = {
+        HUB: f"`{HUB_LAION_POP}`",
+        GUESS: f"`{HUB_LAION_POP}` (best guess: its card is disabled)",
+        OURS: "ours",
+    }
+    lines += [
+        "",
+        f"Columns. Those marked `{HUB_LAION_POP}` have the names public loaders of LAION's dataset use (its Hub card "
+        "is disabled); the others are ours.",
+        "",
+    ]
+    columns = []
+    for feature in features:
+        meaning, origin = LAION_POP_COLUMNS.get(str(feature["name"]), ("", OURS))
+        columns.append([f"`{feature['name']}`", feature["dtype"], meaning, said[origin]])
+    return lines + _table(["column", "dtype", "meaning", "name as in"], columns)
 
 
 def parse_front_matter(text: str) -> dict:

@@ -24,6 +24,7 @@ from laion_assets.release.manifest import (
     package_versions,
 )
 from laion_assets.release.rebuild import rebuild
+from laion_assets.release.tables import recorded_tables, table_problems
 from laion_assets.scoring.predictors import CLIP_L14_DIM, inspect_weights
 from laion_assets.selection.safety_columns import SafetySources
 from laion_assets.sources.layout import discover_parts
@@ -223,12 +224,31 @@ def verify_release(
     workdir: str | Path | None = None,
     safety: str | Path | None = None,
 ) -> VerifyReport:
-    """Check the release's files against its manifest, then rebuild them from its inputs and compare hashes."""
+    """Check the release's files against its manifest, then rebuild them from its inputs and compare hashes.
+
+    A table (LAION-POP) cannot be rebuilt from the embeddings: its files are checked by sha256, rows and
+    ``settings.json``, and the rebuild takes them from the release folder when they pass (so the card is compared).
+    """
     release_dir = Path(release_dir)
     manifest = load_manifest(release_dir)
     report = VerifyReport(release_dir, manifest["version"])
     for rel, why in check_files(release_dir, manifest).items():
         report.differing[rel] = f"in the release folder: {why}"
+    tables = recorded_tables(release_dir, manifest)
+    for rel, why in table_problems(release_dir, manifest).items():
+        earlier = report.differing.get(rel)
+        report.differing[rel] = f"{earlier}; {why}" if earlier else f"in the release folder: {why}"
+    table_paths = tuple(f"{t.path}/" for t in tables)
+    intact = not any(rel.startswith(table_paths) for rel in report.differing)
+    if tables:
+        report.notes.append(
+            f"table(s) {', '.join(f'{t.config} ({t.path}/)' for t in tables)} cannot be rebuilt from the inputs: "
+            + (
+                "checked by sha256, rows and settings.json, and the rebuild took them from the release folder"
+                if intact
+                else f"they differ, so the rebuild left them out and {CARD} was not compared with a rebuilt one"
+            )
+        )
     src = locate_source(manifest, release_dir, location(source) if source else None)
     safety_table = locate_safety(manifest, release_dir, location(safety) if safety else None)
     weight_files = locate_weights(manifest, weights, release_dir)
@@ -266,9 +286,12 @@ def verify_release(
             code=manifest["code"],
             packages=manifest["packages"],
             hub_repo=manifest.get("hub_repo"),  # the card names the repo a push wrote in
+            tables=tables if intact else (),
         ).manifest
     for rel, entry in sorted(manifest["files"].items()):
         new = rebuilt["files"].get(rel)
+        if not intact and (rel.startswith(table_paths) or rel == CARD):
+            continue  # checked above; a rebuild without the table renders another card
         if new is None:
             report.differing.setdefault(rel, "not produced by the rebuild")
         elif new["sha256"] != entry["sha256"]:

@@ -28,6 +28,7 @@ from laion_assets.release.kv import KV_FILES, OnDiskKV
 from laion_assets.release.manifest import CARD, MANIFEST, check_files, load_manifest
 from laion_assets.release.publishing import push_release
 from laion_assets.release.rebuild import build_kvs
+from laion_assets.release.tables import laion_pop_table
 from laion_assets.selection.tags import built_from_path, scan_tags
 
 
@@ -125,7 +126,8 @@ def _image_heads(watermark: WatermarkResource) -> dict[str, tuple[str, str | Non
     tags=asset_tags("release", "release"),
     code_version="1",
     description="A versioned, byte-reproducible release folder releases/<version>/: the subsets (one config each), "
-    "KV files, histogram, bucket embeddings, a dataset card (README.md) and manifest.json with every file's sha256.",
+    "KV files, histogram, bucket embeddings, a dataset card (README.md) and manifest.json with every file's sha256; "
+    "with release_config.laion_pop, the LAION-POP table of pop_captions too (config laion_pop, data/laion-pop/).",
 )
 def release(
     context: dg.AssetExecutionContext,
@@ -146,6 +148,10 @@ def release(
             layout.kv_dir, layout.releases_dir, layout.safety_dir,
         )  # fmt: skip
         validations = gate_tags(context.instance, storage, release_config, "release")
+        tables = []
+        if release_config.laion_pop:
+            storage.pull(layout.pop_table_dir)
+            tables.append(laion_pop_table(layout.pop_table_dir))
         files = {column: resolve(path) for column, path in predictors.weights().items()}
         built = release_from_layout(
             layout,
@@ -160,6 +166,7 @@ def release(
             excluded_shards=release_config.exclude_shards,
             validations=validations,
             image_heads=_image_heads(watermark),
+            tables=tables,
         )
         if not built.unchanged:
             storage.push(built.path)
@@ -177,7 +184,7 @@ def release(
             "files": len(manifest["files"]) + 1,
             "manifest_sha256": file_sha256(built.path / MANIFEST),
             "rows": dg.MetadataValue.json(
-                {rel: e["rows"] for rel, e in manifest["files"].items() if rel.startswith("data/")}
+                {rel: e["rows"] for rel, e in manifest["files"].items() if rel.startswith("data/") and "rows" in e}
             ),
             "excluded_shards": dg.MetadataValue.json(manifest["inputs"].get("excluded_shards", [])),
             "changelog": dg.MetadataValue.json(manifest["changelog"]),

@@ -1,4 +1,5 @@
-"""What a release is called, which version it is, and which registered shards it leaves out."""
+"""What a release is called, which version it is, which registered shards it leaves out, and whether it carries
+LAION-POP."""
 
 import dagster as dg
 from pydantic import Field
@@ -7,7 +8,7 @@ from laion_assets.release.build import AUTO, DEFAULT_NAME
 
 
 class ReleaseResource(dg.ConfigurableResource):
-    """Release version (folder ``releases/<version>`` and Hub tag), the dataset's name, and shards left out."""
+    """Release version (folder ``releases/<version>`` and Hub tag), the dataset's name, shards left out, LAION-POP."""
 
     version: str = Field(
         default=AUTO,
@@ -19,4 +20,9 @@ class ReleaseResource(dg.ConfigurableResource):
         default_factory=list,
         description="registered shards to leave out of the release-level assets on purpose (e.g. a part refused "
         "for NaN embeddings); recorded in the manifest and the dataset card",
+    )
+    laion_pop: bool = Field(
+        default=False,
+        description="include data_root/pop/table (written by pop_captions) as the laion_pop config, under "
+        "data/laion-pop/; the release fails naming the folder when the table is missing",
     )
