@@ -13,15 +13,18 @@ import dagster as dg
 
 from laion_assets.defs import resources
 from laion_assets.defs.images.assets import image_embeddings, images
-from laion_assets.defs.jobs import publish_job, release_job, rescore_job, shard_job
+from laion_assets.defs.jobs import pop_job, publish_job, release_job, rescore_job, shard_job
+from laion_assets.defs.pop.assets import POP_ASSETS, POP_CHECKS
 from laion_assets.defs.release.assets import RELEASE_ASSETS, RELEASE_CHECKS
 from laion_assets.defs.resources import (
     ClipResource,
     DownloaderResource,
     HfResource,
+    PopResource,
     PredictorsResource,
     ReleaseResource,
     StorageResource,
+    VlmResource,
     WatermarkResource,
 )
 from laion_assets.defs.retrieval.assets import knn_index, knn_index_complete
@@ -45,6 +48,7 @@ __all__ = [
     "build_defs",
     "default_resources",
     "defs",
+    "pop_job",
     "publish_job",
     "register_shards",
     "release_job",
@@ -69,8 +73,10 @@ ASSETS += [knn_index]
 ASSETS += [rescored_shards, aesthetic_predictor_trained]
 # The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
 URL_ASSETS = [images, image_embeddings]
+# LAION-POP (concept centroids -> kNN selection -> images -> VLM captions): its own job, pop_job.
+ASSETS += POP_ASSETS
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
-CHECKS += RELEASE_CHECKS + [knn_index_complete]
+CHECKS += RELEASE_CHECKS + [knn_index_complete] + POP_CHECKS
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -86,6 +92,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "clip": ClipResource(),
         # Off unless weights are given (LAION's watermark_model_v1.pt, or 'random' for demos).
         "watermark": WatermarkResource(),
+        # LAION-POP: the concept folder comes from $LAION_ASSETS_POP_CONCEPTS when not configured; LLaVA 1.5 by default.
+        "pop": PopResource(),
+        "vlm": VlmResource(),
     }
 
 
@@ -97,7 +106,7 @@ def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -
     return dg.Definitions(
         assets=[*URL_ASSETS, *ASSETS],
         asset_checks=CHECKS,
-        jobs=[shard_job, release_job, rescore_job, publish_job],
+        jobs=[shard_job, release_job, rescore_job, publish_job, pop_job],
         schedules=[rescore_schedule],
         sensors=[new_shards_sensor],
         resources={**default_resources(), **(resources or {})},

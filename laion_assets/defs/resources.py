@@ -3,6 +3,8 @@
 from laion_assets.defs.images.clip import ClipResource
 from laion_assets.defs.images.downloader import DownloaderResource
 from laion_assets.defs.images.watermark import WatermarkResource
+from laion_assets.defs.pop.config import PopResource
+from laion_assets.defs.pop.vlm import VlmResource
 from laion_assets.defs.release.config import ReleaseResource
 from laion_assets.defs.release.hub import HfResource
 from laion_assets.defs.scoring.predictors import PredictorsResource
@@ -12,8 +14,10 @@ __all__ = [
     "ClipResource",
     "DownloaderResource",
     "HfResource",
+    "PopResource",
     "PredictorsResource",
     "ReleaseResource",
     "StorageResource",
+    "VlmResource",
     "WatermarkResource",
 ]

@@ -119,7 +119,8 @@ def _image_heads(watermark: WatermarkResource) -> dict[str, tuple[str, str | Non
 
 
 @dg.asset(
-    deps=[*SUBSET_ASSETS, score_histogram, bucket_embeddings, aesthetic_kv],
+    # pop_captions: the LAION-POP table joins a release with release_config.laion_pop (pop_job builds it).
+    deps=[*SUBSET_ASSETS, score_histogram, bucket_embeddings, aesthetic_kv, dg.AssetKey("pop_captions")],
     group_name="release",
     kinds={"parquet", "json"},
     owners=OWNERS,
