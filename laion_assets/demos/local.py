@@ -26,15 +26,18 @@ from laion_assets.core.settings import (
 )
 from laion_assets.definitions import (
     HfResource,
+    PopResource,
     PredictorsResource,
     ReleaseResource,
     StorageResource,
     build_defs,
+    pop_job,
     register_shards,
     release_job,
     shard_job,
     source_keys,
 )
+from laion_assets.demos.pop_concepts import write_planted_concepts
 from laion_assets.demos.sample import SampleSpec, write_sample
 
 # The shard steps of stored embeddings; URL sources run the whole shard_job (download and embed first).
@@ -86,6 +89,54 @@ def run_graph(
         run_config=QUIET, instance=instance, raise_on_error=False
     )
     _stop_on_failure(result, "release-level assets")
+    return _counts(result)
+
+
+POP_SELECTION = ["pop_concepts", "pop_centroids", "laion_pop"]
+# The sample's URLs are LAION's own, out of reach offline: its demo stops LAION-POP after the selection.
+SAMPLE_POP = (
+    "LAION-POP on the sample: concepts planted near 16 of its embeddings, 16 centroids, laion_pop; pop_images and "
+    "pop_captions fetch the sample's URLs from the internet, so the demo leaves them to `make demo-urls`"
+)
+
+
+def run_pop(
+    instance: dg.DagsterInstance,
+    storage: StorageResource,
+    resources: dict[str, dg.ConfigurableResource],
+    selection: list[str] | None = None,
+) -> dict:
+    """Run ``pop_job`` (concepts, centroids, laion_pop, images, captions, or only ``selection``), then, for the whole
+    job, ``release`` again with the LAION-POP table as its ``laion_pop`` config (a new version when it changes)."""
+    graph = build_defs({"storage": storage, "release_config": ReleaseResource(laion_pop=True), **resources})
+    print(f"LAION-POP: {', '.join(selection or [*POP_SELECTION, 'pop_images', 'pop_captions'])}", flush=True)
+    keys = [dg.AssetKey(name) for name in selection] if selection else None
+    result = graph.resolve_job_def(pop_job.name).execute_in_process(
+        run_config=QUIET, instance=instance, raise_on_error=False, asset_selection=keys
+    )
+    _stop_on_failure(result, "LAION-POP assets")
+    counts = _counts(result)
+    if selection:
+        return counts
+    print("release with the laion_pop config", flush=True)
+    result = graph.resolve_job_def(release_job.name).execute_in_process(
+        run_config=QUIET, instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey("release")]
+    )
+    _stop_on_failure(result, "release with laion_pop")
+    return counts | _counts(result)
+
+
+def run_sample_pop(instance: dg.DagsterInstance, storage: StorageResource) -> dict:
+    """LAION-POP's selection on the stored sample: concepts planted near its embeddings, k-means, laion_pop."""
+    print(SAMPLE_POP, flush=True)
+    concepts = storage.layout.root / "demo-concepts"
+    write_planted_concepts(storage.parts_source, concepts, clusters=16)
+    pop = PopResource(concepts=str(concepts), k=16, nredo=3, neighbours=50, check_centroids=16)
+    return run_pop(instance, storage, {"pop": pop, "predictors": PredictorsResource()}, POP_SELECTION)
+
+
+def _counts(result: dg.ExecuteInProcessResult) -> dict:
+    """Rows per materialized asset of a run (and the release's version, printed)."""
     counts = {}
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
@@ -144,7 +195,9 @@ def run_demo(source: Setting, data_root: Setting, safety: Setting, dagster_home:
         f"source {source.describe()}, data root {data_root.describe()}, instance {dagster_home.describe()}",
         flush=True,
     )
-    counts = run_graph(dg.DagsterInstance.get(), storage, PredictorsResource())
+    instance = dg.DagsterInstance.get()
+    counts = run_graph(instance, storage, PredictorsResource())
+    counts |= run_sample_pop(instance, storage)
     width = max(map(len, counts))
     for name, rows in counts.items():
         print(f"  {name:<{width}}  {rows if rows is not None else '-'} rows")

@@ -8,7 +8,10 @@ CLIP of ``data/models/tiny-clip/`` (768-d, so LAION's heads score it unchanged).
 embeddings and by the watermark head (random weights here) on the images. A random CLIP never gets near LAION's V1
 cut-offs (7 and 8), so the demo tilts its tiny CLIP's image projection towards the V1 head's direction
 (:func:`tilted_clip`) and laion_aesthetic/laion_art get rows; the scores mean nothing, the wiring is what is shown.
-Real users point ``storage.urls`` at real URL shards and keep the clip resource's defaults (ViT-L-14 / openai).
+Then LAION-POP (``pop_job``): concepts planted near some of the demo's own embeddings, k-means, the kNN selection,
+the selected images downloaded again from 127.0.0.1 and captioned by a tiny random LLaVA, and a second release
+with the ``laion_pop`` config. Real users point ``storage.urls`` at real URL shards and keep the clip resource's
+defaults (ViT-L-14 / openai), and the vlm resource's (llava-hf/llava-1.5-7b-hf).
 Usage: ``python -m laion_assets.demos.urls [--work DIR] [--shards N] [--per-shard N]``.
 """
 
@@ -25,17 +28,22 @@ from laion_assets.core.paths import MODELS_DIR, V1_WEIGHTS, resolve
 from laion_assets.definitions import (
     ClipResource,
     DownloaderResource,
+    PopResource,
     PredictorsResource,
     StorageResource,
+    VlmResource,
     WatermarkResource,
 )
-from laion_assets.demos.local import run_graph
+from laion_assets.demos.local import run_graph, run_pop
+from laion_assets.demos.pop_concepts import write_planted_concepts
+from laion_assets.demos.tiny_llava import write_tiny_llava
 from laion_assets.demos.url_server import serve_images, url_frame, write_images
 
 TINY_CLIP = MODELS_DIR / "tiny-clip" / "tiny-clip-768.json"
 # How far the demo's CLIP image projection is tilted towards the V1 head's direction: about two thirds of the demo
 # images then score above 7 and a third above 8 (with none tilted, all score 2.8-4.0).
 TILT = 5.0
+POP_CLUSTERS = 8
 
 
 def tilted_clip(path: Path, tilt: float = TILT) -> Path:
@@ -54,6 +62,23 @@ def tilted_clip(path: Path, tilt: float = TILT) -> Path:
     with atomic_path(path) as tmp:
         torch.save(clip.model.state_dict(), tmp)
     return path
+
+
+def pop_resources(work: Path, storage: StorageResource) -> dict[str, dg.ConfigurableResource]:
+    """LAION-POP at demo scale: concepts planted near 8 of the demo's embeddings, 8 centroids, a tiny random LLaVA.
+
+    The URL shards' sizes are drawn from 64-1024 px, so the demo asks for a shortest side of 512 (LAION: 768).
+    """
+    concepts = work / "concepts"
+    write_planted_concepts(storage.layout.embedded_dir, concepts, clusters=POP_CLUSTERS)
+    llava = write_tiny_llava(work / "tiny-llava")
+    return {
+        "pop": PopResource(
+            concepts=str(concepts), k=POP_CLUSTERS, nredo=3, neighbours=12, min_side=512, part_rows=40,
+            check_centroids=POP_CLUSTERS, image_size=336,
+        ),
+        "vlm": VlmResource(model=str(llava), device="auto", batch_size=4, chunk_rows=8, max_new_tokens=12),
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             "watermark": WatermarkResource(weights="random", batch_size=32, num_workers=1),
         }
         counts = run_graph(instance, storage, PredictorsResource(), url_resources)
+        counts |= run_pop(instance, storage, {**url_resources, **pop_resources(work, storage)})
         print(f"{len(server.requests)} image requests served")
     width = max(map(len, counts))
     for name, rows in counts.items():

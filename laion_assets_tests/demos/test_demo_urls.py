@@ -55,6 +55,23 @@ def test_demo_urls_fills_laion_aesthetic_and_laion_art_with_computed_safety_colu
     assert f"0 rows provided by LAION, {tags.height:,} computed (`watermark-effnet-b3a@" in card
 
 
+def test_demo_urls_runs_laion_pop_and_releases_it(demo):
+    copy, run = demo
+    assert run.returncode == 0
+    assert [c.split("#")[0].strip() for c in section_commands("LAION-POP")] == ["make demo-urls"]
+    rows = {m[1]: int(m[2]) for m in re.finditer(r"^\s+(\w+)\s+(\d+) rows$", run.stdout, re.M)}
+    assert rows["pop_centroids"] == 8 and rows["laion_pop"] > 0 and rows["pop_captions"] > 0, run.stdout
+    out = copy / "data" / "demo-urls" / "out"
+    table = pl.read_parquet(sorted((out / "pop" / "table").glob("part-*.parquet")))
+    assert table.height == rows["pop_captions"] and (table["llava_caption"].str.len_chars() > 0).all()
+    assert (pl.min_horizontal(table["width"], table["height"]) >= 512).all()
+    release = out / "releases" / "v0.1.1"
+    manifest = json.loads((release / "manifest.json").read_text())
+    released = [rel for rel in manifest["files"] if rel.startswith("data/laion-pop/")]
+    assert released and sum(manifest["files"][rel]["rows"] for rel in released) == table.height
+    assert "laion_pop" in (release / "README.md").read_text()
+
+
 def test_the_demo_release_verifies_with_the_data_roots_watermark_files(demo, tmp_path):
     copy, run = demo
     assert run.returncode == 0
