@@ -44,6 +44,8 @@ __all__ = [
     *resources.__all__,
     "ASSETS",
     "CHECKS",
+    "POP_ASSETS",
+    "POP_CHECKS",
     "URL_ASSETS",
     "build_defs",
     "default_resources",
@@ -73,10 +75,10 @@ ASSETS += [knn_index]
 ASSETS += [rescored_shards, aesthetic_predictor_trained]
 # The URL front (img2dataset, CLIP) is kept apart so that materializing ASSETS needs no downloader or clip resource.
 URL_ASSETS = [images, image_embeddings]
-# LAION-POP (concept centroids -> kNN selection -> images -> VLM captions): its own job, pop_job.
-ASSETS += POP_ASSETS
+# LAION-POP (concept centroids -> kNN selection -> images -> VLM captions) needs a concept collection, the
+# downloader and a VLM: kept apart like the URL front, run by its own job (pop_job).
 CHECKS = [scores_finite, row_counts_conserved, *SUBSET_CHECKS, subsets_nested]
-CHECKS += RELEASE_CHECKS + [knn_index_complete] + POP_CHECKS
+CHECKS += RELEASE_CHECKS + [knn_index_complete]
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -104,8 +106,8 @@ def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -
     ``defs`` is this with the defaults; the demos run the very same jobs with the resources they configure.
     """
     return dg.Definitions(
-        assets=[*URL_ASSETS, *ASSETS],
-        asset_checks=CHECKS,
+        assets=[*URL_ASSETS, *ASSETS, *POP_ASSETS],
+        asset_checks=[*CHECKS, *POP_CHECKS],
         jobs=[shard_job, release_job, rescore_job, publish_job, pop_job],
         schedules=[rescore_schedule],
         sensors=[new_shards_sensor],

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from laion_assets.core.paths import V1_WEIGHTS, V2_WEIGHTS
-from laion_assets.definitions import ASSETS, CHECKS, default_resources, defs
+from laion_assets.definitions import ASSETS, CHECKS, POP_CHECKS, default_resources, defs
 from laion_assets.defs.metadata import PREVIEW_ROWS, round_float
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
@@ -131,7 +131,7 @@ def test_buckets_and_histogram_follow_laion_rules(built):
 
 def test_checks_pass_and_record_predictor_identity(built):
     instance, _, _, _ = built
-    for check in CHECKS:
+    for check in [*CHECKS, *POP_CHECKS]:
         for key in check.check_keys:
             if key.asset_key.to_user_string() in NOT_IN_DEMO:
                 continue

@@ -86,7 +86,7 @@ def test_table_metadata_reads_the_footer_and_the_first_rows(tmp_path):
 
 def test_every_asset_has_the_owner_and_the_tags_of_its_stage():
     specs = list(defs.resolve_all_asset_specs())
-    assert len(specs) == 23
+    assert len(specs) == 28
     for asset in defs.assets:
         # The stage tag names the defs/<stage>/ package that wires the asset.
         stage = asset.op.compute_fn.decorated_fn.__module__.split(".")[2]
