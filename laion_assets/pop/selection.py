@@ -84,6 +84,11 @@ class PopParams:
         return asdict(self)
 
 
+def filter_columns(params: PopParams) -> tuple[str, ...]:
+    """The catalog columns the rule filters on (a null value fails its filter)."""
+    return (params.aesthetic_column, "WIDTH", "HEIGHT", "pwatermark", "URL")
+
+
 def meets(row: Mapping[str, object], params: PopParams) -> list[str]:
     """The filters one laion_pop row fails (empty when it meets them all); written apart from :func:`select`.
 
@@ -174,8 +179,22 @@ def select(index: ServedIndex, centroids: np.ndarray, params: PopParams) -> pl.D
     """The laion_pop rows: each centroid's neighbours, filtered, one per hash (nearest centroid), POP_COLUMNS."""
     params.validate()
     kept = []
+    seen = {column: 0 for column in filter_columns(params)}
+    pairs_total = 0
     for pairs in candidates(index, centroids, params):
-        kept.append(filtered(with_catalog(pairs, index), params))
+        rows = with_catalog(pairs, index)
+        pairs_total += rows.height
+        for column in seen:
+            seen[column] += rows.height - rows[column].null_count()
+        kept.append(filtered(rows, params))
+    empty = [column for column, n in seen.items() if n == 0]
+    if pairs_total and empty:
+        # A filter on a column the index never filled drops every row: an empty LAION-POP that looks like a result.
+        raise BadInputError(
+            f"laion_pop: {', '.join(empty)} is null for all {pairs_total} neighbours found, so no row can pass its "
+            "filter: the tags lack it (pwatermark: configure the watermark head or LAION's safety table; sizes: "
+            "the source's WIDTH/HEIGHT; scores: aesthetic_scores), or pick another aesthetic_column"
+        )
     rows = pl.concat(kept, how="diagonal_relaxed") if kept else pl.DataFrame()
     if rows.is_empty():
         return pl.DataFrame(schema=POP_COLUMNS)

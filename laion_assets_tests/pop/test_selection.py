@@ -244,3 +244,16 @@ def test_bad_settings_and_writing(world, tmp_path):
     assert pl.concat([pl.read_parquet(f) for f in files]).equals(rows)
     empty = write_selection(rows.head(0), tmp_path / "empty", {}, part_rows=10)
     assert len(empty) == 1 and pl.read_parquet(empty[0]).schema == rows.schema
+
+
+def test_a_filter_column_the_index_never_filled_is_an_error_not_an_empty_selection(world, tmp_path):
+    # A release whose tags have no pwatermark at all (no watermark head, no safety table with it).
+    rng = np.random.default_rng(2)
+    v = unit(rng.normal(size=(50, DIM)))
+    frame = world["meta"].head(50).drop("pwatermark")
+    write_part(tmp_path, "00000", frame)
+    shards = [ShardVectors("00000", v.astype(np.float16))]
+    info = build_index(shards, tmp_path, IndexParams("flat"))
+    served = ServedIndex("bare", load_index(tmp_path, info), info, shards, Catalog(tmp_path, info), world["ratings"])
+    with pytest.raises(BadInputError, match="laion_pop: pwatermark is null for all 30 neighbours found"):
+        select(served, world["centres"][:3], PopParams(neighbours=10))

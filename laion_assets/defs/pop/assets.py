@@ -20,7 +20,7 @@ from laion_assets.defs.pop.vlm import VlmResource
 from laion_assets.defs.resources import DownloaderResource, StorageResource
 from laion_assets.defs.retrieval.assets import knn_index
 from laion_assets.defs.selection.stats import bucket_embeddings
-from laion_assets.images.downloading import download_shard, summarize
+from laion_assets.images.downloading import download_shard, fingerprint, summarize
 from laion_assets.pop.captioning import caption_tars
 from laion_assets.pop.centroids import train_centroids
 from laion_assets.pop.concepts import Concepts, read_concepts
@@ -339,7 +339,9 @@ def pop_captions(
             shard_dir = layout.pop_images_dir(key)
             storage.pull(shard_dir)
             tars = summarize(shard_dir, 0).tars if shard_dir.is_dir() else []
-            made_from = {**wanted, "tars": [t.name for t in tars], "selection": record["rows"]}
+            # The captions stand for these exact images of this exact part: a new selection or download recaptions.
+            images = [[str(t.relative_to(shard_dir)), t.stat().st_size, t.stat().st_mtime_ns] for t in tars]
+            made_from = {**wanted, "part": fingerprint(path), "tars": images}
             if out.is_file() and done_record.is_file() and _json(done_record) == made_from:
                 kept += 1
             elif tars:
