@@ -21,7 +21,7 @@ from laion_assets.defs.resources import DownloaderResource, StorageResource
 from laion_assets.defs.retrieval.assets import knn_index
 from laion_assets.defs.selection.stats import bucket_embeddings
 from laion_assets.images.downloading import download_shard, fingerprint, summarize
-from laion_assets.pop.captioning import caption_tars
+from laion_assets.pop.captioning import caption_tars, chunks_dir
 from laion_assets.pop.centroids import train_centroids
 from laion_assets.pop.concepts import Concepts, read_concepts
 from laion_assets.pop.selection import (
@@ -328,7 +328,8 @@ def pop_captions(
     captioned_now = resumed = kept = skipped = 0
     seconds = 0.0
     with as_failure("pop_captions"):
-        storage.pull(layout.pop_selection_dir, layout.pop_captions_dir)
+        storage.pull(layout.pop_selection_dir, layout.pop_captions_dir, layout.pop_concepts_path,
+                     layout.pop_centroids_info)  # fmt: skip
         parts = part_files(layout.pop_selection_dir)
         record = read_selection_record(layout.pop_selection_dir)
         captions = []
@@ -346,7 +347,10 @@ def pop_captions(
                 kept += 1
             elif tars:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                result = caption_tars(tars, vlm.load(), out, vlm.batch_size, vlm.chunk_rows)
+                # Each finished chunk goes up at once: on a remote data root, the next run pulls it and resumes.
+                pushed = chunks_dir(out)
+                result = caption_tars(tars, vlm.load(), out, vlm.batch_size, vlm.chunk_rows,
+                                      on_chunk=lambda _rows, _chunk, pushed=pushed: storage.push(pushed))  # fmt: skip
                 _write_json(done_record, made_from)
                 captioned_now += result.captioned_now
                 resumed += result.resumed
@@ -356,7 +360,7 @@ def pop_captions(
                     f"pop_captions part {key}: {result.rows} captions ({result.resumed} from an earlier run), "
                     f"{result.skipped} images skipped, batch size {result.batch_size}"
                 )
-                storage.push(out, done_record)
+                storage.push(out, done_record, chunks_dir(out))  # the chunk folder, now gone, goes from the remote too
             else:
                 continue
             captions.append(pl.read_parquet(out))
@@ -366,7 +370,7 @@ def pop_captions(
         rule = record["rule"]
         table = release_table(selection, frame, rule["aesthetic_column"])
         concepts = _json(layout.pop_concepts_path) if layout.pop_concepts_path.is_file() else {}
-        centroid_info = _json(layout.pop_centroids_info)
+        centroid_info = _json(require(layout.pop_centroids_info, "pop_centroids", "materialize pop_centroids first"))
         settings = {
             "selection": rule,
             "concepts": {"rows": concepts.get("rows"), "source": concepts.get("source")},

@@ -247,3 +247,29 @@ def test_pop_captions_resumes_after_an_interrupted_run(world):
     again = _metadata(dg.materialize([pop_captions], resources=world["resources"], instance=world["instance"]),
                       "pop_captions")  # fmt: skip
     assert again["captioned_now"] == 0 and again["parts_kept"] == 1
+
+
+def test_an_interrupted_caption_run_resumes_on_another_machine_from_a_remote_data_root(world, tmp_path):
+    import shutil
+
+    remote = tmp_path / "remote"
+    for name in ("laion_pop", "images", "concepts.json", "centroids.json", "centroids.npy"):
+        source = world["data_root"] / "pop" / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy2
+        (remote / "pop").mkdir(parents=True, exist_ok=True)
+        copy(source, remote / "pop" / name)
+    expected = pl.read_parquet(sorted((world["data_root"] / "pop" / "table").glob("part-*.parquet")))
+
+    def resources(machine: str, vlm_class=VlmResource) -> dict:
+        storage = StorageResource(source=str(tmp_path / "unused"), data_root=f"local://{remote}",
+                                  staging=str(tmp_path / machine))  # fmt: skip
+        return {**world["resources"], "storage": storage, "vlm": vlm_class(**world["resources"]["vlm"].model_dump())}
+
+    failed = dg.materialize([pop_captions], resources=resources("first", InterruptedVlm), raise_on_error=False)
+    assert not failed.success
+    assert len(list((remote / "pop" / "captions").glob("part-*.chunks/chunk-*.parquet"))) == 1  # pushed as written
+    done = dg.materialize([pop_captions], resources=resources("second"))  # a fresh staging folder: another machine
+    meta = _metadata(done, "pop_captions")
+    assert meta["resumed_from_chunks"] == 4 and meta["captioned_now"] == expected.height - 4
+    assert pl.read_parquet(sorted((remote / "pop" / "table").glob("part-*.parquet"))).equals(expected)
+    assert not list((remote / "pop" / "captions").glob("*.chunks"))
