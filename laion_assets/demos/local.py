@@ -2,7 +2,8 @@
 
 Runs go to the Dagster instance (``--dagster-home``, else ``$DAGSTER_HOME``, else ``.dagster/`` in the project),
 so ``dagster dev`` shows them afterwards, as runs of the code location's named jobs (``shard_job`` per shard, then
-``release_job``). Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
+``release_job``, then ``pop_job`` for LAION-POP's selection on concepts planted near the sample's embeddings).
+Usage: ``laion-assets demo [--source DIR] [--data-root DIR] [--safety
 DIR] [--dagster-home DIR]`` (or ``python -m laion_assets.demos.local``); see ``laion_assets/core/settings.py``.
 """
 
