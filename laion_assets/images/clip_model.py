@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: loading the definitions
     import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -171,33 +173,49 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-class BatchEmbedder:
-    """Apply ``encode`` to batches, halving the batch size on out-of-memory until it fits, and remember it."""
+class HalvingBatches:
+    """Run a model over consecutive chunks of a batch, halving the chunk size on CUDA out-of-memory until it fits;
+    the size that fitted is kept for the next batches (``halvings`` counts the halvings, ``calls`` the model calls)."""
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> None:
+    def __init__(self, batch_size: int, what: str = "batch") -> None:
         if batch_size < 1:
             raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
-        self.encode = encode
         self.batch_size = batch_size
         self.halvings = 0
+        self.calls = 0
+        self.what = what
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """Embeddings of ``batch`` (float32 numpy), computed in chunks no bigger than the current batch size."""
+    def chunks(self, items: Sequence[T], apply: Callable[[Sequence[T]], R]) -> list[R]:
+        """``apply`` of each chunk of ``items``, in order, chunks no bigger than the current batch size."""
         import torch
 
         out, start = [], 0
-        while start < len(batch):
-            chunk = batch[start : start + self.batch_size]
+        while start < len(items):
+            chunk = items[start : start + self.batch_size]
             try:
-                out.append(self.encode(chunk).detach().float().cpu().numpy())
+                self.calls += 1
+                out.append(apply(chunk))
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not is_oom(exc) or self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 self.halvings += 1
-                log.warning("CUDA out of memory: batch size halved to %d", self.batch_size)
+                log.warning("CUDA out of memory (%s): batch size halved to %d", self.what, self.batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
             start += len(chunk)
+        return out
+
+
+class BatchEmbedder(HalvingBatches):
+    """Apply ``encode`` to batches of tensors with :class:`HalvingBatches`' out-of-memory halving."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> None:
+        super().__init__(batch_size, "embedding")
+        self.encode = encode
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        """Embeddings of ``batch`` (float32 numpy), computed in chunks no bigger than the current batch size."""
+        out = self.chunks(batch, lambda chunk: self.encode(chunk).detach().float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

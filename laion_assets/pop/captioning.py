@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from laion_assets.core.atomic import write_parquet
 from laion_assets.core.errors import BadInputError
-from laion_assets.images.clip_model import is_oom, resolve_device, resolve_precision
+from laion_assets.images.clip_model import HalvingBatches, resolve_device, resolve_precision
 
 if TYPE_CHECKING:  # torch, PIL and transformers are imported where they are used: loading the definitions is cheap
     import torch
@@ -202,42 +202,22 @@ def load_vlm(spec: VlmSpec) -> LoadedVlm:
     return LoadedVlm(spec, model, processor, device, dtype, prompt_text(processor, spec.prompt))
 
 
-class BatchCaptioner:
-    """Apply ``generate`` to batches of images, halving the batch size on out-of-memory until it fits; remember it."""
+class BatchCaptioner(HalvingBatches):
+    """Apply ``generate`` to batches of images with :class:`HalvingBatches`' out-of-memory halving."""
 
     def __init__(self, generate: Callable[[list], list[str]], batch_size: int) -> None:
-        if batch_size < 1:
-            raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__(batch_size, "captioning")
         self.generate = generate
-        self.batch_size = batch_size
-        self.halvings = 0
-        self.calls = 0
+
+    def _answers(self, chunk: Sequence) -> list[str]:
+        answers = self.generate(list(chunk))
+        if len(answers) != len(chunk):
+            raise BadInputError(f"the captioner returned {len(answers)} answer(s) for {len(chunk)} image(s)")
+        return answers
 
     def __call__(self, images: list) -> list[str]:
         """The answers for ``images``, generated in chunks no bigger than the current batch size."""
-        import torch
-
-        out: list[str] = []
-        start = 0
-        while start < len(images):
-            chunk = images[start : start + self.batch_size]
-            try:
-                self.calls += 1
-                answers = self.generate(chunk)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                if not is_oom(exc) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                self.halvings += 1
-                log.warning("CUDA out of memory while captioning: batch size halved to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            if len(answers) != len(chunk):
-                raise BadInputError(f"the captioner returned {len(answers)} answer(s) for {len(chunk)} image(s)")
-            out.extend(answers)
-            start += len(chunk)
-        return out
+        return [answer for answers in self.chunks(images, self._answers) for answer in answers]
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,14 @@ from laion_assets.core.errors import BadInputError, MissingUpstreamError
 from laion_assets.retrieval.search import guided_query
 from laion_assets.retrieval.served import ServedIndex
 from laion_assets.selection.thresholds import PWATERMARK_MAX
+from laion_assets.sources.schemas import METADATA_COLUMNS
 
 AESTHETIC_COLUMNS = ("AESTHETIC_SCORE", "aesthetic")  # V2 (LAION's improved predictor), V1 (linear)
 CATALOG_COLUMNS = ["url", "caption", "width", "height", "hash", "clip_similarity", "aesthetic", "AESTHETIC_SCORE",
                    "punsafe", "pwatermark"]  # fmt: skip
 # The laion_pop table: LAION-5B's column names (as our other subsets), then where each row came from.
 POP_COLUMNS: dict[str, pl.DataType] = {
-    "URL": pl.String(),
-    "TEXT": pl.String(),
-    "WIDTH": pl.Float64(),
-    "HEIGHT": pl.Float64(),
-    "similarity": pl.Float64(),
-    "punsafe": pl.Float32(),
-    "pwatermark": pl.Float32(),
+    **METADATA_COLUMNS,
     "aesthetic": pl.Float32(),
     "AESTHETIC_SCORE": pl.Float32(),
     "hash": pl.Int64(),
