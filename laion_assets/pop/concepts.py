@@ -69,11 +69,20 @@ def embedding_files(folder: str | Location) -> list[Location]:
     listed = list_folder(root / "img_emb")
     numbered = sorted((int(m.group(1)), entry.path) for name, entry in listed.items() if (m := _EMB.match(name)))
     if not numbered:
+        state = "does not exist" if not listed and not _exists(root) else "holds no img_emb/img_emb_{N}.npy"
         raise MissingUpstreamError(
-            f"{root}: no concept embeddings (expected img_emb/img_emb_{{N}}.npy, a clip-retrieval folder); embed the "
-            "concept images with clip-retrieval or our URL chain, or point pop_concepts' `folder` at your vectors"
+            f"{root}: {state}: the concept collection is a clip-retrieval folder of CLIP embeddings "
+            "(img_emb/img_emb_{N}.npy); embed the concept images with clip-retrieval or our URL chain, and set the "
+            "pop resource's `concepts` (or $LAION_ASSETS_POP_CONCEPTS) to that folder"
         )
     return [path for _, path in numbered]
+
+
+def _exists(root: Location) -> bool:
+    try:
+        return root.exists()
+    except OSError:
+        return False
 
 
 def read_concepts(folder: str | Location, dim: int) -> Concepts:

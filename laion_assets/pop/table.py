@@ -1,9 +1,9 @@
 """The released LAION-POP table: the selected rows that have an image and a caption, with the Hub's column names.
 
 The ``laion/laion-pop`` card on the Hub is disabled; public loaders of that dataset read ``url``,
-``llava_caption``, ``cogvlm_caption`` (added later, Dec 2023), ``width``, ``height``, ``nsfw_prediction`` and
-``key``, so those names are kept. ``alt_text`` for the original caption is our best reading; ``aesthetic_score``,
-``similarity``, ``hash``, ``pwatermark``, ``centroid`` and ``centroid_similarity`` are ours.
+``llava_caption``, ``cogvlm_caption`` (added later, Dec 2023), ``width``, ``height`` and ``nsfw_prediction``, so
+those names are kept. ``alt_text`` for the original caption is our best reading; ``aesthetic_score``,
+``similarity``, ``hash``, ``pwatermark``, ``centroid``, ``centroid_similarity`` and ``key`` are ours.
 """
 
 from __future__ import annotations

@@ -130,8 +130,11 @@ def test_concepts_are_read_and_checked(world, tmp_path):
     write_concepts(bad, [v])
     with pytest.raises(BadInputError, match="img_emb_0.npy: row 2 has NaN"):
         read_concepts(bad, DIM)
-    with pytest.raises(MissingUpstreamError, match="no concept embeddings"):
+    with pytest.raises(MissingUpstreamError, match="empty: does not exist: the concept collection is a clip-retrieval"):
         read_concepts(tmp_path / "empty", DIM)
+    (tmp_path / "bare" / "img_emb").mkdir(parents=True)
+    with pytest.raises(MissingUpstreamError, match="bare: holds no img_emb/img_emb_"):
+        read_concepts(tmp_path / "bare", DIM)
 
 
 def test_centroids_find_the_concept_clusters(world):

@@ -6,6 +6,7 @@ downloader and the VLM resource, and checks what they wrote.
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -34,6 +35,7 @@ from laion_assets.pop.selection import (
     write_selection,
 )
 from laion_assets.pop.table import SETTINGS_FILE, release_table, table_problems, write_table
+from laion_assets.release.manifest import project_relative
 from laion_assets.retrieval.served import open_index
 from laion_assets.sources.url_sources import ROW_COLUMN
 
@@ -144,7 +146,8 @@ def pop_centroids(
     tags=asset_tags("pop", "subset"),
     code_version="1",
     description="LAION-POP's selection: each centroid's nearest neighbours from knn_index (query guided towards "
-    "aesthetic bucket 9 with weight 0.5), kept when the aesthetic score, the shortest side (>= 768) and pwatermark "
+    "aesthetic bucket 9 with weight 0.5), kept when the aesthetic score, the shortest side (LAION: >= 768) and "
+    "pwatermark "
     "pass, one row per hash (the nearest centroid's); punsafe kept as a column. Parquet parts like the subsets.",
 )
 def laion_pop(context: dg.AssetExecutionContext, storage: StorageResource, pop: PopResource) -> dg.MaterializeResult:
@@ -228,6 +231,14 @@ def laion_pop_meets_rule(storage: StorageResource, pop: PopResource) -> dg.Asset
             "problems": dg.MetadataValue.json(problems[:20]),
         },
     )
+
+
+def published_path(name: str) -> str:
+    """How a folder is named in the released settings and card: project-relative, a URL or a Hub model name as is,
+    else only its last component (a user's absolute paths are not published)."""
+    if not name or "://" in name or not Path(name).is_absolute():
+        return name
+    return project_relative(Path(name)) or f"<local folder {Path(name).name}>"
 
 
 def _part_key(path) -> str:
@@ -339,7 +350,9 @@ def pop_captions(
             done_record = out.with_suffix(".json")
             shard_dir = layout.pop_images_dir(key)
             storage.pull(shard_dir)
-            tars = summarize(shard_dir, 0).tars if shard_dir.is_dir() else []
+            downloads = summarize(shard_dir, 0) if shard_dir.is_dir() else None
+            # No image fetched (all URLs failed): nothing to caption, and no reason to load a 14 GB model.
+            tars = downloads.tars if downloads is not None and downloads.successes else []
             # The captions stand for these exact images of this exact part: a new selection or download recaptions.
             images = [[str(t.relative_to(shard_dir)), t.stat().st_size, t.stat().st_mtime_ns] for t in tars]
             made_from = {**wanted, "part": fingerprint(path), "tars": images}
@@ -373,13 +386,13 @@ def pop_captions(
         centroid_info = _json(require(layout.pop_centroids_info, "pop_centroids", "materialize pop_centroids first"))
         settings = {
             "selection": rule,
-            "concepts": {"rows": concepts.get("rows"), "source": concepts.get("source")},
+            "concepts": {"rows": concepts.get("rows"), "source": published_path(concepts.get("source", ""))},
             "centroids": {
                 "k": centroid_info["summary"]["k"],
                 "seed": centroid_info["built_from"]["params"]["seed"],
                 "inertia": centroid_info["summary"]["inertia"],
             },
-            "captions": wanted,
+            "captions": {**wanted, "model": published_path(spec.model)},
         }
         write_table(table, layout.pop_table_dir, settings, pop.part_rows)
         storage.push(layout.pop_table_dir)

@@ -9,6 +9,8 @@ to end.
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -153,6 +155,10 @@ def test_the_captions_are_trimmed_and_the_table_follows_the_hub_columns(world):
     assert set(table["llava_caption"]) == {"a small test picture"}  # "This image showcases" trimmed
     assert table["url"].to_list() == selection["URL"].to_list()
     assert table["nsfw_prediction"].to_list() == selection["punsafe"].to_list()
+    settings = json.loads((data_root / "pop" / "table" / "settings.json").read_text())
+    # Folders outside the project are published by their last component only, never as a user's absolute path.
+    assert settings["concepts"]["source"] == "<local folder concepts>"
+    assert settings["captions"]["model"] == "<local folder tiny-llava>"
     requested = {p.rsplit("/", 1)[-1] for p in world["server"].requests}
     assert {u.rsplit("/", 1)[-1] for u in table["url"]} <= requested
 
@@ -273,3 +279,21 @@ def test_an_interrupted_caption_run_resumes_on_another_machine_from_a_remote_dat
     assert meta["resumed_from_chunks"] == 4 and meta["captioned_now"] == expected.height - 4
     assert pl.read_parquet(sorted((remote / "pop" / "table").glob("part-*.parquet"))).equals(expected)
     assert not list((remote / "pop" / "captions").glob("*.chunks"))
+
+
+def test_no_image_fetched_means_no_model_loaded(world, tmp_path):
+    import shutil
+
+    root = tmp_path / "out"
+    for name in ("laion_pop", "concepts.json", "centroids.json", "centroids.npy"):
+        source = world["data_root"] / "pop" / name
+        (root / "pop").mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, root / "pop" / name)
+    (root / "pop" / "images" / "00000").mkdir(parents=True)  # every URL failed: no attempt holds an image
+    resources = {
+        **world["resources"],
+        "storage": StorageResource(source=str(tmp_path / "unused"), data_root=str(root)),
+        "vlm": VlmResource(model=str(tmp_path / "no-such-model")),  # loading it would fail the step
+    }
+    meta = _metadata(dg.materialize([pop_captions], resources=resources), "pop_captions")
+    assert meta["dagster/row_count"] == 0 and meta["captioned_now"] == 0
