@@ -16,7 +16,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from laion_assets.defs.pop.assets import POP_ASSETS, POP_CHECKS, laion_pop, laion_pop_meets_rule, pop_captions
+from laion_assets.defs.pop.assets import (
+    POP_ASSETS,
+    POP_CHECKS,
+    laion_pop,
+    laion_pop_meets_rule,
+    pop_captions,
+    pop_table_sound,
+)
 from laion_assets.defs.resources import DownloaderResource, PopResource, StorageResource, VlmResource
 from laion_assets.demos.tiny_llava import write_tiny_llava
 from laion_assets.demos.url_server import serve_images, write_images
@@ -297,3 +304,35 @@ def test_no_image_fetched_means_no_model_loaded(world, tmp_path):
     }
     meta = _metadata(dg.materialize([pop_captions], resources=resources), "pop_captions")
     assert meta["dagster/row_count"] == 0 and meta["captioned_now"] == 0
+
+
+def test_the_table_check_fails_on_an_untrimmed_or_empty_caption(world):
+    part = sorted((world["data_root"] / "pop" / "table").glob("part-*.parquet"))[0]
+    original = part.read_bytes()
+    table = pl.read_parquet(part)
+    try:
+        first = pl.int_range(pl.len())
+        broken = table.with_columns(
+            pl.when(first == 0)
+            .then(pl.lit("This image showcases a cat"))
+            .when(first == 1)
+            .then(pl.lit(" "))
+            .otherwise(pl.col("llava_caption"))
+            .alias("llava_caption")
+        )
+        broken.write_parquet(part)
+        result = dg.materialize(
+            [pop_captions, pop_table_sound],
+            selection=dg.AssetSelection.checks(pop_table_sound),
+            resources=world["resources"],
+            instance=world["instance"],
+            raise_on_error=False,
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert not evaluation.passed
+        assert evaluation.metadata["problems"].value == [
+            f"1 row(s) have no caption, e.g. hash {table['hash'][1]}",
+            "1 caption(s) still start with 'This image showcases'",
+        ]
+    finally:
+        part.write_bytes(original)
