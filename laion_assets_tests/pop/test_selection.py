@@ -260,3 +260,25 @@ def test_a_filter_column_the_index_never_filled_is_an_error_not_an_empty_selecti
     served = ServedIndex("bare", load_index(tmp_path, info), info, shards, Catalog(tmp_path, info), world["ratings"])
     with pytest.raises(BadInputError, match="laion_pop: pwatermark is null for all 30 neighbours found"):
         select(served, world["centres"][:3], PopParams(neighbours=10))
+
+
+def test_concepts_behind_an_fsspec_url_train_the_same_centroids(world):
+    import io
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    local = sorted((world["concepts"] / "img_emb").glob("img_emb_*.npy"))
+    for path in local:
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(path))
+        fs.pipe(f"/pop-concepts/img_emb/{path.name}", buffer.getvalue())
+    remote = read_concepts("memory://pop-concepts", DIM)
+    assert remote.rows == 40 * CLUSTERS and [f.sha256 for f in remote.files] == [
+        f.sha256 for f in read_concepts(world["concepts"], DIM).files
+    ]
+    params = KmeansParams(k=CLUSTERS, niter=10, seed=1, max_points_per_centroid=20)  # a sample: rows read by index
+    here = train_centroids(read_concepts(world["concepts"], DIM), params)
+    there = train_centroids(remote, params)
+    np.testing.assert_array_equal(here.vectors, there.vectors)
+    assert here.sizes.tolist() == there.sizes.tolist()
