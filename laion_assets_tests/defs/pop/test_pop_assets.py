@@ -170,29 +170,38 @@ def test_the_captions_are_trimmed_and_the_table_follows_the_hub_columns(world):
     assert {u.rsplit("/", 1)[-1] for u in table["url"]} <= requested
 
 
-def test_the_check_fails_on_a_row_that_breaks_a_filter(world, tmp_path):
-    folder = world["data_root"] / "pop" / "laion_pop"
+def check_on_broken_part(world, folder, break_rows, asset, check):
+    """Rewrite the first part of ``folder`` with ``break_rows`` applied, run ``check`` alone, put the part back."""
     part = sorted(folder.glob("part-*.parquet"))[0]
     original = part.read_bytes()
     rows = pl.read_parquet(part)
     try:
-        broken = rows.with_columns(
-            pl.when(pl.int_range(pl.len()) == 0).then(300.0).otherwise(pl.col("HEIGHT")).alias("HEIGHT")
-        )
-        broken.write_parquet(part)
+        break_rows(rows).write_parquet(part)
         result = dg.materialize(
-            [laion_pop, laion_pop_meets_rule],
-            selection=dg.AssetSelection.checks(laion_pop_meets_rule),
+            [asset, check],
+            selection=dg.AssetSelection.checks(check),
             resources=world["resources"],
             instance=world["instance"],
             raise_on_error=False,
         )
         (evaluation,) = result.get_asset_check_evaluations()
-        assert not evaluation.passed
-        problems = evaluation.metadata["problems"].value
-        assert any(f"hash {rows['hash'][0]}" in p and "shortest side" in p for p in problems)
+        return rows, evaluation
     finally:
         part.write_bytes(original)
+
+
+def test_the_check_fails_on_a_row_that_breaks_a_filter(world):
+    first = pl.int_range(pl.len())
+    rows, evaluation = check_on_broken_part(
+        world,
+        world["data_root"] / "pop" / "laion_pop",
+        lambda rows: rows.with_columns(pl.when(first == 0).then(300.0).otherwise(pl.col("HEIGHT")).alias("HEIGHT")),
+        laion_pop,
+        laion_pop_meets_rule,
+    )
+    assert not evaluation.passed
+    problems = evaluation.metadata["problems"].value
+    assert any(f"hash {rows['hash'][0]}" in p and "shortest side" in p for p in problems)
 
 
 def test_the_readme_run_config_is_valid_for_pop_job():
@@ -307,32 +316,21 @@ def test_no_image_fetched_means_no_model_loaded(world, tmp_path):
 
 
 def test_the_table_check_fails_on_an_untrimmed_or_empty_caption(world):
-    part = sorted((world["data_root"] / "pop" / "table").glob("part-*.parquet"))[0]
-    original = part.read_bytes()
-    table = pl.read_parquet(part)
-    try:
-        first = pl.int_range(pl.len())
-        broken = table.with_columns(
-            pl.when(first == 0)
-            .then(pl.lit("This image showcases a cat"))
-            .when(first == 1)
-            .then(pl.lit(" "))
-            .otherwise(pl.col("llava_caption"))
-            .alias("llava_caption")
-        )
-        broken.write_parquet(part)
-        result = dg.materialize(
-            [pop_captions, pop_table_sound],
-            selection=dg.AssetSelection.checks(pop_table_sound),
-            resources=world["resources"],
-            instance=world["instance"],
-            raise_on_error=False,
-        )
-        (evaluation,) = result.get_asset_check_evaluations()
-        assert not evaluation.passed
-        assert evaluation.metadata["problems"].value == [
-            f"1 row(s) have no caption, e.g. hash {table['hash'][1]}",
-            "1 caption(s) still start with 'This image showcases'",
-        ]
-    finally:
-        part.write_bytes(original)
+    first = pl.int_range(pl.len())
+    caption = (
+        pl.when(first == 0)
+        .then(pl.lit("This image showcases a cat"))
+        .when(first == 1)
+        .then(pl.lit(" "))
+        .otherwise(pl.col("llava_caption"))
+        .alias("llava_caption")
+    )
+    table, evaluation = check_on_broken_part(
+        world, world["data_root"] / "pop" / "table", lambda rows: rows.with_columns(caption), pop_captions,
+        pop_table_sound,
+    )  # fmt: skip
+    assert not evaluation.passed
+    assert evaluation.metadata["problems"].value == [
+        f"1 row(s) have no caption, e.g. hash {table['hash'][1]}",
+        "1 caption(s) still start with 'This image showcases'",
+    ]
