@@ -16,7 +16,7 @@ venv: $(VENV)/.installed $(VENV)/.activate-patched $(VENV)/clip-retrieval/.insta
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[images,hub,captions,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[images,hub,captions,cluster,dev]'
 	touch $@
 
 # clip-retrieval's ClipClient for the tests (laion_assets_tests/clip_client.py): its package imports the whole back
