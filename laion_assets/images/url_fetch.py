@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     if "cv2" in sys.modules:
         raise LaionAssetsError(f"OpenCV was loaded before {OPENCV_PIXELS_VARIABLE} could be set")
     os.environ[OPENCV_PIXELS_VARIABLE] = str(limits.max_pixels)  # inherited by img2dataset's spawned workers
+    # Spark's python workers start `python3` from PATH unless told otherwise: in local mode that is often another
+    # interpreter, without our packages; ours, unless the user chose one (a cluster's workers have their own).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     check_img2dataset()
     main_module = importlib.import_module("img2dataset.main")
     original = main_module.Downloader
