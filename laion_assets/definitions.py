@@ -100,10 +100,14 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+def build_defs(
+    resources: Mapping[str, dg.ConfigurableResource] | None = None, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
     """The code location's definitions, with ``resources`` in place of the defaults of the same keys.
 
     ``defs`` is this with the defaults; the demos run the very same jobs with the resources they configure.
+    ``executor`` (default: Dagster's multiprocess one) runs every job's steps; ``laion_assets.definitions_k8s``
+    passes dagster-k8s's.
     """
     return dg.Definitions(
         assets=[*URL_ASSETS, *ASSETS, *POP_ASSETS],
@@ -112,6 +116,7 @@ def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -
         schedules=[rescore_schedule],
         sensors=[new_shards_sensor],
         resources={**default_resources(), **(resources or {})},
+        executor=executor,
     )
 
 

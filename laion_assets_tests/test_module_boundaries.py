@@ -19,7 +19,13 @@ from laion_assets.core.paths import PROJECT_DIR
 STAGES = ("core", "sources", "images", "scoring", "selection", "release", "retrieval", "pop")
 PACKAGE_DIR = Path(laion_assets.__file__).parent
 # Modules that run Dagster (the code location and the front ends that launch it); every other one is pure.
-WIRING = {"laion_assets.definitions", "laion_assets.cli", "laion_assets.demos.local", "laion_assets.demos.urls"}
+WIRING = {
+    "laion_assets.definitions",
+    "laion_assets.definitions_k8s",
+    "laion_assets.cli",
+    "laion_assets.demos.local",
+    "laion_assets.demos.urls",
+}
 
 
 def all_modules() -> list[str]:

@@ -12,6 +12,7 @@ import polars as pl
 
 from laion_assets.core.errors import BadInputError
 from laion_assets.core.outputs import require
+from laion_assets.defs.k8s import GPU_POOL, k8s_op_tags
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded, table_metadata
 from laion_assets.defs.resources import ClipResource, DownloaderResource, StorageResource, WatermarkResource
 from laion_assets.defs.sources.batch import ShardDone, process_shards, shards_result
@@ -144,7 +145,8 @@ def download_one(storage: StorageResource, downloader: DownloaderResource, key: 
     deps=[images],
     group_name="images",
     kinds={"pytorch", "numpy", "parquet"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=k8s_op_tags(GPU_POOL),
     owners=OWNERS,
     tags=asset_tags("images", "embeddings"),
     code_version="1",

@@ -15,6 +15,7 @@ import polars as pl
 from laion_assets.core.atomic import atomic_path, save_npy
 from laion_assets.core.outputs import require
 from laion_assets.defs.errors import as_failure
+from laion_assets.defs.k8s import GPU_POOL, k8s_op_tags
 from laion_assets.defs.metadata import OWNERS, asset_tags, rounded, table_metadata
 from laion_assets.defs.pop.config import PopResource
 from laion_assets.defs.pop.vlm import VlmResource
@@ -319,7 +320,8 @@ def pop_images(
     deps=[pop_images],
     group_name="pop",
     kinds={"pytorch", "parquet"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=k8s_op_tags(GPU_POOL),
     owners=OWNERS,
     tags=asset_tags("pop", "captions"),
     code_version="1",
