@@ -32,7 +32,7 @@ from fsspec import AbstractFileSystem
 from upath import UPath
 
 from laion_assets.core.atomic import atomic_path
-from laion_assets.core.locations import remote_version, stat_fingerprint
+from laion_assets.core.locations import forget_listings, remote_version, stat_fingerprint
 
 STATE_DIR = ".mirror"  # below the local root: sync records and in-flight downloads, never mirrored
 
@@ -58,6 +58,7 @@ class Mirror:
         """
         self._sweep_downloads()
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         try:
             info = fs.info(remote.path)
@@ -84,6 +85,7 @@ class Mirror:
         failure too (a killed process leaves it behind).
         """
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         if path.is_file():
             remote.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ class Mirror:
         old = _listing(fs, remote.path) if fs.exists(remote.path) else {}
         staging = remote.parent / f".{remote.name}.{uuid.uuid4().hex}.tmp"
         try:
-            for name, file in zip(names, files):
+            for name, file in zip(names, files, strict=True):
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.put_file(str(file), target.path)
@@ -136,6 +138,7 @@ class Mirror:
         record's per-part ids refuse as a mixed table. Returns the relative names uploaded.
         """
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         files = {
             p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file() and not self._is_state(p)
