@@ -49,6 +49,7 @@ def upload(client: Any, folder: Path, prefix: str) -> None:
 
 
 def read_object(client: Any, key: str) -> bytes:
+    """The bytes of one object, read by boto3."""
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
