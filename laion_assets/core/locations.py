@@ -174,6 +174,15 @@ class Listed:
     fingerprint: dict[str, object] = field(compare=False)
 
 
+def forget_listings(path: UPath) -> None:
+    """Drop what the filesystem cached about ``path`` and its parents, so the next ``ls``/``info`` asks the remote.
+
+    s3fs (like gcsfs, adlfs) keeps every listing it made for the life of the process: a long-lived process (the
+    sensor's code server, a run's process) would otherwise never see parts or outputs another machine wrote later.
+    """
+    path.fs.invalidate_cache(path.path)
+
+
 def list_folder(folder: Location) -> dict[str, Listed]:
     """The files directly in ``folder`` by name, each with its fingerprint, from ONE listing (empty when absent).
 
@@ -190,6 +199,7 @@ def list_folder(folder: Location) -> dict[str, Listed]:
         except (FileNotFoundError, NotADirectoryError):
             return {}
         return found
+    forget_listings(folder)
     try:
         entries = folder.fs.ls(folder.path, detail=True)
     except (FileNotFoundError, NotADirectoryError):

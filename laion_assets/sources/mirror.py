@@ -2,7 +2,9 @@
 
 Assets compute on local files (memory maps, atomic renames, streaming parquet writers) and the mirror moves
 their inputs down and their outputs up at the asset's edges. Uploading a folder goes to a temporary sibling
-first and replaces the old folder only once every file is up, so a failed push leaves the previous output whole.
+first and replaces the old folder only once every file is up, so a push that fails while uploading leaves the
+previous output whole. The replacement itself moves file by file (no object store renames a prefix at once): each
+file is replaced whole, but a reader during those moves, or a push killed during them, sees old and new files mixed.
 A folder whose files are mostly unchanged between pushes (the tags table) can instead be pushed with
 :meth:`Mirror.push_changes`, which uploads only the files that changed and its record file last.
 
@@ -30,7 +32,7 @@ from fsspec import AbstractFileSystem
 from upath import UPath
 
 from laion_assets.core.atomic import atomic_path
-from laion_assets.core.locations import remote_version, stat_fingerprint
+from laion_assets.core.locations import forget_listings, remote_version, stat_fingerprint
 
 STATE_DIR = ".mirror"  # below the local root: sync records and in-flight downloads, never mirrored
 
@@ -56,6 +58,7 @@ class Mirror:
         """
         self._sweep_downloads()
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         try:
             info = fs.info(remote.path)
@@ -75,8 +78,14 @@ class Mirror:
         return True
 
     def push(self, path: Path) -> None:
-        """Upload ``path`` (file or folder); a folder replaces the remote folder only once fully uploaded."""
+        """Upload ``path`` (file or folder); a folder replaces the remote folder's files only once fully uploaded.
+
+        Its files are uploaded to a temporary sibling ``.<name>.<id>.tmp``, then moved over the remote folder's
+        files one by one, then the remote files the folder no longer has are removed; the sibling is removed on
+        failure too (a killed process leaves it behind).
+        """
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         if path.is_file():
             remote.parent.mkdir(parents=True, exist_ok=True)
@@ -90,15 +99,22 @@ class Mirror:
             if remote.exists():
                 fs.rm(remote.path, recursive=True)
             return
+        names = [file.relative_to(path).as_posix() for file in files]
+        old = _listing(fs, remote.path) if fs.exists(remote.path) else {}
         staging = remote.parent / f".{remote.name}.{uuid.uuid4().hex}.tmp"
         try:
-            for file in files:
-                target = staging / file.relative_to(path).as_posix()
+            for name, file in zip(names, files, strict=True):
+                target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.put_file(str(file), target.path)
-            if remote.exists():
-                fs.rm(remote.path, recursive=True)
-            fs.mv(staging.path, remote.path, recursive=True)
+            # Moved file by file, by name, over the old files, then the old folder's other files removed: an object
+            # store has no folder rename (fsspec's recursive ``mv`` there copies the prefix's pseudo-directory
+            # entries, which fails), and the remote folder is never absent on the way.
+            for name in names:
+                (remote / name).parent.mkdir(parents=True, exist_ok=True)
+                fs.mv((staging / name).path, (remote / name).path)
+            for stale in sorted(set(old) - set(names)):
+                fs.rm(old[stale][0])
         finally:
             if staging.exists():
                 fs.rm(staging.path, recursive=True)
@@ -122,6 +138,7 @@ class Mirror:
         record's per-part ids refuse as a mixed table. Returns the relative names uploaded.
         """
         remote = self._remote(path)
+        forget_listings(remote)
         fs = remote.fs
         files = {
             p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file() and not self._is_state(p)

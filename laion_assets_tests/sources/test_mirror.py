@@ -12,12 +12,22 @@ from upath import UPath
 
 from laion_assets.core.locations import remote_version
 from laion_assets.sources.mirror import STATE_DIR, Mirror
+from laion_assets_tests.moto_s3 import moto_s3
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(scope="module")
+def s3_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bucket on a real S3 API (moto's server on 127.0.0.1), shared by the module's s3 cases."""
+    with moto_s3("mirror", tmp_path_factory.mktemp("aws")):
+        yield "mirror"
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
 def remote_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UPath]:
     if request.param == "memory":
         root = UPath(f"memory://laion-assets-mirror-{uuid.uuid4().hex}")
+    elif request.param == "s3":  # no folders, no rename: a folder is a key prefix, a move a copy and a delete
+        root = UPath(f"s3://{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex}")
     else:
         root = UPath(f"local://{tmp_path / 'remote'}")
     root.mkdir(parents=True, exist_ok=True)
@@ -138,11 +148,11 @@ def test_remote_without_version_info_is_downloaded_every_time(
         return {n: bare(e) for n, e in found.items()} if isinstance(found, dict) else found
 
     monkeypatch.setattr(fs, "find", bare_find)
-    assert not remote_version(fs.info(remote_root.path))
 
     a, b = machines(tmp_path, remote_root)
     write(a.local / "kv" / "aesthetic.kv", b"old-kv-1")
     a.push(a.local / "kv")
+    assert not remote_version(fs.info((remote_root / "kv" / "aesthetic.kv").path))
     b.pull(b.local / "kv")
     write(a.local / "kv" / "aesthetic.kv", b"new-kv-2")
     a.push(a.local / "kv")
