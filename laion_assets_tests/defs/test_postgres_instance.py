@@ -118,6 +118,21 @@ def intervals(instance: dg.DagsterInstance, asset: str) -> dict[str, tuple[float
     return found
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a process group we started (the daemon, its code server, run workers): SIGTERM, then SIGKILL what's left."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader: a zombie still counts as a member of its group
+            os.killpg(process.pid, 0)  # raises once no process of the group is left
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
 def test_four_runs_share_the_gpu_pool_on_postgres(
     postgres: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,12 +219,7 @@ def test_four_runs_share_the_gpu_pool_on_postgres(
             info = instance.event_log_storage.get_concurrency_info("gpu")
             assert info.slot_count == 1 and info.claimed_slots == [] and info.pending_steps == []
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+        stop_group(daemon)
         daemon_log.close()
 
 
