@@ -228,3 +228,32 @@ def test_our_embedding_step_is_in_the_gpu_pool() -> None:
     from laion_assets.definitions import defs
 
     assert defs.resolve_assets_def("image_embeddings").op.pool == "gpu"
+
+
+def test_the_graph_runs_on_the_postgres_instance(
+    postgres: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_sample_session: Path
+) -> None:
+    """Our own jobs (shard_job per shard, release_job, pop_job's selection) stored on the PostgreSQL instance."""
+    from laion_assets.defs.resources import PredictorsResource, StorageResource
+    from laion_assets.demos.local import run_graph, run_sample_pop
+
+    for name, value in postgres.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY_YAML, home / "dagster.yaml")  # the file exactly as shipped
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = StorageResource(source=str(small_sample_session), data_root=str(tmp_path / "out"))
+        earlier = {r.run_id for r in instance.get_runs()}  # the database may hold another test's runs
+        counts = run_graph(instance, storage, PredictorsResource())
+        counts |= run_sample_pop(instance, storage)
+        assert counts["release"] is None and counts["laion_pop"] > 0 and counts["aesthetic_tags"] > 0
+        runs = [r for r in instance.get_runs() if r.run_id not in earlier]
+        assert sorted(r.job_name for r in runs) == ["pop_job", "release_job"] + ["shard_job"] * 3
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("laion_pop"), "laion_pop_meets_rule")]
+        )
+        assert next(iter(check.values())).event.dagster_event.asset_check_evaluation_data.passed
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert not list(home.rglob("*.db"))
