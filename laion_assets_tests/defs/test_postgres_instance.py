@@ -11,7 +11,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets_tests.defs import pool_runs
+from laion_assets_tests.processes import terminate_group
 
 DEPLOY_YAML = PROJECT_DIR / "deploy" / "dagster-postgres.yaml"
 INSTALL_HINT = "no PostgreSQL server binaries (initdb, pg_ctl): run scripts/install-postgresql.sh"
@@ -118,21 +118,6 @@ def intervals(instance: dg.DagsterInstance, asset: str) -> dict[str, tuple[float
     return found
 
 
-def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Stop a process group we started (the daemon, its code server, run workers): SIGTERM, then SIGKILL what's left."""
-    os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader: a zombie still counts as a member of its group
-            os.killpg(process.pid, 0)  # raises once no process of the group is left
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-
-
 def test_four_runs_share_the_gpu_pool_on_postgres(
     postgres: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +204,7 @@ def test_four_runs_share_the_gpu_pool_on_postgres(
             info = instance.event_log_storage.get_concurrency_info("gpu")
             assert info.slot_count == 1 and info.claimed_slots == [] and info.pending_steps == []
     finally:
-        stop_group(daemon)
+        terminate_group(daemon)
         daemon_log.close()
 
 
@@ -230,12 +215,12 @@ def test_our_embedding_step_is_in_the_gpu_pool() -> None:
     assert defs.resolve_assets_def("image_embeddings").op.pool == "gpu"
 
 
-def test_the_graph_runs_on_the_postgres_instance(
+def test_our_shard_job_runs_on_the_postgres_instance(
     postgres: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_sample_session: Path
 ) -> None:
-    """Our own jobs (shard_job per shard, release_job, pop_job's selection) stored on the PostgreSQL instance."""
-    from laion_assets.defs.resources import PredictorsResource, StorageResource
-    from laion_assets.demos.local import run_graph, run_sample_pop
+    """Our own shard_job (dynamic shard partitions, scores, their checks) stored on the PostgreSQL instance."""
+    from laion_assets.definitions import build_defs, register_shards, shard_job
+    from laion_assets.defs.resources import StorageResource
 
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)
@@ -244,16 +229,14 @@ def test_the_graph_runs_on_the_postgres_instance(
     shutil.copy(DEPLOY_YAML, home / "dagster.yaml")  # the file exactly as shipped
     with dg.DagsterInstance.from_config(str(home)) as instance:
         storage = StorageResource(source=str(small_sample_session), data_root=str(tmp_path / "out"))
-        earlier = {r.run_id for r in instance.get_runs()}  # the database may hold another test's runs
-        counts = run_graph(instance, storage, PredictorsResource())
-        counts |= run_sample_pop(instance, storage)
-        assert counts["release"] is None and counts["laion_pop"] > 0 and counts["aesthetic_tags"] > 0
-        runs = [r for r in instance.get_runs() if r.run_id not in earlier]
-        assert sorted(r.job_name for r in runs) == ["pop_job", "release_job"] + ["shard_job"] * 3
-        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("laion_pop"), "laion_pop_meets_rule")]
-        )
-        assert next(iter(check.values())).event.dagster_event.asset_check_evaluation_data.passed
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        keys = register_shards(instance, storage.shard_source)
+        job = build_defs({"storage": storage}).resolve_job_def(shard_job.name)
+        selection = [dg.AssetKey("clip_embeddings"), dg.AssetKey("aesthetic_scores")]
+        for key in keys:
+            result = job.execute_in_process(instance=instance, partition_key=key, asset_selection=selection)
+            assert result.success
+        assert sorted(instance.get_dynamic_partitions("shards")) == keys == ["00000", "00001", "00002"]
+        scores = instance.fetch_materializations(dg.AssetKey("aesthetic_scores"), limit=10).records
+        assert sorted(r.partition_key for r in scores) == keys
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert not list(home.rglob("*.db"))

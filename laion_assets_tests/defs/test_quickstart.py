@@ -32,6 +32,7 @@ import yaml
 
 from laion_assets.core.paths import PROJECT_DIR
 from laion_assets_tests.fresh_copy import copy_project, failed, make_venv, ok, run_all, section_commands, user_env
+from laion_assets_tests.processes import wait_for_group
 
 UI = "http://127.0.0.1:3000"  # the README's port: "exactly as written" means no -p
 START_TIMEOUT_S = 180
@@ -135,22 +136,6 @@ def wait_for_ui(process: subprocess.Popen, log: Path, home: Path) -> None:
     pytest.fail(f"dagster dev: UI not ready in {START_TIMEOUT_S} s ({state}):\n{log.read_text()[-3000:]}")
 
 
-def stop_group(process: subprocess.Popen, timeout: float = 60) -> bool:
-    """Wait for the whole process group to be gone; True if it was within ``timeout``, else it is killed."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader: a zombie still counts as a member of its group
-            os.killpg(process.pid, 0)  # raises once no process of the group is left
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        process.wait(timeout=30)
-        return True
-    process.wait(timeout=30)
-    return False
-
-
 def run_quickstart(lines: list[str], repo: Path, env: dict[str, str], home: Path, log: Path) -> None:
     """Run ``lines`` in order in ``repo``: ``dagster dev`` / ``dg dev`` until the UI is ready, the rest to success.
 
@@ -165,7 +150,9 @@ def run_quickstart(lines: list[str], repo: Path, env: dict[str, str], home: Path
                 prefix = f"{line}\n"
             elif is_server(line):
                 if server is not None:
-                    assert stop_group(server), f"the server before `{line}` did not stop on Ctrl-C:\n{log.read_text()}"
+                    assert wait_for_group(server), (
+                        f"the server before `{line}` did not stop on Ctrl-C:\n{log.read_text()}"
+                    )
                     log = log.with_name(f"{log.stem}-{line.split()[0]}{log.suffix}")
                 with open(log, "w") as out:
                     server = subprocess.Popen(
@@ -183,11 +170,11 @@ def run_quickstart(lines: list[str], repo: Path, env: dict[str, str], home: Path
                 output = (done.stdout + done.stderr)[-4000:]
                 assert done.returncode == 0, f"`{line}` failed ({done.returncode}):\n{output}"
         if server is not None:
-            assert stop_group(server), f"dagster dev did not stop on Ctrl-C:\n{log.read_text()[-3000:]}"
+            assert wait_for_group(server), f"dagster dev did not stop on Ctrl-C:\n{log.read_text()[-3000:]}"
     finally:
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
-            stop_group(server, timeout=30)
+            wait_for_group(server, timeout=30)
 
 
 def materializations(home: Path, asset: str) -> int:
@@ -349,8 +336,8 @@ def test_the_search_commands_work_as_written(demo_repo: Path, tmp_path: Path):
         first_url = pl.read_parquet(repo / "data" / "sample" / "metadata" / "metadata_0.parquet")["URL"][0]
         assert results[0]["id"] == 0 and results[0]["url"] == first_url
         os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
-        assert stop_group(server), f"serve did not stop on Ctrl-C:\n{log.read_text()[-3000:]}"
+        assert wait_for_group(server), f"serve did not stop on Ctrl-C:\n{log.read_text()[-3000:]}"
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
-            stop_group(server, timeout=30)
+            wait_for_group(server, timeout=30)
