@@ -128,7 +128,9 @@ def test_four_runs_share_the_gpu_pool_on_postgres(
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     config = yaml.safe_load(DEPLOY_YAML.read_text())
-    assert config["storage"]["postgres"]["postgres_db"]["password"] == {"env": "LAION_ASSETS_PG_PASSWORD"}
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert config[storage]["config"]["postgres_db"]["password"] == {"env": "LAION_ASSETS_PG_PASSWORD"}
+    assert config["event_log_storage"]["class"] == "PoolSafePostgresEventLogStorage"
     assert config["concurrency"] == {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 4}}
     # The file as shipped, except that the daemon looks at the queue every second (not every 5 s): a quicker test.
     config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
@@ -179,7 +181,7 @@ def test_four_runs_share_the_gpu_pool_on_postgres(
 
             # Stored in PostgreSQL: the instance's storage is it, and the run and event tables there hold the runs.
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            assert type(instance.event_log_storage).__name__ == "PoolSafePostgresEventLogStorage"
             conn = connect(postgres)
             with conn, conn.cursor() as cur:
                 cur.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,))
@@ -238,5 +240,37 @@ def test_our_shard_job_runs_on_the_postgres_instance(
         assert sorted(instance.get_dynamic_partitions("shards")) == keys == ["00000", "00001", "00002"]
         scores = instance.fetch_materializations(dg.AssetKey("aesthetic_scores"), limit=10).records
         assert sorted(r.partition_key for r in scores) == keys
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.event_log_storage).__name__ == "PoolSafePostgresEventLogStorage"
         assert not list(home.rglob("*.db"))
+
+
+def test_a_free_gpu_slot_is_claimed_by_one_step_only(postgres: dict[str, str], tmp_path: Path, monkeypatch) -> None:
+    """Eight workers ask for the one `gpu` slot at the same moment, fifty times over: each time exactly one gets it."""
+    import threading
+
+    from dagster._utils.concurrency import ConcurrencySlotStatus
+
+    for name, value in postgres.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY_YAML, home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("race", 1)
+        for round_ in range(50):
+            start = threading.Barrier(8)
+            won: list[str] = []
+
+            def claim(step: str, round_: int = round_, start: threading.Barrier = start, won: list[str] = won) -> None:
+                start.wait()
+                if storage._claim_concurrency_slot("race", f"run-{round_}", step) == ConcurrencySlotStatus.CLAIMED:
+                    won.append(step)
+
+            workers = [threading.Thread(target=claim, args=(f"step-{i}",)) for i in range(8)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            assert len(won) == 1, f"round {round_}: {won} all claimed the one slot"
+            storage.free_concurrency_slots_for_run(f"run-{round_}")
