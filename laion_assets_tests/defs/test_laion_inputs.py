@@ -15,7 +15,7 @@ from laion_assets.definitions import ASSETS, CHECKS, default_resources
 from laion_assets.defs.metadata import PREVIEW_ROWS
 from laion_assets.defs.resources import PredictorsResource, StorageResource
 from laion_assets.defs.sources.partitions import register_shards
-from laion_assets.demos.local import run_graph
+from laion_assets.demos.local import run_graph, run_sample_pop
 from laion_assets.release.manifest import load_manifest
 from laion_assets.release.verify import verify_release
 from laion_assets.selection.thresholds import V1_SUBSETS, V2_SUBSETS
@@ -118,6 +118,12 @@ def test_laion_layout_with_separate_safety_gives_the_same_subsets(laion_layout, 
     no_tags = set(tags.filter(pl.col("punsafe").is_null() | pl.col("pwatermark").is_null())["hash"].to_list())
     assert no_tags
     assert not no_tags & set(got["laion_aesthetic"]["hash"].to_list())
+    # LAION-POP's selection on this layout: its blocking check passes (run_sample_pop stops on a failed check), and
+    # rows the safety table lacks (no pwatermark) are never selected.
+    pop = run_sample_pop(instance, storage)
+    selected = pl.read_parquet(sorted((storage.layout.pop_selection_dir).glob("part-*.parquet")))
+    assert selected.height == pop["laion_pop"] > 0
+    assert selected["pwatermark"].null_count() == 0 and not no_tags & set(selected["hash"].to_list())
     # The release records the safety table, and verify rebuilds it byte for byte from both inputs.
     release_dir = storage.layout.release_dir("v0.1.0")
     assert len(load_manifest(release_dir)["inputs"]["safety"]["files"]) == 3
