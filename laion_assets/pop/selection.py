@@ -148,17 +148,25 @@ def with_catalog(pairs: pl.DataFrame, index: ServedIndex) -> pl.DataFrame:
     return pairs.join(meta, on="id", how="left")
 
 
-def filtered(rows: pl.DataFrame, params: PopParams) -> pl.DataFrame:
-    """Rows meeting every filter (a null value fails its filter: it cannot be shown to pass)."""
-    side = pl.min_horizontal(pl.col("WIDTH"), pl.col("HEIGHT"))
-    url = pl.col("URL").is_not_null() & (pl.col("URL").str.strip_chars() != "")
-    keep = (
-        (pl.col(params.aesthetic_column) >= params.min_aesthetic)
-        & (side >= params.min_side)
-        & (pl.col("pwatermark") < params.max_pwatermark)
-        & url
-    )
-    return rows.filter(keep.fill_null(False))
+def filter_steps(params: PopParams) -> list[tuple[str, pl.Expr]]:
+    """The filters in order, each named by what the funnel counts it dropping."""
+    return [
+        ("dropped_by_aesthetic", pl.col(params.aesthetic_column) >= params.min_aesthetic),
+        ("dropped_by_size", pl.min_horizontal(pl.col("WIDTH"), pl.col("HEIGHT")) >= params.min_side),
+        ("dropped_by_watermark", pl.col("pwatermark") < params.max_pwatermark),
+        ("dropped_without_url", pl.col("URL").is_not_null() & (pl.col("URL").str.strip_chars() != "")),
+    ]
+
+
+def filtered(rows: pl.DataFrame, params: PopParams, counts: dict[str, int] | None = None) -> pl.DataFrame:
+    """Rows meeting every filter (a null value fails its filter: it cannot be shown to pass); ``counts`` adds up
+    what each filter dropped."""
+    for name, rule in filter_steps(params):
+        before = rows.height
+        rows = rows.filter(rule.fill_null(False))
+        if counts is not None:
+            counts[name] = counts.get(name, 0) + before - rows.height
+    return rows
 
 
 def nearest_per_hash(rows: pl.DataFrame) -> pl.DataFrame:
@@ -170,50 +178,40 @@ def nearest_per_hash(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def select(index: ServedIndex, centroids: np.ndarray, params: PopParams) -> pl.DataFrame:
-    """The laion_pop rows: each centroid's neighbours, filtered, one per hash (nearest centroid), POP_COLUMNS."""
+def select_counted(index: ServedIndex, centroids: np.ndarray, params: PopParams) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The laion_pop rows (see :func:`select`) and the funnel (see :func:`funnel`), from one pass of queries."""
     params.validate()
     kept = []
+    counts = {"pairs": 0, **{name: 0 for name, _ in filter_steps(params)}}
     seen = {column: 0 for column in filter_columns(params)}
-    pairs_total = 0
     for pairs in candidates(index, centroids, params):
         rows = with_catalog(pairs, index)
-        pairs_total += rows.height
+        counts["pairs"] += rows.height
         for column in seen:
             seen[column] += rows.height - rows[column].null_count()
-        kept.append(filtered(rows, params))
+        kept.append(filtered(rows, params, counts))
     empty = [column for column, n in seen.items() if n == 0]
-    if pairs_total and empty:
+    if counts["pairs"] and empty:
         # A filter on a column the index never filled drops every row: an empty LAION-POP that looks like a result.
         raise BadInputError(
-            f"laion_pop: {', '.join(empty)} is null for all {pairs_total} neighbours found, so no row can pass its "
-            "filter: the tags lack it (pwatermark: configure the watermark head or LAION's safety table; sizes: "
+            f"laion_pop: {', '.join(empty)} is null for all {counts['pairs']} neighbours found, so no row can pass "
+            "its filter: the tags lack it (pwatermark: configure the watermark head or LAION's safety table; sizes: "
             "the source's WIDTH/HEIGHT; scores: aesthetic_scores), or pick another aesthetic_column"
         )
     rows = pl.concat(kept, how="diagonal_relaxed") if kept else pl.DataFrame()
     if rows.is_empty():
-        return pl.DataFrame(schema=POP_COLUMNS)
-    return nearest_per_hash(rows).select([pl.col(c).cast(t) for c, t in POP_COLUMNS.items()])
+        return pl.DataFrame(schema=POP_COLUMNS), counts
+    return nearest_per_hash(rows).select([pl.col(c).cast(t) for c, t in POP_COLUMNS.items()]), counts
+
+
+def select(index: ServedIndex, centroids: np.ndarray, params: PopParams) -> pl.DataFrame:
+    """The laion_pop rows: each centroid's neighbours, filtered, one per hash (nearest centroid), POP_COLUMNS."""
+    return select_counted(index, centroids, params)[0]
 
 
 def funnel(index: ServedIndex, centroids: np.ndarray, params: PopParams) -> dict[str, int]:
-    """How many (centroid, neighbour) pairs each filter drops, in order, and how many hashes are left after."""
-    counts = {"pairs": 0, "dropped_by_aesthetic": 0, "dropped_by_size": 0, "dropped_by_watermark": 0,
-              "dropped_without_url": 0}  # fmt: skip
-    for pairs in candidates(index, centroids, params):
-        rows = with_catalog(pairs, index)
-        counts["pairs"] += rows.height
-        steps = [
-            ("dropped_by_aesthetic", pl.col(params.aesthetic_column) >= params.min_aesthetic),
-            ("dropped_by_size", pl.min_horizontal(pl.col("WIDTH"), pl.col("HEIGHT")) >= params.min_side),
-            ("dropped_by_watermark", pl.col("pwatermark") < params.max_pwatermark),
-            ("dropped_without_url", pl.col("URL").is_not_null() & (pl.col("URL").str.strip_chars() != "")),
-        ]
-        for name, rule in steps:
-            before = rows.height
-            rows = rows.filter(rule.fill_null(False))
-            counts[name] += before - rows.height
-    return counts
+    """How many (centroid, neighbour) pairs there were and how many each filter dropped, in order."""
+    return select_counted(index, centroids, params)[1]
 
 
 def soundness_problems(rows: pl.DataFrame, params: PopParams, k: int, limit: int = 20) -> list[str]:
@@ -273,19 +271,25 @@ def part_files(folder: Path) -> list[Path]:
     return files
 
 
-def write_selection(
-    rows: pl.DataFrame, folder: Path, record: Mapping[str, object], part_rows: int = PART_ROWS
+def write_parts(
+    rows: pl.DataFrame, folder: Path, record_name: str, record: Mapping[str, object], part_rows: int
 ) -> list[Path]:
-    """Write the selection as ``part-NNNNN.parquet`` files of ``part_rows`` rows and ``selection.json``, replacing
-    ``folder`` as a whole (an empty selection still has one empty part, so its schema is there)."""
+    """Write ``rows`` as ``part-NNNNN.parquet`` files of ``part_rows`` rows and ``record`` as ``record_name`` (JSON),
+    replacing ``folder`` as a whole (no rows still make one empty part, so the schema is there)."""
     if part_rows < 1:
         raise BadInputError(f"laion_pop: part_rows must be at least 1, got {part_rows}")
     with atomic_dir(folder) as tmp:
-        starts = range(0, max(rows.height, 1), part_rows)
-        for number, start in enumerate(starts):
+        for number, start in enumerate(range(0, max(rows.height, 1), part_rows)):
             write_parquet(rows.slice(start, part_rows).to_arrow(), tmp / f"part-{number:05d}.parquet")
-        (tmp / SELECTION_FILE).write_text(json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
+        (tmp / record_name).write_text(json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
     return part_files(folder)
+
+
+def write_selection(
+    rows: pl.DataFrame, folder: Path, record: Mapping[str, object], part_rows: int = PART_ROWS
+) -> list[Path]:
+    """Write the selection's parts and ``selection.json`` (:func:`write_parts`)."""
+    return write_parts(rows, folder, SELECTION_FILE, record, part_rows)
 
 
 def read_selection_record(folder: Path) -> dict:

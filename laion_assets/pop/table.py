@@ -8,14 +8,13 @@ those names are kept. ``alt_text`` for the original caption is our best reading;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 
-from laion_assets.core.atomic import atomic_dir, write_parquet
 from laion_assets.core.errors import BadInputError
+from laion_assets.pop.selection import write_parts
 
 SETTINGS_FILE = "settings.json"
 FORMAT = 1
@@ -61,12 +60,7 @@ def release_table(selection: pl.DataFrame, captions: pl.DataFrame, aesthetic_col
 
 def write_table(table: pl.DataFrame, folder: Path, settings: Mapping[str, object], part_rows: int) -> list[Path]:
     """Write ``part-NNNNN.parquet`` files and ``settings.json`` (with ``rows``), replacing ``folder`` as a whole."""
-    with atomic_dir(folder) as tmp:
-        for number, start in enumerate(range(0, max(table.height, 1), part_rows)):
-            write_parquet(table.slice(start, part_rows).to_arrow(), tmp / f"part-{number:05d}.parquet")
-        record = {"format": FORMAT, **settings, "rows": table.height}
-        (tmp / SETTINGS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return sorted(folder.glob("part-*.parquet"))
+    return write_parts(table, folder, SETTINGS_FILE, {"format": FORMAT, **settings, "rows": table.height}, part_rows)
 
 
 def table_problems(

@@ -28,10 +28,9 @@ from laion_assets.pop.centroids import train_centroids
 from laion_assets.pop.concepts import Concepts, read_concepts
 from laion_assets.pop.selection import (
     completeness_problems,
-    funnel,
     part_files,
     read_selection_record,
-    select,
+    select_counted,
     soundness_problems,
     write_selection,
 )
@@ -159,8 +158,7 @@ def laion_pop(context: dg.AssetExecutionContext, storage: StorageResource, pop: 
         centroids = np.load(require(layout.pop_centroids_path, "pop_centroids", "materialize pop_centroids first"))
         served = open_index(layout.knn_dir, ratings_dirs=[layout.buckets_dir])
         rule = pop.rule()
-        rows = select(served, centroids, rule)
-        counts = funnel(served, centroids, rule)
+        rows, counts = select_counted(served, centroids, rule)
         per_centroid = rows.group_by("centroid").len().sort("centroid")
         record = {
             "rule": rule.to_dict(),
